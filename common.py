@@ -1,0 +1,181 @@
+"""
+What train.py, sample.py, bench.py and the evaluation scripts share: one runtime setup (device, DDP process group,
+dtype, autocast, seeding), rank-0 printing, atomic writes, loading a model from a checkpoint or a pretrained name,
+and the tokenizer that goes with it.
+"""
+
+import os
+import pickle
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
+
+import torch
+
+from model import GPT, GPTConfig
+
+REPO_DIR = os.path.dirname(os.path.abspath(__file__))
+PTDTYPES = {'float32': torch.float32, 'bfloat16': torch.bfloat16, 'float16': torch.float16}
+
+
+def print0(*args, **kwargs):
+    """print on the master process only (RANK 0, or no torchrun at all)"""
+    if int(os.environ.get('RANK', 0)) == 0:
+        print(*args, **kwargs)
+
+
+@contextmanager
+def atomic_path(path: str):
+    """Yield a temporary path beside `path`, renamed to `path` only when the block completes, so an
+    interrupted write never leaves a truncated file under the final name."""
+    tmp = f"{path}.tmp{os.getpid()}"
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+@dataclass
+class Runtime:
+    device: str  # e.g. 'cuda:3', 'mps', 'cpu'
+    device_type: str  # 'cuda', 'mps' or 'cpu', for autocast, the scaler and fused AdamW
+    dtype: str  # 'float32', 'bfloat16' or 'float16'
+    ctx: object  # autocast context for forward passes (nullcontext in float32)
+    ddp: bool
+    rank: int
+    local_rank: int
+    world_size: int
+
+    @property
+    def master_process(self) -> bool:
+        return self.rank == 0
+
+
+def default_device() -> str:
+    if torch.cuda.is_available():
+        return 'cuda'
+    if torch.backends.mps.is_available():
+        return 'mps'
+    return 'cpu'
+
+
+def setup_runtime(device: str = 'auto', dtype: str = 'auto', seed: int = 1337, backend: str = 'auto') -> Runtime:
+    """Set up the device, the DDP process group when launched by torchrun, the autocast context and the seeds."""
+    ddp = int(os.environ.get('RANK', -1)) != -1
+    rank = int(os.environ.get('RANK', 0))
+    local_rank = int(os.environ.get('LOCAL_RANK', 0))
+    world_size = int(os.environ.get('WORLD_SIZE', 1))
+    if device == 'auto':
+        device = default_device()
+    device_type = torch.device(device).type
+    if device_type == 'cuda' and not torch.cuda.is_available():
+        raise SystemExit(f"error: device={device!r} but CUDA is not available here: use --device=cpu or --device=mps")
+    if device_type == 'mps' and not torch.backends.mps.is_available():
+        raise SystemExit("error: device='mps' but MPS is not available here: use --device=cpu")
+    if ddp:
+        if backend == 'auto':
+            backend = 'nccl' if device_type == 'cuda' else 'gloo'
+        if device_type == 'cuda':
+            device = f'cuda:{local_rank}'  # one GPU per process
+            torch.cuda.set_device(device)
+        torch.distributed.init_process_group(backend=backend)
+    if dtype == 'auto':
+        if device_type == 'cuda':
+            dtype = 'bfloat16' if torch.cuda.is_bf16_supported() else 'float16'
+        else:
+            dtype = 'float32'
+    if dtype not in PTDTYPES:
+        raise SystemExit(f"error: dtype={dtype!r}: use one of {', '.join(PTDTYPES)} or auto")
+    torch.manual_seed(seed + rank)  # every rank draws different data and dropout masks
+    if device_type == 'cuda':
+        torch.set_float32_matmul_precision('high')  # TF32 in matmuls and convolutions
+        torch.backends.cudnn.allow_tf32 = True
+    ctx = nullcontext() if dtype == 'float32' else torch.autocast(device_type=device_type, dtype=PTDTYPES[dtype])
+    return Runtime(device, device_type, dtype, ctx, ddp, rank, local_rank, world_size)
+
+
+def dataset_dir(dataset: str) -> str:
+    """data/<dataset> of this repository, or `dataset` itself when it is a path."""
+    if os.sep in dataset or os.path.isdir(dataset):
+        return dataset
+    return os.path.join(REPO_DIR, 'data', dataset)
+
+
+def load_checkpoint(ckpt_path: str, device) -> dict:
+    if not os.path.exists(ckpt_path):
+        raise SystemExit(f"error: no checkpoint at {ckpt_path}: train one with train.py (out_dir sets where), "
+                         f"or pass --init_from=gpt2 for OpenAI's weights")
+    try:
+        checkpoint = torch.load(ckpt_path, map_location=device, weights_only=False)
+    except Exception as e:
+        raise SystemExit(f"error: could not read the checkpoint {ckpt_path} ({type(e).__name__}: {e}): "
+                         f"the file is damaged or not a PyTorch checkpoint") from e
+    if not isinstance(checkpoint, dict) or 'model' not in checkpoint or 'model_args' not in checkpoint:
+        raise SystemExit(f"error: {ckpt_path} is not a checkpoint of this project (no 'model' and 'model_args')")
+    return checkpoint
+
+
+def model_from_checkpoint(checkpoint: dict, where: str = 'checkpoint') -> GPT:
+    """The GPT described by a checkpoint's model_args, with its weights (nanoGPT's checkpoints included)."""
+    model_args = checkpoint['model_args']
+    known = set(GPTConfig.__dataclass_fields__)
+    if set(model_args) - known:
+        raise SystemExit(f"error: {where} has model arguments {sorted(set(model_args) - known)} that this GPT "
+                         f"does not know: it comes from another architecture")
+    model = GPT(GPTConfig(**model_args))
+    # checkpoints of a torch.compile'd model (nanoGPT's) carry this prefix
+    state_dict = {k.removeprefix('_orig_mod.'): v for k, v in checkpoint['model'].items()}
+    state_dict = {k: v for k, v in state_dict.items() if not k.endswith('.attn.bias')}  # old causal-mask buffers
+    try:
+        model.load_state_dict(state_dict)
+    except RuntimeError as e:
+        raise SystemExit(f"error: the weights in {where} do not fit its model_args {model_args}: {e}") from e
+    return model
+
+
+def load_model(init_from: str, out_dir: str = 'out', device='cpu', dropout: float | None = None):
+    """A model from 'resume' (out_dir/ckpt.pt), a GPT-2 name or a Hugging Face directory, and the checkpoint
+    it came from (None for pretrained weights)."""
+    checkpoint = None
+    if init_from == 'resume':
+        ckpt_path = os.path.join(out_dir, 'ckpt.pt')
+        checkpoint = load_checkpoint(ckpt_path, 'cpu')
+        if dropout is not None:
+            checkpoint['model_args']['dropout'] = dropout
+        model = model_from_checkpoint(checkpoint, ckpt_path)
+    else:
+        try:
+            model = GPT.from_pretrained(init_from, None if dropout is None else dict(dropout=dropout))
+        except (ValueError, RuntimeError, FileNotFoundError) as e:
+            raise SystemExit(f"error: {e}") from e
+    return model.to(device), checkpoint
+
+
+def get_tokenizer(checkpoint: dict | None):
+    """encode(str) -> list[int] and decode(list[int]) -> str: the character vocabulary of the checkpoint's dataset
+    when it has a meta.pkl, else GPT-2's BPE."""
+    dataset = (checkpoint or {}).get('config', {}).get('dataset')
+    meta_path = os.path.join(dataset_dir(dataset), 'meta.pkl') if dataset else None
+    if meta_path and os.path.exists(meta_path):
+        print0(f"Loading meta from {meta_path}...")
+        with open(meta_path, 'rb') as f:
+            meta = pickle.load(f)
+        stoi, itos = meta['stoi'], meta['itos']
+
+        def encode(s: str) -> list[int]:
+            unknown = sorted(set(s) - set(stoi))
+            if unknown:
+                raise SystemExit(f"error: the text has characters outside the model's vocabulary of {len(stoi)} "
+                                 f"characters from {meta_path}: {''.join(unknown)!r}")
+            return [stoi[c] for c in s]
+
+        def decode(ids: list[int]) -> str:
+            return ''.join(itos[i] for i in ids)
+        return encode, decode
+
+    import tiktoken
+    enc = tiktoken.get_encoding('gpt2')
+    # a model trained with the padded vocabulary (50304) may, rarely, emit an id the tokenizer does not have
+    return (lambda s: enc.encode(s, allowed_special={'<|endoftext|>'})), \
+        (lambda ids: enc.decode([i for i in ids if i < enc.n_vocab]))

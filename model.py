@@ -1,0 +1,436 @@
+"""
+Full definition of a GPT Language Model, all of it in this single file.
+References:
+1) the official GPT-2 TensorFlow implementation released by OpenAI:
+https://github.com/openai/gpt-2/blob/master/src/model.py
+2) huggingface/transformers PyTorch implementation:
+https://github.com/huggingface/transformers/blob/main/src/transformers/models/gpt2/modeling_gpt2.py
+
+Module and parameter names follow GPT-2's (wte, wpe, h, ln_f, c_attn, c_proj, c_fc, lm_head) so that
+checkpoints keep nanoGPT's state_dict keys and OpenAI's weights load with only the Conv1D transposes.
+"""
+
+import inspect
+import json
+import math
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+from torch.nn import functional as F
+
+
+@dataclass
+class GPTConfig:
+    block_size: int = 1024
+    vocab_size: int = 50304  # GPT-2's 50257 padded up to a multiple of 64 for efficiency
+    n_layer: int = 12
+    n_head: int = 12
+    n_embd: int = 768
+    dropout: float = 0.0
+    bias: bool = True  # True: bias in Linears and LayerNorms, like GPT-2. False: a bit better and faster
+
+
+class LayerNorm(nn.Module):
+    """LayerNorm with an optional bias (PyTorch's only became optional in 2.1). eps is GPT-2's 1e-5."""
+
+    def __init__(self, ndim: int, bias: bool):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(ndim))
+        self.bias = nn.Parameter(torch.zeros(ndim)) if bias else None
+
+    def forward(self, input):
+        return F.layer_norm(input, self.weight.shape, self.weight, self.bias, 1e-5)
+
+
+class KVCache:
+    """Keys and values of the positions seen so far, for every layer, in buffers of block_size positions."""
+
+    def __init__(self, config: GPTConfig):
+        self.config = config
+        self.kv = None  # (n_layer, 2, B, nh, block_size, hs), allocated on first use with the activations' dtype
+        self.pos = 0  # number of positions already cached
+
+    def update(self, layer: int, k, v):
+        """Store the new k, v (B, nh, T, hs) at self.pos and return all keys and values up to them."""
+        B, nh, T, hs = k.shape
+        if self.kv is None:
+            shape = (self.config.n_layer, 2, B, nh, self.config.block_size, hs)
+            self.kv = torch.empty(shape, dtype=k.dtype, device=k.device)
+        end = self.pos + T
+        self.kv[layer, 0, :, :, self.pos:end] = k
+        self.kv[layer, 1, :, :, self.pos:end] = v
+        return self.kv[layer, 0, :, :, :end], self.kv[layer, 1, :, :, :end]
+
+
+class CausalSelfAttention(nn.Module):
+
+    def __init__(self, config: GPTConfig, layer_idx: int):
+        super().__init__()
+        assert config.n_embd % config.n_head == 0
+        self.layer_idx = layer_idx
+        # key, query, value projections for all heads, but in a batch
+        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
+        # output projection
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.attn_dropout = nn.Dropout(config.dropout)
+        self.resid_dropout = nn.Dropout(config.dropout)
+        self.n_head = config.n_head
+        self.n_embd = config.n_embd
+        self.dropout = config.dropout
+        # flash attention through scaled_dot_product_attention; False selects the explicit masked softmax,
+        # which gives the same result (tests compare the two)
+        self.flash = hasattr(F, 'scaled_dot_product_attention')
+
+    def forward(self, x, kv_cache: KVCache | None = None):
+        B, T, C = x.size()  # batch size, sequence length, embedding dimensionality (n_embd)
+        q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
+        k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
+        q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
+        v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
+        past = 0
+        if kv_cache is not None:
+            past = kv_cache.pos
+            k, v = kv_cache.update(self.layer_idx, k, v)  # (B, nh, past + T, hs)
+        # query i sits at position past + i and may look at keys 0 .. past + i
+        if self.flash and past == 0:
+            y = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0,
+                                               is_causal=True)
+        elif self.flash and T == 1:  # one new token sees every cached position
+            y = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0)
+        else:
+            mask = torch.ones(T, past + T, dtype=torch.bool, device=x.device).tril(diagonal=past)  # (T, past + T)
+            if self.flash:
+                y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
+                                                   dropout_p=self.dropout if self.training else 0.0)
+            else:
+                att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(k.size(-1)))  # (B, nh, T, past + T)
+                att = att.masked_fill(~mask, float('-inf'))
+                att = F.softmax(att, dim=-1)
+                att = self.attn_dropout(att)
+                y = att @ v  # (B, nh, T, past + T) x (B, nh, past + T, hs) -> (B, nh, T, hs)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)  # re-assemble all head outputs side by side
+        return self.resid_dropout(self.c_proj(y))
+
+
+class MLP(nn.Module):
+
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
+        self.gelu = nn.GELU(approximate='tanh')  # GPT-2's gelu_new; the exact GELU does not reproduce its logits
+        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x):
+        return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))
+
+
+class Block(nn.Module):
+
+    def __init__(self, config: GPTConfig, layer_idx: int):
+        super().__init__()
+        self.ln_1 = LayerNorm(config.n_embd, bias=config.bias)
+        self.attn = CausalSelfAttention(config, layer_idx)
+        self.ln_2 = LayerNorm(config.n_embd, bias=config.bias)
+        self.mlp = MLP(config)
+
+    def forward(self, x, kv_cache: KVCache | None = None):
+        x = x + self.attn(self.ln_1(x), kv_cache)
+        x = x + self.mlp(self.ln_2(x))
+        return x
+
+
+# The Hugging Face hub repositories of OpenAI's checkpoints, and their shapes
+PRETRAINED = {
+    'gpt2': ('openai-community/gpt2', dict(n_layer=12, n_head=12, n_embd=768)),  # 124M params
+    'gpt2-medium': ('openai-community/gpt2-medium', dict(n_layer=24, n_head=16, n_embd=1024)),  # 350M params
+    'gpt2-large': ('openai-community/gpt2-large', dict(n_layer=36, n_head=20, n_embd=1280)),  # 774M params
+    'gpt2-xl': ('openai-community/gpt2-xl', dict(n_layer=48, n_head=25, n_embd=1600)),  # 1558M params
+}
+
+# Peak dense bf16 tensor-core FLOPS, matched against torch.cuda.get_device_name(); first match wins,
+# so the more specific names come first
+PEAK_BF16_FLOPS = [
+    ('GB200', 2.5e15), ('B200', 2.25e15), ('B100', 1.75e15),
+    ('H200', 989e12), ('GH200', 989e12), ('H100 NVL', 835e12), ('H100 PCIe', 756e12), ('H100', 989e12),
+    ('H800', 989e12), ('H20', 148e12),
+    ('A100', 312e12), ('A800', 312e12), ('A10G', 70e12), ('A10', 125e12), ('A30', 165e12), ('A40', 150e12),
+    ('L40S', 362e12), ('L40', 181e12), ('L4', 121e12),
+    ('RTX 6000 Ada', 364e12), ('RTX A6000', 155e12),
+    ('RTX 5090', 210e12), ('RTX 4090', 165e12), ('RTX 4080', 97e12), ('RTX 3090', 71e12), ('RTX 3080', 59e12),
+    ('V100', 125e12), ('T4', 65e12),  # no bf16 on these two: their fp16 peak
+    ('MI300X', 1307e12), ('MI325X', 1307e12), ('MI250X', 383e12),
+]
+
+
+def peak_flops(device) -> float | None:
+    """The peak bf16 FLOPS of a CUDA device from PEAK_BF16_FLOPS, or None when it is not a known GPU."""
+    device = torch.device(device)
+    if device.type != 'cuda' or not torch.cuda.is_available():
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((flops for key, flops in PEAK_BF16_FLOPS if key in name), None)
+
+
+class GPT(nn.Module):
+
+    def __init__(self, config: GPTConfig, seed: int = 1337):
+        super().__init__()
+        assert config.vocab_size is not None
+        assert config.block_size is not None
+        self.config = config
+
+        self.transformer = nn.ModuleDict(dict(
+            wte=nn.Embedding(config.vocab_size, config.n_embd),
+            wpe=nn.Embedding(config.block_size, config.n_embd),
+            drop=nn.Dropout(config.dropout),
+            h=nn.ModuleList([Block(config, i) for i in range(config.n_layer)]),
+            ln_f=LayerNorm(config.n_embd, bias=config.bias),
+        ))
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        # weight tying, as in GPT-2: the token embedding is the output projection
+        self.transformer.wte.weight = self.lm_head.weight
+
+        # GPT-2 init from an explicit generator, so the weights depend on the seed alone
+        generator = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            for name, p in self.named_parameters():
+                if name.endswith('c_proj.weight'):  # residual projections, scaled down per GPT-2 paper
+                    p.normal_(0.0, 0.02 / math.sqrt(2 * config.n_layer), generator=generator)
+                elif p.dim() >= 2:  # Linear weights and embeddings
+                    p.normal_(0.0, 0.02, generator=generator)
+                elif name.endswith('.bias'):
+                    p.zero_()
+                else:  # LayerNorm weights
+                    p.fill_(1.0)
+
+    def get_num_params(self, non_embedding: bool = True) -> int:
+        """
+        Return the number of parameters in the model.
+        For non-embedding count (default), the position embeddings get subtracted.
+        The token embeddings would too, except due to the parameter sharing these
+        params are actually used as weights in the final layer, so we include them.
+        """
+        n_params = sum(p.numel() for p in self.parameters())
+        if non_embedding:
+            n_params -= self.transformer.wpe.weight.numel()
+        return n_params
+
+    def forward(self, idx, targets=None, kv_cache: KVCache | None = None):
+        b, t = idx.size()
+        past = kv_cache.pos if kv_cache is not None else 0
+        if past + t > self.config.block_size:
+            raise ValueError(f"cannot forward a sequence of length {past + t}: the model's block_size is "
+                             f"{self.config.block_size}; crop the input to its last {self.config.block_size} tokens")
+        pos = torch.arange(past, past + t, dtype=torch.long, device=idx.device)  # shape (t)
+
+        # forward the GPT model itself
+        tok_emb = self.transformer.wte(idx)  # token embeddings of shape (b, t, n_embd)
+        pos_emb = self.transformer.wpe(pos)  # position embeddings of shape (t, n_embd)
+        x = self.transformer.drop(tok_emb + pos_emb)
+        for block in self.transformer.h:
+            x = block(x, kv_cache)
+        x = self.transformer.ln_f(x)
+        if kv_cache is not None:
+            kv_cache.pos += t
+
+        if targets is not None:
+            # if we are given some desired targets also calculate the loss
+            logits = self.lm_head(x)
+            loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1), ignore_index=-1)
+        else:
+            # inference-time mini-optimization: only forward the lm_head on the very last position
+            logits = self.lm_head(x[:, [-1], :])  # note: using list [-1] to preserve the time dim
+            loss = None
+
+        return logits, loss
+
+    def crop_block_size(self, block_size: int):
+        # model surgery to decrease the block size if necessary
+        # e.g. we may load the GPT2 pretrained model checkpoint (block size 1024)
+        # but want to use a smaller block size for some smaller, simpler model
+        if block_size > self.config.block_size:
+            raise ValueError(f"cannot grow block_size from {self.config.block_size} to {block_size}")
+        self.config.block_size = block_size
+        self.transformer.wpe.weight = nn.Parameter(self.transformer.wpe.weight[:block_size])
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str, override_args: dict | None = None) -> 'GPT':
+        """OpenAI's GPT-2 (gpt2, gpt2-medium, gpt2-large, gpt2-xl) from the Hugging Face hub, or a local
+        directory holding a Hugging Face GPT-2 checkpoint (config.json and model.safetensors or pytorch_model.bin)."""
+        override_args = override_args or {}
+        if set(override_args) - {'dropout'}:
+            raise ValueError(f"only dropout can be overridden in a pretrained model, not {sorted(override_args)}")
+        if os.path.isdir(name_or_path):
+            config_args, state_dict = _read_hf_checkpoint(name_or_path)
+        elif name_or_path in PRETRAINED:
+            config_args, state_dict = _download_hf_checkpoint(name_or_path)
+        else:
+            raise ValueError(f"unknown pretrained model {name_or_path!r}: use one of {', '.join(PRETRAINED)} "
+                             f"or a directory holding config.json and model.safetensors")
+        config_args.update(override_args)
+        model = cls(GPTConfig(bias=True, **config_args))
+
+        # OpenAI's checkpoints use a Conv1D module, whose weights are the transpose of a Linear's
+        transposed = ('attn.c_attn.weight', 'attn.c_proj.weight', 'mlp.c_fc.weight', 'mlp.c_proj.weight')
+        sd = model.state_dict()
+        expected = [k for k in sd if k != 'lm_head.weight']  # tied to transformer.wte.weight
+        missing = [k for k in expected if k not in state_dict]
+        if missing:
+            raise ValueError(f"{name_or_path} is not a GPT-2 checkpoint: it lacks {missing[:3]}"
+                             f"{' and more' if len(missing) > 3 else ''}")
+        with torch.no_grad():
+            for k in expected:
+                w = state_dict[k].t() if k.endswith(transposed) else state_dict[k]
+                if w.shape != sd[k].shape:
+                    raise ValueError(f"{name_or_path}: {k} has shape {tuple(w.shape)}, expected {tuple(sd[k].shape)}")
+                sd[k].copy_(w)
+        return model
+
+    def configure_optimizers(self, weight_decay: float, learning_rate: float, betas: tuple[float, float],
+                             device_type: str) -> torch.optim.AdamW:
+        # every 2D parameter (matmul weights, embeddings) decays; biases and layernorm weights do not
+        params = [p for p in self.parameters() if p.requires_grad]
+        decay_params = [p for p in params if p.dim() >= 2]
+        nodecay_params = [p for p in params if p.dim() < 2]
+        optim_groups = [
+            {'params': decay_params, 'weight_decay': weight_decay},
+            {'params': nodecay_params, 'weight_decay': 0.0},
+        ]
+        # the fused AdamW kernel is much faster where the device has one
+        fused = 'fused' in inspect.signature(torch.optim.AdamW).parameters and device_type in ('cuda', 'mps')
+        if device_type == 'mps' and torch.__version__ < '2.5':
+            fused = False
+        return torch.optim.AdamW(optim_groups, lr=learning_rate, betas=betas, fused=fused)
+
+    def estimate_mfu(self, fwdbwd_per_iter: int, dt: float, flops_promised: float | None = None) -> float | None:
+        """Model flops utilization: achieved FLOPS over the peak bf16 FLOPS of the device the model is on
+        (flops_promised overrides the lookup). None when that peak is unknown, e.g. on a CPU."""
+        # first estimate the number of flops we do per iteration, see PaLM paper Appendix B
+        if flops_promised is None:
+            flops_promised = peak_flops(self.lm_head.weight.device)
+        if flops_promised is None:
+            return None
+        N = self.get_num_params()
+        cfg = self.config
+        L, H, Q, T = cfg.n_layer, cfg.n_head, cfg.n_embd // cfg.n_head, cfg.block_size
+        flops_per_token = 6 * N + 12 * L * H * Q * T
+        flops_per_iter = flops_per_token * T * fwdbwd_per_iter
+        return flops_per_iter / dt / flops_promised
+
+    @torch.no_grad()
+    def generate(self, idx, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
+                 top_p: float | None = None, use_kv_cache: bool = True):
+        """
+        Take a conditioning sequence of indices idx (LongTensor of shape (b,t)) and complete
+        the sequence max_new_tokens times, feeding the predictions back into the model each time.
+        temperature=0 picks the most likely token. With the KV cache each step forwards one token; once the
+        sequence outgrows block_size the model sees only its last block_size tokens, exactly as without it.
+        Most likely you'll want to make sure to be in model.eval() mode of operation for this.
+        """
+        block_size = self.config.block_size
+        kv_cache = None
+        for _ in range(max_new_tokens):
+            if not use_kv_cache:
+                logits, _ = self(idx[:, -block_size:])
+            elif kv_cache is not None and kv_cache.pos < block_size:
+                logits, _ = self(idx[:, -1:], kv_cache=kv_cache)
+            else:
+                # (re)fill the cache with the whole context; past block_size the positions shift every step,
+                # so each step starts over from the last block_size tokens
+                kv_cache = KVCache(self.config)
+                logits, _ = self(idx[:, -block_size:], kv_cache=kv_cache)
+            idx_next = sample_next(logits[:, -1, :], temperature, top_k, top_p)
+            idx = torch.cat((idx, idx_next), dim=1)
+        return idx
+
+
+def sample_next(logits, temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None):
+    """Draw the next token (b, 1) from logits (b, vocab_size)."""
+    if temperature == 0.0:
+        return logits.argmax(dim=-1, keepdim=True)
+    logits = logits.float() / temperature
+    if top_k is not None:
+        v, _ = torch.topk(logits, min(top_k, logits.size(-1)))
+        logits[logits < v[:, [-1]]] = -float('inf')
+    if top_p is not None and top_p < 1.0:
+        # keep the smallest set of most likely tokens whose probability reaches top_p
+        sorted_logits, sorted_idx = torch.sort(logits, descending=True)
+        cum_probs = F.softmax(sorted_logits, dim=-1).cumsum(dim=-1)
+        drop = cum_probs - F.softmax(sorted_logits, dim=-1) >= top_p  # mass before this token already enough
+        sorted_logits[drop] = -float('inf')
+        logits = torch.full_like(logits, -float('inf')).scatter(1, sorted_idx, sorted_logits)
+    probs = F.softmax(logits, dim=-1)
+    return torch.multinomial(probs, num_samples=1)
+
+
+# -----------------------------------------------------------------------------
+# reading Hugging Face GPT-2 checkpoints
+
+def _hf_config_args(hf_config: dict, where: str) -> dict:
+    """GPTConfig arguments from a Hugging Face GPT2Config, refusing what this model cannot reproduce."""
+    if hf_config.get('model_type', 'gpt2') != 'gpt2':
+        raise ValueError(f"{where}: model_type is {hf_config['model_type']!r}, only 'gpt2' checkpoints can be loaded")
+    unsupported = {
+        'activation_function': ('gelu_new', hf_config.get('activation_function', 'gelu_new')),
+        'layer_norm_epsilon': (1e-5, hf_config.get('layer_norm_epsilon', 1e-5)),
+        'n_inner': (None, hf_config.get('n_inner')),
+        'scale_attn_weights': (True, hf_config.get('scale_attn_weights', True)),
+        'scale_attn_by_inverse_layer_idx': (False, hf_config.get('scale_attn_by_inverse_layer_idx', False)),
+        'reorder_and_upcast_attn': (False, hf_config.get('reorder_and_upcast_attn', False)),
+    }
+    n_embd = hf_config['n_embd']
+    for key, (want, got) in unsupported.items():
+        if got != want and not (key == 'n_inner' and got == 4 * n_embd):
+            raise ValueError(f"{where}: {key}={got!r} is not supported (GPT-2 uses {want!r})")
+    return dict(n_layer=hf_config['n_layer'], n_head=hf_config['n_head'], n_embd=n_embd,
+                block_size=hf_config['n_positions'], vocab_size=hf_config['vocab_size'],
+                dropout=0.0)
+
+
+def _hf_state_dict(weights_path: str) -> dict:
+    """A Hugging Face GPT-2 state_dict with keys as in this model (transformer.h.0.attn.c_attn.weight, ...)."""
+    if weights_path.endswith('.safetensors'):
+        from safetensors.torch import load_file
+        raw = load_file(weights_path)
+    else:
+        raw = torch.load(weights_path, map_location='cpu', weights_only=True)
+    state_dict = {}
+    for k, v in raw.items():
+        if k.endswith(('.attn.bias', '.attn.masked_bias')):  # causal-mask buffers, not parameters
+            continue
+        if not k.startswith(('transformer.', 'lm_head.')):  # GPT2Model checkpoints lack the prefix
+            k = 'transformer.' + k
+        state_dict[k] = v
+    return state_dict
+
+
+def _read_hf_checkpoint(path: str) -> tuple[dict, dict]:
+    config_path = os.path.join(path, 'config.json')
+    if not os.path.exists(config_path):
+        raise FileNotFoundError(f"{path} has no config.json: it is not a Hugging Face GPT-2 checkpoint")
+    with open(config_path) as f:
+        config_args = _hf_config_args(json.load(f), path)
+    for name in ('model.safetensors', 'pytorch_model.bin'):
+        if os.path.exists(os.path.join(path, name)):
+            return config_args, _hf_state_dict(os.path.join(path, name))
+    raise FileNotFoundError(f"{path} has neither model.safetensors nor pytorch_model.bin")
+
+
+def _download_hf_checkpoint(name: str) -> tuple[dict, dict]:
+    from huggingface_hub import hf_hub_download
+    repo_id, shape = PRETRAINED[name]
+    print(f"loading weights from pretrained gpt: {name} ({repo_id} on the Hugging Face hub)")
+    try:
+        config_file = hf_hub_download(repo_id, 'config.json')
+        weights_file = hf_hub_download(repo_id, 'model.safetensors')
+    except Exception as e:  # network, authentication or cache errors all end the same way
+        raise RuntimeError(
+            f"could not download {name} from the Hugging Face hub ({type(e).__name__}: {e}). If this machine is "
+            f"offline, pass a local directory holding config.json and model.safetensors instead of {name!r}") from e
+    with open(config_file) as f:
+        config_args = _hf_config_args(json.load(f), repo_id)
+    assert all(config_args[k] == v for k, v in shape.items()), f"{repo_id} is not shaped like {name}"
+    return config_args, _hf_state_dict(weights_file)

@@ -1,0 +1,71 @@
+"""
+Sample from a trained model, or from OpenAI's GPT-2:
+
+    python sample.py --out_dir=out-shakespeare-char
+    python sample.py --init_from=gpt2-xl --start="What is the answer to life?" --num_samples=3
+    python sample.py --init_from=path/to/hf_dir --start=FILE:prompt.txt
+"""
+import os
+import sys
+import time
+
+import torch
+
+from common import get_tokenizer, load_model, setup_runtime
+from configurator import config_defaults, configure
+
+# -----------------------------------------------------------------------------
+init_from = 'resume'  # 'resume' (from out_dir/ckpt.pt), a GPT-2 name ('gpt2', 'gpt2-xl', ...) or a HF directory
+out_dir = 'out'  # ignored if init_from is not 'resume'
+start = "\n"  # or "<|endoftext|>" or etc. Can also specify a file, use as: "FILE:prompt.txt"
+num_samples = 10  # number of samples to draw
+max_new_tokens = 500  # number of tokens generated in each sample
+temperature = 0.8  # 1.0 = no change, < 1.0 = less random, > 1.0 = more random; 0.0 = always the most likely
+top_k = 200  # retain only the top_k most likely tokens, clamp others to have 0 probability; None: all
+top_p = None  # nucleus sampling: retain the most likely tokens up to this probability mass; None: all
+seed = 1337
+device = 'auto'  # 'auto' (cuda, else mps, else cpu), or e.g. 'cpu', 'cuda', 'cuda:1', 'mps'
+dtype = 'auto'  # 'auto' (bfloat16 where supported on cuda, else float16; float32 elsewhere), 'float32', ...
+compile = False  # use PyTorch 2.0 to compile the model to be faster
+# -----------------------------------------------------------------------------
+defaults = config_defaults(globals())
+
+
+def main(argv: list[str]):
+    cfg = configure(defaults, argv)
+    rt = setup_runtime(cfg.device, cfg.dtype, cfg.seed)
+    model, checkpoint = load_model(cfg.init_from, cfg.out_dir, rt.device)
+    model.eval()
+    if cfg.compile:
+        model = torch.compile(model)  # requires PyTorch 2.0 (optional)
+    encode, decode = get_tokenizer(checkpoint)
+
+    start = cfg.start
+    if start.startswith('FILE:'):
+        path = start[5:]
+        if not os.path.exists(path):
+            raise SystemExit(f"error: prompt file {path} not found")
+        with open(path, 'r', encoding='utf-8') as f:
+            start = f.read()
+    start_ids = encode(start)
+    block_size = model.config.block_size
+    if len(start_ids) == 0:
+        raise SystemExit("error: the prompt is empty: pass --start with at least one character or token")
+    if len(start_ids) > block_size:
+        raise SystemExit(f"error: the prompt is {len(start_ids)} tokens long but the model's context is "
+                         f"{block_size}: shorten it to at most {block_size} tokens")
+    x = torch.tensor(start_ids, dtype=torch.long, device=rt.device)[None, ...]
+
+    with torch.no_grad(), rt.ctx:
+        for k in range(cfg.num_samples):
+            t0 = time.time()
+            y = model.generate(x, cfg.max_new_tokens, temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p)
+            dt = time.time() - t0
+            print(decode(y[0].tolist()))
+            print('---------------', flush=True)
+            print(f'({cfg.max_new_tokens} new tokens in {dt:.2f}s, {cfg.max_new_tokens / dt:.1f} tokens/s)',
+                  file=sys.stderr)
+
+
+if __name__ == '__main__':
+    main(sys.argv[1:])

@@ -1,0 +1,40 @@
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run_script(*args, cwd=REPO, env=None, check=True, timeout=600):
+    """Run `python <args>` from the repository root; return the CompletedProcess (stdout and stderr as text)."""
+    full_env = dict(os.environ, PYTHONUNBUFFERED='1', **(env or {}))
+    proc = subprocess.run([sys.executable, *args], cwd=cwd, env=full_env, capture_output=True, text=True,
+                          timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return proc
+
+
+@pytest.fixture(scope='session')
+def hf_gpt2_dir(tmp_path_factory):
+    """A tiny random GPT-2 saved in Hugging Face format, with the real GPT-2 vocabulary size."""
+    transformers = pytest.importorskip('transformers')
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(n_layer=2, n_head=4, n_embd=64, n_positions=128, vocab_size=50257)
+    model = transformers.GPT2LMHeadModel(config).eval()
+    path = tmp_path_factory.mktemp('hf_gpt2')
+    model.save_pretrained(path)
+    return str(path)
+
+
+@pytest.fixture(scope='session')
+def gpt2_tokenizer():
+    """tiktoken's GPT-2 encoding: from TIKTOKEN_CACHE_DIR offline, else downloaded; skipped when neither works."""
+    tiktoken = pytest.importorskip('tiktoken')
+    try:
+        return tiktoken.get_encoding('gpt2')
+    except Exception as e:  # no cache and no network
+        pytest.skip(f"GPT-2 BPE files unavailable (set TIKTOKEN_CACHE_DIR or go online): {e}")

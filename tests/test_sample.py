@@ -1,0 +1,56 @@
+import os
+import pickle
+
+import torch
+
+from conftest import run_script
+from model import GPT, GPTConfig
+
+
+def write_char_checkpoint(tmp_path, chars='\n abcdefgh'):
+    data_dir = tmp_path / 'data'
+    data_dir.mkdir()
+    with open(data_dir / 'meta.pkl', 'wb') as f:
+        pickle.dump({'vocab_size': len(chars), 'itos': dict(enumerate(chars)),
+                     'stoi': {c: i for i, c in enumerate(chars)}}, f)
+    model_args = dict(n_layer=2, n_head=2, n_embd=16, block_size=16, bias=False, vocab_size=len(chars), dropout=0.0)
+    model = GPT(GPTConfig(**model_args))
+    out_dir = tmp_path / 'out'
+    out_dir.mkdir()
+    torch.save({'model': model.state_dict(), 'model_args': model_args, 'iter_num': 0, 'best_val_loss': 9.0,
+                'config': {'dataset': str(data_dir)}}, out_dir / 'ckpt.pt')
+    return out_dir
+
+
+def test_sample_from_char_checkpoint(tmp_path):
+    out_dir = write_char_checkpoint(tmp_path)
+    proc = run_script('sample.py', f'--out_dir={out_dir}', '--start=abc', '--num_samples=2', '--max_new_tokens=40',
+                      '--device=cpu', '--top_p=0.9')
+    text = proc.stdout.split("meta.pkl...\n")[1]  # what follows the config and the vocabulary
+    samples = text.split('---------------\n')[:-1]
+    assert len(samples) == 2, proc.stdout
+    for sample in samples:  # the prompt and 40 new characters from the vocabulary, then print's newline
+        assert sample.startswith('abc') and len(sample) == 3 + 40 + 1 and set(sample) <= set('\n abcdefgh')
+    assert proc.stderr.count('40 new tokens in') == 2
+
+
+def test_sample_errors(tmp_path):
+    out_dir = write_char_checkpoint(tmp_path)
+    proc = run_script('sample.py', f'--out_dir={tmp_path / "missing"}', '--device=cpu', check=False)
+    assert proc.returncode != 0 and 'no checkpoint at' in proc.stderr
+    proc = run_script('sample.py', f'--out_dir={out_dir}', '--start=xyz', '--device=cpu', check=False)
+    assert proc.returncode != 0 and "outside the model's vocabulary" in proc.stderr and "'xyz'" in proc.stderr
+    proc = run_script('sample.py', f'--out_dir={out_dir}', '--start=' + 'a' * 17, '--device=cpu', check=False)
+    assert proc.returncode != 0 and 'context is 16' in proc.stderr
+    prompt = tmp_path / 'prompt.txt'
+    prompt.write_text('abc' * 6)
+    proc = run_script('sample.py', f'--out_dir={out_dir}', f'--start=FILE:{prompt}', '--device=cpu', check=False)
+    assert proc.returncode != 0 and '18 tokens long' in proc.stderr
+    proc = run_script('sample.py', '--init_fro=gpt2', check=False)
+    assert proc.returncode != 0 and "did you mean 'init_from'" in proc.stderr
+
+
+def test_sample_from_hf_directory(hf_gpt2_dir, gpt2_tokenizer):
+    proc = run_script('sample.py', f'--init_from={hf_gpt2_dir}', '--start=Hello, my name is', '--num_samples=1',
+                      '--max_new_tokens=10', '--device=cpu', '--temperature=0.0')
+    assert proc.stdout.startswith('Hello, my name is')
