@@ -1,0 +1,62 @@
+"""
+Prepare OpenWebText (8,013,769 documents) with GPT-2 BPE: train.bin (~9B tokens, ~17GB) and val.bin (~4M tokens),
+each document followed by <|endoftext|>.
+
+    python data/openwebtext/prepare.py --num_proc=16
+    python data/openwebtext/prepare.py --input a.jsonl b.jsonl    # your own corpus: .jsonl/.json/.parquet/.txt
+
+The hub copy is read as parquet, which current `datasets` releases load (they no longer run dataset scripts).
+"""
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+from data.tokenfiles import TokenWriter, load_text_dataset, tokenize_to_files, write_meta  # noqa: E402
+
+HUB_NAME = 'Skylion007/openwebtext'
+N_DOCUMENTS = 8_013_769
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--input', nargs='+', help='local .jsonl/.json/.parquet (a "text" field) or .txt files')
+    parser.add_argument('--hub_name', default=HUB_NAME, help='a Hugging Face dataset with a "text" column')
+    parser.add_argument('--revision', default=None,
+                        help="hub revision, e.g. refs/convert/parquet for the hub's own parquet export")
+    parser.add_argument('--num_proc', type=int, default=max(1, (os.cpu_count() or 2) // 2),
+                        help='tokenizer processes (good number: about half the CPU cores)')
+    parser.add_argument('--val_fraction', type=float, default=0.0005)
+    parser.add_argument('--out_dir', default=os.path.dirname(os.path.abspath(__file__)))
+    args = parser.parse_args(argv)
+    os.makedirs(args.out_dir, exist_ok=True)
+
+    dataset = load_text_dataset(args.hub_name, args.input, args.num_proc, 'data/openwebtext/prepare.py',
+                                revision=args.revision)
+    if not args.input and args.hub_name == HUB_NAME and len(dataset) != N_DOCUMENTS:
+        print(f"warning: {args.hub_name} has {len(dataset):,} documents, expected {N_DOCUMENTS:,} "
+              f"(a partial copy?)", file=sys.stderr)
+    if len(dataset) < 2:
+        raise SystemExit(f"error: {len(dataset)} document(s): need at least two for a train and a val split")
+
+    # owt by default only contains the 'train' split, so create a test split
+    split_dataset = dataset.train_test_split(test_size=args.val_fraction, seed=2357, shuffle=True)
+    split_dataset['val'] = split_dataset.pop('test')  # rename the test split to val
+
+    counts = {}
+    for split, dset in split_dataset.items():
+        with TokenWriter(args.out_dir, split) as writer:
+            counts[split] = tokenize_to_files(dset['text'], writer, args.num_proc, total=len(dset),
+                                              desc=f'writing {split}.bin')
+        print(f"{split}.bin has {counts[split]:,} tokens from {len(dset):,} documents")
+    write_meta(args.out_dir, tokenizer='gpt2', vocab_size=50257, tokens=counts)
+
+
+if __name__ == '__main__':
+    main()
+
+# train.bin is ~17GB, val.bin ~8.5MB
+# train has ~9B tokens (9,035,582,198)
+# val has ~4M tokens (4,434,897)
+# to read the bin files later, e.g. with numpy:
+# m = np.memmap('train.bin', dtype=np.uint16, mode='r')
