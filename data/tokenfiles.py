@@ -191,7 +191,8 @@ def split_files(data_dir: str, split: str) -> list[str]:
 def prepare_hint(data_dir: str) -> str:
     script = os.path.join(data_dir, 'prepare.py')
     if os.path.exists(script):
-        return f"run python {os.path.relpath(script)}"
+        inside = os.path.abspath(script).startswith(REPO_DIR + os.sep)
+        return f"run python {os.path.relpath(script, REPO_DIR) if inside else script}"
     return f"write {data_dir}/train.bin and val.bin (uint16 token ids) or shards, see data/tokenfiles.py"
 
 
