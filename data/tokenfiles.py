@@ -12,7 +12,7 @@ Every file is written under a temporary name and renamed once complete, so a run
 truncated file where a later run would read it.
 
 The writer (TokenWriter, tokenize_to_files) serves the prepare scripts; the reader (TokenLoader) serves
-train.py and bench.py: it checks what it opens and samples batches from a generator whose state it saves.
+train.py and bench.py: it checks what it opens and draws batches from a numbered stream whose position it saves.
 """
 
 import glob
@@ -197,11 +197,13 @@ def prepare_hint(data_dir: str) -> str:
 
 
 class TokenLoader:
-    """Random (B, T) batches of a split, like nanoGPT's get_batch, from a generator whose state is saved with the
-    checkpoint so a resumed run continues with the very batches it would have drawn."""
+    """Random (B, T) windows of a split, like nanoGPT's get_batch, drawn from a numbered stream of batches: batch g
+    depends on (seed, g) alone. Rank r of world_size reads batches r, r + world_size, ..., so the ranks read
+    different data, and together they read what one process with world_size times the accumulation reads.
+    state_dict() is the position in the stream: a resumed run continues with the very batches it would have drawn."""
 
     def __init__(self, data_dir: str, split: str, batch_size: int, block_size: int, vocab_size: int | None = None,
-                 device='cpu', seed: int = 1337):
+                 device='cpu', seed: int = 1337, rank: int = 0, world_size: int = 1):
         import torch
         self.torch = torch
         self.batch_size, self.block_size = batch_size, block_size
@@ -225,7 +227,8 @@ class TokenLoader:
         self.offsets = np.concatenate([[0], np.cumsum(self.windows)])
         if vocab_size is not None:
             self._check_vocab(vocab_size)
-        self.generator = torch.Generator().manual_seed(seed)
+        self.seed, self.rank, self.world_size = seed, rank, world_size
+        self.next = 0  # the stream's next batch number, the same on every rank
 
     def _check_vocab(self, vocab_size: int, sample: int = 1 << 20):
         # the start, middle and end of each file: enough to catch a dataset made with another tokenizer
@@ -241,7 +244,10 @@ class TokenLoader:
     def next_batch(self):
         torch = self.torch
         B, T = self.batch_size, self.block_size
-        starts = torch.randint(int(self.offsets[-1]), (B,), generator=self.generator).numpy()
+        g = self.next + self.rank
+        self.next += self.world_size
+        generator = torch.Generator().manual_seed((self.seed * 1_000_003 + g) % (1 << 63))
+        starts = torch.randint(int(self.offsets[-1]), (B,), generator=generator).numpy()
         files = np.searchsorted(self.offsets, starts, side='right') - 1
         # fresh memmaps per batch: a long-lived one grows the resident memory, see
         # https://stackoverflow.com/questions/45132940/numpy-memmap-memory-usage-want-to-iterate-once/61472122#61472122
@@ -249,7 +255,7 @@ class TokenLoader:
         rows = [maps[f][s - self.offsets[f]:s - self.offsets[f] + T + 1].astype(np.int64) for f, s in zip(files, starts)]
         del maps
         batch = torch.from_numpy(np.stack(rows))
-        x, y = batch[:, :-1], batch[:, 1:]
+        x, y = batch[:, :-1].contiguous(), batch[:, 1:].contiguous()
         if self.device.type == 'cuda':
             # pin arrays x,y, which allows us to move them to GPU asynchronously (non_blocking=True)
             return (x.pin_memory().to(self.device, non_blocking=True),
@@ -257,7 +263,7 @@ class TokenLoader:
         return x.to(self.device), y.to(self.device)
 
     def state_dict(self) -> dict:
-        return {'generator': self.generator.get_state()}
+        return {'next': self.next, 'seed': self.seed}
 
     def load_state_dict(self, state: dict):
-        self.generator.set_state(state['generator'])
+        self.next, self.seed = state['next'], state['seed']

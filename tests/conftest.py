@@ -11,7 +11,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def run_script(*args, cwd=REPO, env=None, check=True, timeout=600):
     """Run `python <args>` from the repository root; return the CompletedProcess (stdout and stderr as text)."""
     full_env = dict(os.environ, PYTHONUNBUFFERED='1', **(env or {}))
-    proc = subprocess.run([sys.executable, *args], cwd=cwd, env=full_env, capture_output=True, text=True,
+    script = os.path.join(REPO, args[0])  # scripts are named relative to the repository
+    proc = subprocess.run([sys.executable, script, *args[1:]], cwd=cwd, env=full_env, capture_output=True, text=True,
                           timeout=timeout)
     if check and proc.returncode != 0:
         raise AssertionError(f"{' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
@@ -38,3 +39,16 @@ def gpt2_tokenizer():
         return tiktoken.get_encoding('gpt2')
     except Exception as e:  # no cache and no network
         pytest.skip(f"GPT-2 BPE files unavailable (set TIKTOKEN_CACHE_DIR or go online): {e}")
+
+
+@pytest.fixture(scope='session')
+def char_data(tmp_path_factory):
+    """A small character-level dataset (16 characters): a repetitive text a model learns in a few dozen steps."""
+    import numpy as np
+    d = tmp_path_factory.mktemp('chardata')
+    rng = np.random.default_rng(0)
+    words = ['to be', 'or not', 'that is', 'the question', 'whether', 'tis nobler']
+    text = ' '.join(rng.choice(words, 20000)) + '\n'
+    (d / 'input.txt').write_text(text)
+    run_script('data/shakespeare_char/prepare.py', '--input', str(d / 'input.txt'), '--out_dir', str(d))
+    return str(d)

@@ -177,6 +177,15 @@ def test_loader_state_resumes_the_batch_sequence(tmp_path):
     assert not torch.equal(expected[0], c.next_batch()[0])
 
 
+def test_loader_ranks_split_the_single_process_stream(tmp_path):
+    make_split(tmp_path)
+    single = TokenLoader(str(tmp_path), 'train', 4, 16, seed=5)
+    ranks = [TokenLoader(str(tmp_path), 'train', 4, 16, seed=5, rank=r, world_size=2) for r in range(2)]
+    for _ in range(3):
+        for r in range(2):
+            assert torch.equal(single.next_batch()[0], ranks[r].next_batch()[0])
+
+
 def test_loader_reads_shards_in_proportion(tmp_path):
     with TokenWriter(str(tmp_path), 'train', shard_size=100) as w:
         w.write(np.concatenate([np.full(100, 1), np.full(100, 2), np.full(40, 3)]))

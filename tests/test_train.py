@@ -1,0 +1,161 @@
+import os
+import re
+import socket
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import REPO, run_script
+from data.tokenfiles import TokenWriter
+from train import get_lr
+
+TINY = ['--device=cpu', '--compile=False', '--n_layer=2', '--n_head=2', '--n_embd=32', '--block_size=32',
+        '--batch_size=8', '--gradient_accumulation_steps=1', '--eval_iters=4', '--log_interval=1',
+        '--learning_rate=3e-3', '--warmup_iters=5', '--min_lr=3e-4', '--wandb_log=False']
+
+
+def train(data, out_dir, *args, env=None, check=True):
+    return run_script('train.py', *TINY, f'--dataset={data}', f'--out_dir={out_dir}', *args, env=env, check=check)
+
+
+def iter_losses(stdout: str) -> dict:
+    return {int(i): float(v) for i, v in re.findall(r'iter (\d+): loss ([\d.]+)', stdout)}
+
+
+def eval_losses(stdout: str) -> dict:
+    return {int(i): float(v) for i, v in re.findall(r'step (\d+): train loss [\d.]+, val loss ([\d.]+)', stdout)}
+
+
+def load_model_state(out_dir):
+    return torch.load(os.path.join(out_dir, 'ckpt.pt'), map_location='cpu', weights_only=False)
+
+
+def test_lr_schedule():
+    lrs = [get_lr(it, 1.0, 10, 100, 0.1) for it in range(120)]
+    assert 0 < lrs[0] < lrs[1] < lrs[9] < lrs[10] == pytest.approx(1.0)  # warmup starts above zero
+    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:]))  # then only decays
+    assert lrs[55] == pytest.approx(0.1 + 0.5 * 0.9)  # half way down the cosine
+    assert lrs[100] == pytest.approx(0.1) and lrs[119] == 0.1
+
+
+def test_loss_falls_and_checkpoint_is_complete(char_data, tmp_path):
+    proc = train(char_data, tmp_path, '--max_iters=60', '--lr_decay_iters=60', '--eval_interval=30')
+    val = eval_losses(proc.stdout)
+    assert sorted(val) == [0, 30, 60]
+    assert val[60] < val[0] - 1.0, val
+    assert 'tok/s' in proc.stdout and 'eta' in proc.stdout and "config: {" in proc.stdout
+    ckpt = load_model_state(tmp_path)
+    assert ckpt['iter_num'] == 60 and ckpt['best_val_loss'] == pytest.approx(val[60], abs=1e-4)
+    assert set(ckpt) >= {'model', 'optimizer', 'scaler', 'model_args', 'iter_num', 'best_val_loss', 'config',
+                         'loader', 'rng'}
+    assert not any(k.startswith('_orig_mod') for k in ckpt['model'])
+    assert ckpt['model_args']['vocab_size'] == 16  # the characters of the dataset, from meta.pkl
+    assert not [f for f in os.listdir(tmp_path) if f != 'ckpt.pt']  # no temporary files left behind
+    # sample.py reads it with the dataset's characters
+    proc = run_script('sample.py', f'--out_dir={tmp_path}', '--start=to', '--num_samples=1', '--max_new_tokens=30',
+                      '--device=cpu')
+    assert set(proc.stdout.split('meta.pkl...\n')[1].replace('-', '')) <= set('to bernhaqusiwlf\n')
+
+
+def test_resume_continues_exactly(char_data, tmp_path):
+    # dropout on, so the restored RNG state matters as much as the data position
+    args = ['--dropout=0.1', '--eval_interval=5', '--lr_decay_iters=10']
+    whole = train(char_data, tmp_path / 'a', '--max_iters=10', *args)
+    train(char_data, tmp_path / 'b', '--max_iters=5', *args)
+    resumed = train(char_data, tmp_path / 'b', '--max_iters=10', '--init_from=resume', *args)
+    a, b = iter_losses(whole.stdout), iter_losses(resumed.stdout)
+    assert sorted(b) == [6, 7, 8, 9, 10]
+    assert all(a[i] == b[i] for i in b), (a, b)
+    sa, sb = load_model_state(tmp_path / 'a'), load_model_state(tmp_path / 'b')
+    for k, v in sa['model'].items():
+        assert torch.equal(v, sb['model'][k]), k
+    assert sa['loader'] == sb['loader'] and sa['iter_num'] == sb['iter_num'] == 10
+
+
+def test_best_val_loss_is_only_lowered(char_data, tmp_path):
+    # a learning rate this high makes the val loss climb after the first steps
+    proc = train(char_data, tmp_path, '--max_iters=12', '--eval_interval=3', '--learning_rate=0.5',
+                 '--warmup_iters=0', '--decay_lr=False', '--always_save_checkpoint=True')
+    val = eval_losses(proc.stdout)
+    assert load_model_state(tmp_path)['best_val_loss'] == pytest.approx(min(val.values()), abs=1e-4)
+    assert max(val.values()) > min(val.values())
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+
+def torchrun(*args):
+    return [sys.executable, '-m', 'torch.distributed.run', *args]
+
+
+def test_ddp_equals_single_process_with_twice_the_accumulation(char_data, tmp_path):
+    common = ['--max_iters=4', '--eval_interval=4', '--dropout=0.0', '--gradient_accumulation_steps=2',
+              '--eval_iters=2']
+    train(char_data, tmp_path / 'single', *common)
+    cmd = torchrun('--standalone', '--nproc_per_node=2', 'train.py', *TINY, f'--dataset={char_data}',
+                   f'--out_dir={tmp_path / "ddp"}', *common)
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    single, ddp = load_model_state(tmp_path / 'single'), load_model_state(tmp_path / 'ddp')
+    assert ddp['world_size'] == 2 and set(ddp['rng']) == {0, 1}
+    for k, v in single['model'].items():
+        assert torch.allclose(v, ddp['model'][k], atol=1e-5, rtol=1e-4), k
+    assert not torch.equal(single['model']['lm_head.weight'], load_init_weights(char_data)), 'nothing trained'
+
+
+def load_init_weights(char_data):
+    from common import dataset_dir  # noqa: F401
+    from model import GPT, GPTConfig
+    return GPT(GPTConfig(n_layer=2, n_head=2, n_embd=32, block_size=32, vocab_size=16, bias=False)).lm_head.weight
+
+
+def test_two_node_rendezvous_on_loopback(char_data, tmp_path):
+    port = free_port()
+    procs = []
+    for node_rank in range(2):
+        cmd = torchrun('--nnodes=2', '--nproc_per_node=1', f'--node_rank={node_rank}', '--master_addr=127.0.0.1',
+                       f'--master_port={port}', 'train.py', *TINY, f'--dataset={char_data}',
+                       f'--out_dir={tmp_path}', '--max_iters=3', '--eval_interval=3', '--gradient_accumulation_steps=2')
+        procs.append(subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    outs = [p.communicate(timeout=600) for p in procs]
+    assert all(p.returncode == 0 for p in procs), outs[0][1][-2000:] + outs[1][1][-2000:]
+    assert 'iter 3:' in outs[0][0] and 'iter 3:' not in outs[1][0]  # only the global rank 0 logs
+    assert load_model_state(tmp_path)['world_size'] == 2
+
+
+def test_finetune_pretrained_crops_block_size(hf_gpt2_dir, tmp_path):
+    d = tmp_path / 'bpe'
+    d.mkdir()
+    for split in ('train', 'val'):
+        with TokenWriter(str(d), split) as w:
+            w.write(np.random.default_rng(0).integers(0, 50257, 2000))
+    proc = run_script('train.py', *TINY, f'--dataset={d}', f'--out_dir={tmp_path / "out"}', f'--init_from={hf_gpt2_dir}',
+                      '--max_iters=2', '--eval_interval=2', '--bias=True', '--n_layer=2', '--n_head=4', '--n_embd=64')
+    ckpt = load_model_state(tmp_path / 'out')
+    assert ckpt['model_args']['block_size'] == 32 and ckpt['model']['transformer.wpe.weight'].shape == (32, 64)
+    proc = run_script('train.py', *TINY, f'--dataset={d}', f'--out_dir={tmp_path / "out"}', f'--init_from={hf_gpt2_dir}',
+                      '--block_size=256', check=False)
+    assert proc.returncode != 0 and "above the pretrained model's 128" in proc.stderr
+
+
+def test_error_messages(char_data, tmp_path):
+    proc = run_script('train.py', *TINY, '--dataset=openwebtext', f'--out_dir={tmp_path}', check=False)
+    if not os.path.exists(os.path.join(REPO, 'data', 'openwebtext', 'train.bin')):
+        assert proc.returncode != 0 and 'run python data/openwebtext/prepare.py' in proc.stderr, proc.stderr
+    proc = train(char_data, tmp_path / 'none', '--init_from=resume', check=False)
+    assert proc.returncode != 0 and 'no checkpoint at' in proc.stderr
+    train(char_data, tmp_path / 'ck', '--max_iters=1', '--eval_interval=1')
+    proc = train(char_data, tmp_path / 'ck', '--init_from=resume', '--n_layer=3', check=False)
+    assert proc.returncode != 0 and 'n_layer=2 in the checkpoint, 3 in the config' in proc.stderr
+    proc = train(char_data, tmp_path, '--gradient_accumulation_steps=3', env={'WORLD_SIZE': '2', 'RANK': '0'},
+                 check=False)
+    assert proc.returncode != 0 and 'not divisible by the 2 processes' in proc.stderr
+    proc = train(char_data, tmp_path, '--learning_rat=1', check=False)
+    assert proc.returncode != 0 and "did you mean 'learning_rate'" in proc.stderr
+    assert 'Traceback' not in proc.stderr
