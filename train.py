@@ -80,6 +80,7 @@ peak_flops = None  # the device's peak FLOPS for MFU; None looks the GPU up in m
 # evaluation
 hellaswag_interval = 0  # HellaSwag acc_norm every this many iterations (0: never), see hellaswag.py
 hellaswag_limit = 0  # examples per HellaSwag evaluation (0: all 10,042)
+hellaswag_file = ''  # a local hellaswag_val.jsonl; empty: downloaded once into data/hellaswag
 # -----------------------------------------------------------------------------
 defaults = config_defaults(globals())
 
@@ -280,7 +281,7 @@ def main(argv: list[str]):
     hellaswag = None
     if cfg.hellaswag_interval > 0:
         from hellaswag import evaluate_hellaswag, load_examples
-        hellaswag = load_examples(limit=cfg.hellaswag_limit or None)
+        hellaswag = load_examples(cfg.hellaswag_file, cfg.hellaswag_limit or None)
 
     def checkpoint_state() -> dict:
         # every rank's RNG state and the loader position, gathered so that rank 0 can save them
@@ -322,7 +323,7 @@ def main(argv: list[str]):
             metrics = {"iter": iter_num, "train/loss": losses['train'], "val/loss": losses['val'], "lr": lr,
                        "mfu": running_mfu * 100}
             if hellaswag is not None and (iter_num % cfg.hellaswag_interval == 0 or last):
-                acc = evaluate_hellaswag(model, hellaswag, rt, progress=False)
+                acc = evaluate_hellaswag(raw_model, hellaswag, rt, progress=False)
                 print0(f"step {iter_num}: hellaswag acc_norm {acc['acc_norm']:.4f}, acc {acc['acc']:.4f}")
                 metrics.update({"hellaswag/acc_norm": acc['acc_norm'], "hellaswag/acc": acc['acc']})
             log_metrics(metrics)
