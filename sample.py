@@ -26,7 +26,7 @@ top_p = None  # nucleus sampling: retain the most likely tokens up to this proba
 seed = 1337
 device = 'auto'  # 'auto' (cuda, else mps, else cpu), or e.g. 'cpu', 'cuda', 'cuda:1', 'mps'
 dtype = 'auto'  # 'auto' (bfloat16 where supported on cuda, else float16; float32 elsewhere), 'float32', ...
-compile = False  # use PyTorch 2.0 to compile the model to be faster
+compile = False  # kept for nanoGPT's commands; generation with the KV cache is not compiled
 # -----------------------------------------------------------------------------
 defaults = config_defaults(globals())
 
@@ -37,7 +37,8 @@ def main(argv: list[str]):
     model, checkpoint = load_model(cfg.init_from, cfg.out_dir, rt.device)
     model.eval()
     if cfg.compile:
-        model = torch.compile(model)  # requires PyTorch 2.0 (optional)
+        # generation forwards a growing KV cache: every step would be a new shape to compile
+        print("note: compile is ignored by sample.py; the KV cache already makes each step one token", file=sys.stderr)
     encode, decode = get_tokenizer(checkpoint)
 
     start = cfg.start

@@ -53,4 +53,8 @@ def test_sample_errors(tmp_path):
 def test_sample_from_hf_directory(hf_gpt2_dir, gpt2_tokenizer):
     proc = run_script('sample.py', f'--init_from={hf_gpt2_dir}', '--start=Hello, my name is', '--num_samples=1',
                       '--max_new_tokens=10', '--device=cpu', '--temperature=0.0')
-    assert proc.stdout.startswith('Hello, my name is')
+    # greedy: exactly the continuation the model gives in-process
+    model = GPT.from_pretrained(hf_gpt2_dir).eval()
+    ids = gpt2_tokenizer.encode('Hello, my name is')
+    out = model.generate(torch.tensor([ids]), 10, temperature=0.0)[0].tolist()
+    assert f"\n{gpt2_tokenizer.decode(out)}\n---------------\n" in proc.stdout, proc.stdout
