@@ -103,24 +103,37 @@ def write_meta(data_dir: str, **fields):
         json.dump(fields, f, indent=2)
 
 
-def read_text(input_path: str | None, default_path: str, url: str, script: str) -> str:
-    """The text of --input, else of default_path, downloading it from url first when it is missing."""
-    path = input_path or default_path
-    if input_path is None and not os.path.exists(path):
+SHAKESPEARE_URL = 'https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt'
+
+
+def shakespeare_splits(doc: str, script: str, argv=None) -> tuple[str, dict]:
+    """The command line of the Shakespeare prepare scripts (--input, --out_dir) and nanoGPT's 90/10 split of the
+    text: --input, else input.txt beside the script, downloaded from char-rnn when missing."""
+    import argparse
+    script_dir = os.path.join(REPO_DIR, os.path.dirname(script))
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--input', help='a text file to use instead of Tiny Shakespeare')
+    parser.add_argument('--out_dir', default=script_dir, help='where to write the token files')
+    args = parser.parse_args(argv)
+    os.makedirs(args.out_dir, exist_ok=True)
+    path = args.input or os.path.join(args.out_dir, 'input.txt')
+    if args.input is None and not os.path.exists(path):
         import urllib.request
-        print(f"downloading {url} to {path}")
+        print(f"downloading {SHAKESPEARE_URL} to {path}")
         try:
-            with urllib.request.urlopen(url, timeout=60) as response:
+            with urllib.request.urlopen(SHAKESPEARE_URL, timeout=60) as response:
                 data = response.read()
         except OSError as e:
-            raise SystemExit(f"error: could not download {url} ({e}).\n"
+            raise SystemExit(f"error: could not download {SHAKESPEARE_URL} ({e}).\n"
                              f"Offline, pass a local copy: python {script} --input PATH") from None
         with atomic_path(path) as tmp, open(tmp, 'wb') as f:
             f.write(data)
     if not os.path.exists(path):
         raise SystemExit(f"error: input file {path} not found")
     with open(path, 'r', encoding='utf-8') as f:
-        return f.read()
+        text = f.read()
+    n = len(text)
+    return args.out_dir, {'train': text[:int(n * 0.9)], 'val': text[int(n * 0.9):]}
 
 
 # -----------------------------------------------------------------------------
@@ -141,13 +154,17 @@ def _tokenize(text: str) -> np.ndarray:
 
 def tokenize_to_files(texts, writer: TokenWriter, num_proc: int, total: int | None = None, desc: str = 'tokenizing'):
     """GPT-2 BPE of each text followed by <|endoftext|>, written in order through writer; returns tokens written."""
+    import time
     from tqdm import tqdm
     written = 0
+    t0 = time.time()
     with Pool(num_proc) as pool, tqdm(total=total, unit='docs', desc=desc) as bar:
         for ids in pool.imap(_tokenize, texts, chunksize=16):
             writer.write(ids)
             written += ids.size
             bar.update(1)
+    dt = time.time() - t0
+    print(f"{desc}: {written:,} tokens in {dt:.1f}s ({written / dt:,.0f} tokens/s with {num_proc} processes)")
     return written
 
 

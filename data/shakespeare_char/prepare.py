@@ -7,7 +7,6 @@ encoder and decoder and some other related info.
     python data/shakespeare_char/prepare.py                 # input.txt beside this script, downloaded if missing
     python data/shakespeare_char/prepare.py --input FILE    # any text file
 """
-import argparse
 import os
 import pickle
 import sys
@@ -16,19 +15,12 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 from common import atomic_path  # noqa: E402
-from data.tokenfiles import TokenWriter, read_text, write_meta  # noqa: E402
-
-URL = 'https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt'
+from data.tokenfiles import TokenWriter, shakespeare_splits, write_meta  # noqa: E402
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('--input', help='a text file to use instead of Tiny Shakespeare')
-    parser.add_argument('--out_dir', default=os.path.dirname(os.path.abspath(__file__)))
-    args = parser.parse_args(argv)
-    os.makedirs(args.out_dir, exist_ok=True)
-
-    data = read_text(args.input, os.path.join(args.out_dir, 'input.txt'), URL, 'data/shakespeare_char/prepare.py')
+    out_dir, splits = shakespeare_splits(__doc__, 'data/shakespeare_char/prepare.py', argv)
+    data = splits['train'] + splits['val']
     print(f"length of dataset in characters: {len(data):,}")
 
     # get all the unique characters that occur in this text
@@ -41,22 +33,19 @@ def main(argv=None):
     stoi = {ch: i for i, ch in enumerate(chars)}
     itos = {i: ch for i, ch in enumerate(chars)}
 
-    # create the train and test splits
-    n = len(data)
-    splits = {'train': data[:int(n * 0.9)], 'val': data[int(n * 0.9):]}
     counts = {}
     for split, text in splits.items():
         ids = np.array([stoi[c] for c in text], dtype=np.uint16)
         print(f"{split} has {len(ids):,} tokens")
-        with TokenWriter(args.out_dir, split) as writer:
+        with TokenWriter(out_dir, split) as writer:
             writer.write(ids)
         counts[split] = len(ids)
 
     # save the meta information as well, to help us encode/decode later
     meta = {'vocab_size': vocab_size, 'itos': itos, 'stoi': stoi}
-    with atomic_path(os.path.join(args.out_dir, 'meta.pkl')) as tmp, open(tmp, 'wb') as f:
+    with atomic_path(os.path.join(out_dir, 'meta.pkl')) as tmp, open(tmp, 'wb') as f:
         pickle.dump(meta, f)
-    write_meta(args.out_dir, tokenizer='char', vocab_size=vocab_size, tokens=counts)
+    write_meta(out_dir, tokenizer='char', vocab_size=vocab_size, tokens=counts)
 
 
 if __name__ == '__main__':
