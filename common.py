@@ -36,6 +36,18 @@ def atomic_path(path: str):
             os.remove(tmp)
 
 
+def download(url: str, path: str, offline_hint: str):
+    """Fetch url into path (atomically); offline, one clear message ending with offline_hint."""
+    import urllib.request
+    print0(f"downloading {url} to {path}")
+    try:
+        with urllib.request.urlopen(url, timeout=60) as response, atomic_path(path) as tmp:
+            with open(tmp, 'wb') as f:
+                f.write(response.read())
+    except OSError as e:
+        raise SystemExit(f"error: could not download {url} ({e}).\n{offline_hint}") from None
+
+
 @dataclass
 class Runtime:
     device: str  # e.g. 'cuda:3', 'mps', 'cpu'

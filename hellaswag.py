@@ -21,7 +21,7 @@ from contextlib import nullcontext
 import torch
 from torch.nn import functional as F
 
-from common import REPO_DIR, atomic_path, load_model, print0, setup_runtime
+from common import REPO_DIR, download, load_model, print0, setup_runtime
 from configurator import config_defaults, configure
 
 URL = 'https://raw.githubusercontent.com/rowanz/hellaswag/master/data/hellaswag_val.jsonl'
@@ -40,25 +40,17 @@ seed = 1337
 defaults = config_defaults(globals())
 
 
-def download(cache_dir: str) -> str:
+def cached_val_file(cache_dir: str) -> str:
     """The path of hellaswag_val.jsonl in cache_dir, downloaded the first time."""
     path = os.path.join(cache_dir, 'hellaswag_val.jsonl')
     if not os.path.exists(path):
-        import urllib.request
         os.makedirs(cache_dir, exist_ok=True)
-        print0(f"downloading {URL} to {path}")
-        try:
-            with urllib.request.urlopen(URL, timeout=60) as response, atomic_path(path) as tmp:
-                with open(tmp, 'wb') as f:
-                    f.write(response.read())
-        except OSError as e:
-            raise SystemExit(f"error: could not download HellaSwag ({e}). Offline, download {URL} elsewhere "
-                             f"and pass --data_file=PATH") from None
+        download(URL, path, f"Offline, download {URL} elsewhere and pass --data_file=PATH")
     return path
 
 
 def load_examples(data_file: str = '', limit: int | None = None, cache_dir: str = cache_dir) -> list[dict]:
-    path = data_file or download(cache_dir)
+    path = data_file or cached_val_file(cache_dir)
     if not os.path.exists(path):
         raise SystemExit(f"error: HellaSwag file {path} not found")
     examples = []

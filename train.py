@@ -28,7 +28,7 @@ from dataclasses import asdict
 import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from common import atomic_path, dataset_dir, load_checkpoint, model_from_checkpoint, print0, setup_runtime
+from common import atomic_path, dataset_dir, load_model, print0, setup_runtime
 from configurator import config_defaults, configure
 from data.tokenfiles import TokenLoader
 from model import GPT, GPTConfig
@@ -176,38 +176,29 @@ def init_model(cfg, data_dir: str):
             print0(f"found vocab_size = {vocab_size} (inside {meta_path})")
         print0("Initializing a new model from scratch")
         model = GPT(GPTConfig(**model_args_from(cfg, vocab_size)), seed=cfg.seed)
-    elif cfg.init_from == 'resume':
-        ckpt_path = os.path.join(cfg.out_dir, 'ckpt.pt')
-        if not os.path.exists(ckpt_path):
-            raise SystemExit(f"error: init_from='resume' but there is no checkpoint at {ckpt_path}: "
-                             f"check out_dir, or start with init_from='scratch'")
-        print0(f"Resuming training from {ckpt_path}")
-        checkpoint = load_checkpoint(ckpt_path, 'cpu')
-        saved = checkpoint['model_args']
-        wanted = model_args_from(cfg, saved['vocab_size'])
-        differ = {k: (saved[k], wanted[k]) for k in ('n_layer', 'n_head', 'n_embd', 'block_size', 'bias')
-                  if saved.get(k) != wanted[k]}
-        if differ:
-            raise SystemExit(f"error: the checkpoint in {cfg.out_dir} has a different model shape than the config: "
-                             + ', '.join(f"{k}={a} in the checkpoint, {b} in the config" for k, (a, b) in differ.items())
-                             + ". Resume with the config the run started with")
-        checkpoint['model_args']['dropout'] = cfg.dropout  # dropout may change on resume
-        model = model_from_checkpoint(checkpoint, ckpt_path)
     else:
-        print0(f"Initializing from OpenAI GPT-2 weights: {cfg.init_from}")
-        try:
-            model = GPT.from_pretrained(cfg.init_from, dict(dropout=cfg.dropout))
-        except (ValueError, RuntimeError, FileNotFoundError) as e:
-            raise SystemExit(f"error: {e}") from e
-        if cfg.block_size > model.config.block_size:
-            raise SystemExit(f"error: block_size={cfg.block_size} is above the pretrained model's "
-                             f"{model.config.block_size}: use --block_size={model.config.block_size} or less")
-        if cfg.bias is not True or (cfg.n_layer, cfg.n_head, cfg.n_embd) != (
-                model.config.n_layer, model.config.n_head, model.config.n_embd):
-            print0(f"note: the shape of {cfg.init_from} overrides n_layer/n_head/n_embd/bias from the config")
-        # crop down the model block size if desired, using model surgery
-        if cfg.block_size < model.config.block_size:
-            model.crop_block_size(cfg.block_size)
+        # a checkpoint of this project, OpenAI's GPT-2 or a Hugging Face folder, as sample.py loads them
+        print0(f"Initializing from {cfg.init_from}" + (f" ({cfg.out_dir}/ckpt.pt)" if cfg.init_from == 'resume' else ''))
+        model, checkpoint = load_model(cfg.init_from, cfg.out_dir, 'cpu', dropout=cfg.dropout)
+        c = model.config
+        if checkpoint is not None:
+            wanted = model_args_from(cfg, c.vocab_size)
+            differ = {k: (getattr(c, k), wanted[k]) for k in ('n_layer', 'n_head', 'n_embd', 'block_size', 'bias')
+                      if getattr(c, k) != wanted[k]}
+            if differ:
+                raise SystemExit(f"error: the checkpoint in {cfg.out_dir} has a different model shape than the "
+                                 f"config: " + ', '.join(f"{k}={a} in the checkpoint, {b} in the config"
+                                                         for k, (a, b) in differ.items())
+                                 + ". Resume with the config the run started with")
+        else:
+            if cfg.block_size > c.block_size:
+                raise SystemExit(f"error: block_size={cfg.block_size} is above the pretrained model's "
+                                 f"{c.block_size}: use --block_size={c.block_size} or less")
+            if cfg.bias is not True or (cfg.n_layer, cfg.n_head, cfg.n_embd) != (c.n_layer, c.n_head, c.n_embd):
+                print0(f"note: the shape of {cfg.init_from} overrides n_layer/n_head/n_embd/bias from the config")
+            # crop down the model block size if desired, using model surgery
+            if cfg.block_size < c.block_size:
+                model.crop_block_size(cfg.block_size)
     return model, checkpoint
 
 
@@ -241,8 +232,8 @@ def main(argv: list[str]):
         return TokenLoader(data_dir, split, cfg.batch_size, cfg.block_size, model_args['vocab_size'], rt.device,
                            seed, rt.rank, rt.world_size)
     train_loader = loader('train', cfg.seed)
-    for split in ('train', 'val'):
-        loader(split, cfg.seed)  # check both splits now rather than at the first evaluation
+    eval_loaders = {split: loader(split, cfg.seed + 1) for split in ('train', 'val')}  # checks both splits now
+    eval_start = {split: ld.state_dict() for split, ld in eval_loaders.items()}
 
     # optimizer and GradScaler (a no-op unless training in float16)
     scaler = torch.amp.GradScaler(rt.device_type, enabled=(rt.dtype == 'float16'))
@@ -317,7 +308,8 @@ def main(argv: list[str]):
         # evaluate the loss on train/val sets and write checkpoints, and at the very end
         last = iter_num >= cfg.max_iters or cfg.eval_only
         if iter_num % cfg.eval_interval == 0 or last:
-            eval_loaders = {split: loader(split, cfg.seed + 1) for split in ('train', 'val')}
+            for split, ld in eval_loaders.items():
+                ld.load_state_dict(eval_start[split])
             losses = estimate_loss(model, eval_loaders, cfg.eval_iters, rt.ctx, rt.world_size)
             print0(f"step {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
             metrics = {"iter": iter_num, "train/loss": losses['train'], "val/loss": losses['val'], "lr": lr,

@@ -23,11 +23,12 @@ import sys
 from multiprocessing import Pool
 
 import numpy as np
+import torch
 
 REPO_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO_DIR not in sys.path:  # prepare scripts run as `python data/<name>/prepare.py`
     sys.path.insert(0, REPO_DIR)
-from common import atomic_path  # noqa: E402
+from common import atomic_path, download  # noqa: E402
 
 DTYPE = np.uint16
 SHARD_RE = re.compile(r'^(train|val)_(\d{6})\.bin$')
@@ -118,16 +119,7 @@ def shakespeare_splits(doc: str, script: str, argv=None) -> tuple[str, dict]:
     os.makedirs(args.out_dir, exist_ok=True)
     path = args.input or os.path.join(args.out_dir, 'input.txt')
     if args.input is None and not os.path.exists(path):
-        import urllib.request
-        print(f"downloading {SHAKESPEARE_URL} to {path}")
-        try:
-            with urllib.request.urlopen(SHAKESPEARE_URL, timeout=60) as response:
-                data = response.read()
-        except OSError as e:
-            raise SystemExit(f"error: could not download {SHAKESPEARE_URL} ({e}).\n"
-                             f"Offline, pass a local copy: python {script} --input PATH") from None
-        with atomic_path(path) as tmp, open(tmp, 'wb') as f:
-            f.write(data)
+        download(SHAKESPEARE_URL, path, f"Offline, pass a local copy: python {script} --input PATH")
     if not os.path.exists(path):
         raise SystemExit(f"error: input file {path} not found")
     with open(path, 'r', encoding='utf-8') as f:
@@ -221,8 +213,6 @@ class TokenLoader:
 
     def __init__(self, data_dir: str, split: str, batch_size: int, block_size: int, vocab_size: int | None = None,
                  device='cpu', seed: int = 1337, rank: int = 0, world_size: int = 1):
-        import torch
-        self.torch = torch
         self.batch_size, self.block_size = batch_size, block_size
         self.device = torch.device(device)
         self.paths = split_files(data_dir, split)
@@ -259,7 +249,6 @@ class TokenLoader:
                                  f"the data was prepared with another tokenizer, or vocab_size is wrong")
 
     def next_batch(self):
-        torch = self.torch
         B, T = self.batch_size, self.block_size
         g = self.next + self.rank
         self.next += self.world_size

@@ -87,7 +87,7 @@ def test_fineweb_edu_shards_on_local_files(tmp_path, gpt2_tokenizer):
                '--num_proc=2', '--shard_size=500')
     files = sorted(p for p in os.listdir(tmp_path) if p.endswith('.bin'))
     assert files[-1] == 'val_000000.bin' and files[0] == 'train_000001.bin'
-    shards = [read_bin(tmp_path / f'val_000000.bin')] + [read_bin(tmp_path / f) for f in files[:-1]]
+    shards = [read_bin(tmp_path / 'val_000000.bin')] + [read_bin(tmp_path / f) for f in files[:-1]]
     assert all(len(s) == 500 for s in shards[:-1]) and 0 < len(shards[-1]) <= 500
     # the shards, in order, are the documents in order
     all_ids = np.concatenate(shards)

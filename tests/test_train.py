@@ -110,7 +110,6 @@ def test_ddp_equals_single_process_with_twice_the_accumulation(char_data, tmp_pa
 
 
 def load_init_weights(char_data):
-    from common import dataset_dir  # noqa: F401
     from model import GPT, GPTConfig
     return GPT(GPTConfig(n_layer=2, n_head=2, n_embd=32, block_size=32, vocab_size=16, bias=False)).lm_head.weight
 
