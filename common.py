@@ -80,7 +80,10 @@ def setup_runtime(device: str = 'auto', dtype: str = 'auto', seed: int = 1337, b
     world_size = int(os.environ.get('WORLD_SIZE', 1))
     if device == 'auto':
         device = default_device()
-    device_type = torch.device(device).type
+    try:
+        device_type = torch.device(device).type
+    except RuntimeError:
+        raise SystemExit(f"error: device={device!r} is not a device: use auto, cpu, cuda, cuda:N or mps") from None
     if device_type == 'cuda' and not torch.cuda.is_available():
         raise SystemExit(f"error: device={device!r} but CUDA is not available here: use --device=cpu or --device=mps")
     if device_type == 'mps' and not torch.backends.mps.is_available():

@@ -1,0 +1,46 @@
+import contextlib
+
+import pytest
+import torch
+
+from common import setup_runtime
+
+
+def test_cpu_defaults_to_float32_without_autocast():
+    rt = setup_runtime('cpu', 'auto')
+    assert (rt.device, rt.device_type, rt.dtype, rt.ddp, rt.world_size) == ('cpu', 'cpu', 'float32', False, 1)
+    assert isinstance(rt.ctx, contextlib.nullcontext)
+
+
+def test_cpu_bfloat16_autocasts_matmuls():
+    rt = setup_runtime('cpu', 'bfloat16')
+    with rt.ctx:
+        y = torch.nn.Linear(4, 4)(torch.randn(2, 4))
+    assert y.dtype == torch.bfloat16
+
+
+def test_seed_makes_draws_repeat():
+    setup_runtime('cpu', 'float32', seed=7)
+    a = torch.rand(3)
+    setup_runtime('cpu', 'float32', seed=7)
+    assert torch.equal(a, torch.rand(3))
+
+
+@pytest.mark.parametrize('device, message', [
+    ('gpu', "device='gpu' is not a device"),
+    ('cpu:banana', "is not a device"),
+])
+def test_bad_device_strings(device, message):
+    with pytest.raises(SystemExit, match=message):
+        setup_runtime(device)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason='needs a machine without CUDA')
+def test_cuda_index_without_cuda():
+    with pytest.raises(SystemExit, match=r"device='cuda:3' but CUDA is not available"):
+        setup_runtime('cuda:3')
+
+
+def test_unknown_dtype():
+    with pytest.raises(SystemExit, match="dtype='float64'"):
+        setup_runtime('cpu', 'float64')
