@@ -298,7 +298,7 @@ def main(argv: list[str]):
 
     # training loop
     t_start = t0 = time.time()
-    start_iter = iter_num
+    start_iter = t0_iter = iter_num  # t0_iter: the iteration at which t0 was taken
     running_mfu = -1.0
     loss_sum = None
     while True:
@@ -327,7 +327,7 @@ def main(argv: list[str]):
                     print(f"saving checkpoint to {cfg.out_dir}")
                     save_checkpoint(os.path.join(cfg.out_dir, 'ckpt.pt'), state)
                 state = None
-            t0 = time.time()  # evaluation time is not training time
+            t0, t0_iter = time.time(), iter_num  # evaluation time is not training time
         if last:
             break
 
@@ -339,8 +339,8 @@ def main(argv: list[str]):
             # get loss as float: a CPU-GPU sync point, only every log_interval
             lossf = loss_sum.item()
             t1 = time.time()
-            dt = (t1 - t0) / cfg.log_interval
-            t0 = t1
+            dt = (t1 - t0) / (iter_num - t0_iter)
+            t0, t0_iter = t1, iter_num
             done = iter_num - start_iter
             if done >= 5 * cfg.log_interval:  # let the training loop settle a bit
                 mfu = raw_model.estimate_mfu(cfg.batch_size * grad_accum, dt, cfg.peak_flops)
