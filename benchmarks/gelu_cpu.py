@@ -1,6 +1,6 @@
 """
 What GPT-2's tanh GELU costs in the CPU quick-start training step, against the exact GELU that nanoGPT uses.
-Both variants run train.py's own step on the same batches, in one process and in alternating rounds, because
+Both variants run train.py's own step on the same batch, in one process and in alternating rounds, because
 the machine is shared and noisy. The loss is the same either way; only the time differs.
 
     python benchmarks/gelu_cpu.py                 # quick-start shape: 4 layers, 128 wide, batch 12 x 64
@@ -16,22 +16,9 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from bench import SyntheticLoader  # noqa: E402
 from model import GPT, GPTConfig  # noqa: E402
 from train import train_step  # noqa: E402
-
-
-class FixedBatches:
-    """The same few batches over and over, so both variants see identical inputs."""
-
-    def __init__(self, vocab_size: int, batch_size: int, block_size: int, n: int = 8):
-        g = torch.Generator().manual_seed(0)
-        self.batches = [(torch.randint(vocab_size, (batch_size, block_size), generator=g),
-                         torch.randint(vocab_size, (batch_size, block_size), generator=g)) for _ in range(n)]
-        self.i = 0
-
-    def next_batch(self):
-        self.i += 1
-        return self.batches[self.i % len(self.batches)]
 
 
 def main():
@@ -41,7 +28,7 @@ def main():
     args = parser.parse_args()
 
     config = GPTConfig(n_layer=4, n_head=4, n_embd=128, block_size=64, vocab_size=65, bias=False, dropout=0.0)
-    loader = FixedBatches(config.vocab_size, 12, config.block_size)
+    loader = SyntheticLoader(12, config.block_size, config.vocab_size, 'cpu')  # the same batch for both variants
     scaler = torch.amp.GradScaler('cpu', enabled=False)
     runs = {}
     for approximate in ('tanh', 'none'):
