@@ -353,6 +353,9 @@ def main(argv: list[str]):
             log_metrics({"iter": iter_num, "train/loss_step": lossf, "lr": lr})
 
     if rt.ddp:
+        # wait for rank 0 to finish the last checkpoint: a rank that exits while the collective it just joined is
+        # still being released by gloo's threads can abort ("terminate called without an active exception")
+        torch.distributed.barrier()
         torch.distributed.destroy_process_group()
 
 
