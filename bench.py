@@ -12,9 +12,9 @@ import time
 
 import torch
 
-from common import dataset_dir, print0, setup_runtime
+from common import dataset_dir, device_peak_flops, print0, setup_runtime
 from configurator import config_defaults, configure
-from data.tokenfiles import TokenLoader
+from data.loader import TokenLoader
 from model import GPT, GPTConfig
 from train import train_step
 
@@ -40,7 +40,7 @@ weight_decay = 1e-1
 burnin_steps = 10  # not timed: compilation, allocator and autotuning warm-up
 benchmark_steps = 20
 profile = False  # use pytorch profiler, or just simple benchmarking?
-peak_flops = None  # the device's peak FLOPS for MFU; None looks the GPU up in model.PEAK_BF16_FLOPS
+peak_flops = None  # the device's peak FLOPS for MFU; None looks the GPU up in common.PEAK_BF16_FLOPS
 # -----------------------------------------------------------------------------
 defaults = config_defaults(globals())
 
@@ -57,46 +57,46 @@ class SyntheticLoader:
         return self.x, self.y
 
 
-def main(argv: list[str]):
-    cfg = configure(defaults, argv)
-    rt = setup_runtime(cfg.device, cfg.dtype, cfg.seed)
-    model = GPT(GPTConfig(block_size=cfg.block_size, n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd,
-                          dropout=cfg.dropout, bias=cfg.bias, vocab_size=cfg.vocab_size), seed=cfg.seed)
-    model.to(rt.device)
-    if cfg.real_data:
-        loader = TokenLoader(dataset_dir(cfg.dataset), 'train', cfg.batch_size, cfg.block_size, cfg.vocab_size,
-                             rt.device, cfg.seed)
+# -----------------------------------------------------------------------------
+if __name__ == '__main__':
+    globals().update(vars(configure(defaults, sys.argv[1:])))  # overrides from command line or config file
+    runtime = setup_runtime(device, dtype, seed)
+    device, device_type, dtype, ctx = runtime.device, runtime.device_type, runtime.dtype, runtime.ctx
+    model = GPT(GPTConfig(block_size=block_size, n_layer=n_layer, n_head=n_head, n_embd=n_embd, dropout=dropout,
+                          bias=bias, vocab_size=vocab_size), seed=seed)
+    model.to(device)
+    if real_data:
+        loader = TokenLoader(dataset_dir(dataset), 'train', batch_size, block_size, vocab_size, device, seed)
     else:
-        loader = SyntheticLoader(cfg.batch_size, cfg.block_size, cfg.vocab_size, rt.device)
-    optimizer = model.configure_optimizers(cfg.weight_decay, cfg.learning_rate, (0.9, 0.95), rt.device_type)
-    scaler = torch.amp.GradScaler(rt.device_type, enabled=(rt.dtype == 'float16'))
+        loader = SyntheticLoader(batch_size, block_size, vocab_size, device)
+    optimizer = model.configure_optimizers(weight_decay, learning_rate, (0.9, 0.95), device_type)
+    scaler = torch.amp.GradScaler(device_type, enabled=(dtype == 'float16'))
     raw_model = model
-    if cfg.compile:
+    if compile:
         print0("Compiling model...")
         model = torch.compile(model)  # pytorch 2.0
 
     def step():
-        return train_step(model, optimizer, scaler, loader, cfg.gradient_accumulation_steps, rt.ctx,
-                          cfg.grad_clip, cfg.learning_rate)
+        return train_step(model, optimizer, scaler, loader, gradient_accumulation_steps, ctx, grad_clip,
+                          learning_rate)
 
     def sync():
-        if rt.device_type == 'cuda':
+        if device_type == 'cuda':
             torch.cuda.synchronize()
-        elif rt.device_type == 'mps':
+        elif device_type == 'mps':
             torch.mps.synchronize()
 
-    tokens_per_iter = cfg.batch_size * cfg.block_size * cfg.gradient_accumulation_steps
+    tokens_per_iter = batch_size * block_size * gradient_accumulation_steps
     print0(f"{raw_model.get_num_params() / 1e6:.2f}M parameters, {tokens_per_iter:,} tokens per step, "
-           f"device {rt.device}, dtype {rt.dtype}, compile {cfg.compile}, "
-           f"{'real' if cfg.real_data else 'synthetic'} data")
+           f"device {device}, dtype {dtype}, compile {compile}, {'real' if real_data else 'synthetic'} data")
 
-    if cfg.profile:
+    if profile:
         # useful docs on pytorch profiler:
         # - tutorial https://pytorch.org/tutorials/intermediate/tensorboard_profiler_tutorial.html
         # - api https://pytorch.org/docs/stable/profiler.html#torch.profiler.profile
         wait, warmup, active = 5, 5, 5
         activities = [torch.profiler.ProfilerActivity.CPU]
-        if rt.device_type == 'cuda':
+        if device_type == 'cuda':
             activities.append(torch.profiler.ProfilerActivity.CUDA)
         with torch.profiler.profile(
             activities=activities,
@@ -109,25 +109,22 @@ def main(argv: list[str]):
                 print0(f"{k}/{wait + warmup + active} loss: {lossf:.4f}")
                 prof.step()  # notify the profiler at end of each step
         print0(prof.key_averages().table(sort_by='self_cpu_time_total', row_limit=15))
-        return
-
-    for _ in range(cfg.burnin_steps):
-        step()
-    sync()
-    if rt.device_type == 'cuda':
-        torch.cuda.reset_peak_memory_stats(rt.device)
-    t0 = time.time()
-    for _ in range(cfg.benchmark_steps):
-        loss = step()
-    lossf = loss.item()  # waits for the last step
-    sync()
-    dt = (time.time() - t0) / cfg.benchmark_steps
-    mfu = raw_model.estimate_mfu(cfg.batch_size * cfg.gradient_accumulation_steps, dt, cfg.peak_flops)
-    mfu_text = f"{mfu * 100:.2f}%" if mfu is not None else "n/a (unknown peak FLOPS: pass --peak_flops)"
-    memory = f"{torch.cuda.max_memory_allocated(rt.device) / 2**30:.2f} GiB" if rt.device_type == 'cuda' else "n/a"
-    print0(f"loss {lossf:.4f}: {dt * 1000:.2f} ms/iter, {tokens_per_iter / dt:,.0f} tokens/s, MFU {mfu_text}, "
-           f"peak memory {memory}")
-
-
-if __name__ == '__main__':
-    main(sys.argv[1:])
+    else:
+        # simple benchmarking: burn-in (compilation, allocator, autotuning) untimed, then the timed steps
+        for _ in range(burnin_steps):
+            step()
+        sync()
+        if device_type == 'cuda':
+            torch.cuda.reset_peak_memory_stats(device)
+        t0 = time.time()
+        for _ in range(benchmark_steps):
+            loss = step()
+        lossf = loss.item()  # waits for the last step
+        sync()
+        dt = (time.time() - t0) / benchmark_steps
+        mfu = raw_model.estimate_mfu(batch_size * gradient_accumulation_steps, dt,
+                                     peak_flops or device_peak_flops(device))
+        mfu_text = f"{mfu * 100:.2f}%" if mfu is not None else "n/a (unknown peak FLOPS: pass --peak_flops)"
+        memory = f"{torch.cuda.max_memory_allocated(device) / 2**30:.2f} GiB" if device_type == 'cuda' else "n/a"
+        print0(f"loss {lossf:.4f}: {dt * 1000:.2f} ms/iter, {tokens_per_iter / dt:,.0f} tokens/s, MFU {mfu_text}, "
+               f"peak memory {memory}")

@@ -1,12 +1,12 @@
 """
 What train.py, sample.py, bench.py and the evaluation scripts share: one runtime setup (device, DDP process group,
-dtype, autocast, seeding), rank-0 printing, atomic writes, loading a model from a checkpoint or a pretrained name,
-and the tokenizer that goes with it.
+dtype, autocast, seeding), the device's peak FLOPS for MFU, rank-0 printing, loading a model from a checkpoint or a
+pretrained name, and the tokenizer that goes with it.
 """
 
 import os
 import pickle
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -21,31 +21,6 @@ def print0(*args, **kwargs):
     """print on the master process only (RANK 0, or no torchrun at all)"""
     if int(os.environ.get('RANK', 0)) == 0:
         print(*args, **kwargs)
-
-
-@contextmanager
-def atomic_path(path: str):
-    """Yield a temporary path beside `path`, renamed to `path` only when the block completes, so an
-    interrupted write never leaves a truncated file under the final name."""
-    tmp = f"{path}.tmp{os.getpid()}"
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
-def download(url: str, path: str, offline_hint: str):
-    """Fetch url into path (atomically); offline, one clear message ending with offline_hint."""
-    import urllib.request
-    print0(f"downloading {url} to {path}")
-    try:
-        with urllib.request.urlopen(url, timeout=60) as response, atomic_path(path) as tmp:
-            with open(tmp, 'wb') as f:
-                f.write(response.read())
-    except OSError as e:
-        raise SystemExit(f"error: could not download {url} ({e}).\n{offline_hint}") from None
 
 
 @dataclass
@@ -102,12 +77,36 @@ def setup_runtime(device: str = 'auto', dtype: str = 'auto', seed: int = 1337, b
             dtype = 'float32'
     if dtype not in PTDTYPES:
         raise SystemExit(f"error: dtype={dtype!r}: use one of {', '.join(PTDTYPES)} or auto")
-    torch.manual_seed(seed + rank)  # every rank draws different data and dropout masks
+    torch.manual_seed(seed + rank)  # every rank draws its own dropout masks (the loaders seed themselves)
     if device_type == 'cuda':
         torch.set_float32_matmul_precision('high')  # TF32 in matmuls and convolutions
         torch.backends.cudnn.allow_tf32 = True
     ctx = nullcontext() if dtype == 'float32' else torch.autocast(device_type=device_type, dtype=PTDTYPES[dtype])
     return Runtime(device, device_type, dtype, ctx, ddp, rank, local_rank, world_size)
+
+
+# Peak dense bf16 tensor-core FLOPS, matched against torch.cuda.get_device_name(); first match wins,
+# so the more specific names come first
+PEAK_BF16_FLOPS = [
+    ('GB200', 2.5e15), ('B200', 2.25e15), ('B100', 1.75e15),
+    ('H200', 989e12), ('GH200', 989e12), ('H100 NVL', 835e12), ('H100 PCIe', 756e12), ('H100', 989e12),
+    ('H800', 989e12), ('H20', 148e12),
+    ('A100', 312e12), ('A800', 312e12), ('A10G', 70e12), ('A10', 125e12), ('A30', 165e12), ('A40', 150e12),
+    ('L40S', 362e12), ('L40', 181e12), ('L4', 121e12),
+    ('RTX 6000 Ada', 364e12), ('RTX A6000', 155e12),
+    ('RTX 5090', 210e12), ('RTX 4090', 165e12), ('RTX 4080', 97e12), ('RTX 3090', 71e12), ('RTX 3080', 59e12),
+    ('V100', 125e12), ('T4', 65e12),  # no bf16 on these two: their fp16 peak
+    ('MI300X', 1307e12), ('MI325X', 1307e12), ('MI250X', 383e12),
+]
+
+
+def device_peak_flops(device) -> float | None:
+    """The peak bf16 FLOPS of a CUDA device from PEAK_BF16_FLOPS, or None when it is not a known GPU."""
+    device = torch.device(device)
+    if device.type != 'cuda' or not torch.cuda.is_available():
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((flops for key, flops in PEAK_BF16_FLOPS if key in name), None)
 
 
 def dataset_dir(dataset: str) -> str:
@@ -131,12 +130,12 @@ def load_checkpoint(ckpt_path: str, device) -> dict:
     return checkpoint
 
 
-def model_from_checkpoint(checkpoint: dict, where: str = 'checkpoint') -> GPT:
+def model_from_checkpoint(checkpoint: dict, source: str = 'checkpoint') -> GPT:
     """The GPT described by a checkpoint's model_args, with its weights (nanoGPT's checkpoints included)."""
     model_args = checkpoint['model_args']
     known = set(GPTConfig.__dataclass_fields__)
     if set(model_args) - known:
-        raise SystemExit(f"error: {where} has model arguments {sorted(set(model_args) - known)} that this GPT "
+        raise SystemExit(f"error: {source} has model arguments {sorted(set(model_args) - known)} that this GPT "
                          f"does not know: it comes from another architecture")
     model = GPT(GPTConfig(**model_args))
     # checkpoints of a torch.compile'd model (nanoGPT's) carry this prefix
@@ -145,7 +144,7 @@ def model_from_checkpoint(checkpoint: dict, where: str = 'checkpoint') -> GPT:
     try:
         model.load_state_dict(state_dict)
     except RuntimeError as e:
-        raise SystemExit(f"error: the weights in {where} do not fit its model_args {model_args}: {e}") from e
+        raise SystemExit(f"error: the weights in {source} do not fit its model_args {model_args}: {e}") from e
     return model
 
 

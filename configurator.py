@@ -7,10 +7,19 @@ where arguments are either config files or --key=value overrides, e.g.
 
     python train.py config/override_file.py --batch_size=32
 
+The config keys are the script's public lowercase globals bound to an int, float, bool, str or None; module
+constants written in capitals (URL, N_VAL, REPO_DIR) are not config keys.
+
 Config files are plain Python, exec'd over the defaults; --key=value values are parsed with ast.literal_eval
 (and kept as strings when that fails). Unlike nanoGPT's exec'd configurator, an unknown key, in a file or on the
 command line, stops with an error naming the closest known key, and a value of the wrong type is an error
 (an int where a float is expected is fine). Every resolved override is printed.
+
+A config file may compute its values with helper names, as long as they start with an underscore (or are
+modules, functions or classes, e.g. `import math`); every other name it binds must be a config key:
+
+    _tokens_per_step = 8 * 1024 * 64
+    gradient_accumulation_steps = _tokens_per_step // (batch_size * block_size)
 """
 
 import ast
@@ -23,9 +32,10 @@ CONFIG_TYPES = (int, float, bool, str)
 
 
 def config_defaults(namespace: dict) -> dict:
-    """The config keys of a script's globals: the public names bound to an int, float, bool, str or None."""
+    """The config keys of a script's globals: the public names bound to an int, float, bool, str or None,
+    less the capitalised module constants."""
     return {k: v for k, v in namespace.items()
-            if not k.startswith('_') and (v is None or isinstance(v, CONFIG_TYPES))}
+            if not k.startswith('_') and not k.isupper() and (v is None or isinstance(v, CONFIG_TYPES))}
 
 
 def _unknown_key(key: str, known) -> SystemExit:

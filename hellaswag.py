@@ -21,8 +21,9 @@ from contextlib import nullcontext
 import torch
 from torch.nn import functional as F
 
-from common import REPO_DIR, download, load_model, print0, setup_runtime
+from common import REPO_DIR, load_model, print0, setup_runtime
 from configurator import config_defaults, configure
+from data.tokenfiles import download
 
 URL = 'https://raw.githubusercontent.com/rowanz/hellaswag/master/data/hellaswag_val.jsonl'
 N_VAL = 10042
@@ -103,7 +104,7 @@ def score_example(model, tokens, mask, ctx=None):
     return losses.sum(dim=1), losses.sum(dim=1) / n
 
 
-def evaluate_hellaswag(model, examples: list[dict], rt, progress: bool = True) -> dict:
+def evaluate_hellaswag(model, examples: list[dict], runtime, progress: bool = True) -> dict:
     """acc and acc_norm of a GPT (unwrapped: no DDP, no compile, as the examples' lengths vary) over examples; under DDP each rank scores every world_size-th example and counts are summed."""
     import tiktoken
     from tqdm import tqdm
@@ -114,13 +115,13 @@ def evaluate_hellaswag(model, examples: list[dict], rt, progress: bool = True) -
     was_training = model.training
     model.eval()
     counts = torch.zeros(3, dtype=torch.long)  # correct (acc_norm), correct (acc), total
-    mine = examples[rt.rank::rt.world_size]
-    for example in tqdm(mine, desc='hellaswag', disable=not (progress and rt.master_process)):
+    shard = examples[runtime.rank::runtime.world_size]  # this rank's examples
+    for example in tqdm(shard, desc='hellaswag', disable=not (progress and runtime.master_process)):
         tokens, mask, label = render_example(example, enc, config.block_size + 1)
-        sum_loss, mean_loss = score_example(model, tokens.to(rt.device), mask.to(rt.device), rt.ctx)
+        sum_loss, mean_loss = score_example(model, tokens.to(runtime.device), mask.to(runtime.device), runtime.ctx)
         counts += torch.tensor([int(mean_loss.argmin().item() == label), int(sum_loss.argmin().item() == label), 1])
-    if rt.world_size > 1:
-        counts = counts.to(rt.device)
+    if runtime.world_size > 1:
+        counts = counts.to(runtime.device)
         torch.distributed.all_reduce(counts)
         counts = counts.cpu()
     model.train(was_training)
@@ -130,15 +131,15 @@ def evaluate_hellaswag(model, examples: list[dict], rt, progress: bool = True) -
 
 def main(argv: list[str]):
     cfg = configure(defaults, argv)
-    rt = setup_runtime(cfg.device, cfg.dtype, cfg.seed)
+    runtime = setup_runtime(cfg.device, cfg.dtype, cfg.seed)
     examples = load_examples(cfg.data_file, cfg.limit or None, cfg.cache_dir)
     if not cfg.data_file and not cfg.limit and len(examples) != N_VAL:
         print0(f"warning: {len(examples)} examples, expected {N_VAL}")
-    model, _ = load_model(cfg.init_from, cfg.out_dir, rt.device)
-    result = evaluate_hellaswag(model, examples, rt)
+    model, _ = load_model(cfg.init_from, cfg.out_dir, runtime.device)
+    result = evaluate_hellaswag(model, examples, runtime)
     print0(f"hellaswag {cfg.init_from}: {result['n']} examples, acc_norm {result['acc_norm']:.4f}, "
            f"acc {result['acc']:.4f}")
-    if rt.ddp:
+    if runtime.ddp:
         torch.distributed.destroy_process_group()
 
 

@@ -10,10 +10,7 @@ Module and parameter names follow GPT-2's (wte, wpe, h, ln_f, c_attn, c_proj, c_
 checkpoints keep nanoGPT's state_dict keys and OpenAI's weights load with only the Conv1D transposes.
 """
 
-import inspect
-import json
 import math
-import os
 from dataclasses import dataclass
 
 import torch
@@ -79,9 +76,9 @@ class CausalSelfAttention(nn.Module):
         self.n_head = config.n_head
         self.n_embd = config.n_embd
         self.dropout = config.dropout
-        # flash attention through scaled_dot_product_attention; False selects the explicit masked softmax,
-        # which gives the same result (tests compare the two)
-        self.flash = hasattr(F, 'scaled_dot_product_attention')
+        # flash attention through scaled_dot_product_attention; False selects the explicit masked softmax, which
+        # computes the same thing (the tests compare the two)
+        self.flash = True
 
     def forward(self, x, kv_cache: KVCache | None = None):
         B, T, C = x.size()  # batch size, sequence length, embedding dimensionality (n_embd)
@@ -93,23 +90,18 @@ class CausalSelfAttention(nn.Module):
         if kv_cache is not None:
             past = kv_cache.pos
             k, v = kv_cache.update(self.layer_idx, k, v)  # (B, nh, past + T, hs)
-        # query i sits at position past + i and may look at keys 0 .. past + i
-        if self.flash and past == 0:
-            y = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0,
-                                               is_causal=True)
-        elif self.flash and T == 1:  # one new token sees every cached position
-            y = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0)
+        # causal mask: query i sits at position past + i and may look at keys 0 .. past + i
+        mask = torch.ones(T, past + T, dtype=torch.bool, device=x.device).tril(diagonal=past)  # (T, past + T)
+        if self.flash:
+            # without a cache the mask is the plain causal one, and is_causal lets SDPA use its flash kernel
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask if past else None, is_causal=not past,
+                                               dropout_p=self.dropout if self.training else 0.0)
         else:
-            mask = torch.ones(T, past + T, dtype=torch.bool, device=x.device).tril(diagonal=past)  # (T, past + T)
-            if self.flash:
-                y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
-                                                   dropout_p=self.dropout if self.training else 0.0)
-            else:
-                att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(k.size(-1)))  # (B, nh, T, past + T)
-                att = att.masked_fill(~mask, float('-inf'))
-                att = F.softmax(att, dim=-1)
-                att = self.attn_dropout(att)
-                y = att @ v  # (B, nh, T, past + T) x (B, nh, past + T, hs) -> (B, nh, T, hs)
+            att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(k.size(-1)))  # (B, nh, T, past + T)
+            att = att.masked_fill(~mask, float('-inf'))
+            att = F.softmax(att, dim=-1)
+            att = self.attn_dropout(att)
+            y = att @ v  # (B, nh, T, past + T) x (B, nh, past + T, hs) -> (B, nh, T, hs)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # re-assemble all head outputs side by side
         return self.resid_dropout(self.c_proj(y))
 
@@ -140,38 +132,6 @@ class Block(nn.Module):
         x = x + self.attn(self.ln_1(x), kv_cache)
         x = x + self.mlp(self.ln_2(x))
         return x
-
-
-# The Hugging Face hub repositories of OpenAI's checkpoints, and their shapes
-PRETRAINED = {
-    'gpt2': ('openai-community/gpt2', dict(n_layer=12, n_head=12, n_embd=768)),  # 124M params
-    'gpt2-medium': ('openai-community/gpt2-medium', dict(n_layer=24, n_head=16, n_embd=1024)),  # 350M params
-    'gpt2-large': ('openai-community/gpt2-large', dict(n_layer=36, n_head=20, n_embd=1280)),  # 774M params
-    'gpt2-xl': ('openai-community/gpt2-xl', dict(n_layer=48, n_head=25, n_embd=1600)),  # 1558M params
-}
-
-# Peak dense bf16 tensor-core FLOPS, matched against torch.cuda.get_device_name(); first match wins,
-# so the more specific names come first
-PEAK_BF16_FLOPS = [
-    ('GB200', 2.5e15), ('B200', 2.25e15), ('B100', 1.75e15),
-    ('H200', 989e12), ('GH200', 989e12), ('H100 NVL', 835e12), ('H100 PCIe', 756e12), ('H100', 989e12),
-    ('H800', 989e12), ('H20', 148e12),
-    ('A100', 312e12), ('A800', 312e12), ('A10G', 70e12), ('A10', 125e12), ('A30', 165e12), ('A40', 150e12),
-    ('L40S', 362e12), ('L40', 181e12), ('L4', 121e12),
-    ('RTX 6000 Ada', 364e12), ('RTX A6000', 155e12),
-    ('RTX 5090', 210e12), ('RTX 4090', 165e12), ('RTX 4080', 97e12), ('RTX 3090', 71e12), ('RTX 3080', 59e12),
-    ('V100', 125e12), ('T4', 65e12),  # no bf16 on these two: their fp16 peak
-    ('MI300X', 1307e12), ('MI325X', 1307e12), ('MI250X', 383e12),
-]
-
-
-def peak_flops(device) -> float | None:
-    """The peak bf16 FLOPS of a CUDA device from PEAK_BF16_FLOPS, or None when it is not a known GPU."""
-    device = torch.device(device)
-    if device.type != 'cuda' or not torch.cuda.is_available():
-        return None
-    name = torch.cuda.get_device_name(device)
-    return next((flops for key, flops in PEAK_BF16_FLOPS if key in name), None)
 
 
 class GPT(nn.Module):
@@ -260,21 +220,14 @@ class GPT(nn.Module):
     def from_pretrained(cls, name_or_path: str, override_args: dict | None = None) -> 'GPT':
         """OpenAI's GPT-2 (gpt2, gpt2-medium, gpt2-large, gpt2-xl) from the Hugging Face hub, or a local
         directory holding a Hugging Face GPT-2 checkpoint (config.json and model.safetensors or pytorch_model.bin)."""
+        from hf_gpt2 import read_pretrained  # the file format, only needed here
         override_args = override_args or {}
         if set(override_args) - {'dropout'}:
             raise ValueError(f"only dropout can be overridden in a pretrained model, not {sorted(override_args)}")
-        if os.path.isdir(name_or_path):
-            config_args, state_dict = _read_hf_checkpoint(name_or_path)
-        elif name_or_path in PRETRAINED:
-            config_args, state_dict = _download_hf_checkpoint(name_or_path)
-        else:
-            raise ValueError(f"unknown pretrained model {name_or_path!r}: use one of {', '.join(PRETRAINED)} "
-                             f"or a directory holding config.json and model.safetensors")
+        # config and weights as this model names and lays them out (the Conv1D weights already transposed)
+        config_args, state_dict = read_pretrained(name_or_path)
         config_args.update(override_args)
         model = cls(GPTConfig(bias=True, **config_args))
-
-        # OpenAI's checkpoints use a Conv1D module, whose weights are the transpose of a Linear's
-        transposed = ('attn.c_attn.weight', 'attn.c_proj.weight', 'mlp.c_fc.weight', 'mlp.c_proj.weight')
         sd = model.state_dict()
         expected = [k for k in sd if k != 'lm_head.weight']  # tied to transformer.wte.weight
         missing = [k for k in expected if k not in state_dict]
@@ -283,10 +236,10 @@ class GPT(nn.Module):
                              f"{' and more' if len(missing) > 3 else ''}")
         with torch.no_grad():
             for k in expected:
-                w = state_dict[k].t() if k.endswith(transposed) else state_dict[k]
-                if w.shape != sd[k].shape:
-                    raise ValueError(f"{name_or_path}: {k} has shape {tuple(w.shape)}, expected {tuple(sd[k].shape)}")
-                sd[k].copy_(w)
+                if state_dict[k].shape != sd[k].shape:
+                    raise ValueError(f"{name_or_path}: {k} has shape {tuple(state_dict[k].shape)}, "
+                                     f"expected {tuple(sd[k].shape)}")
+                sd[k].copy_(state_dict[k])
         return model
 
     def configure_optimizers(self, weight_decay: float, learning_rate: float, betas: tuple[float, float],
@@ -299,20 +252,16 @@ class GPT(nn.Module):
             {'params': decay_params, 'weight_decay': weight_decay},
             {'params': nodecay_params, 'weight_decay': 0.0},
         ]
-        # the fused AdamW kernel is much faster where the device has one
-        fused = 'fused' in inspect.signature(torch.optim.AdamW).parameters and device_type in ('cuda', 'mps')
-        if device_type == 'mps' and torch.__version__ < '2.5':
-            fused = False
+        # the fused AdamW kernel is much faster where the device has one (MPS's since torch 2.5)
+        fused = device_type == 'cuda' or (device_type == 'mps' and torch.__version__ >= '2.5')
         return torch.optim.AdamW(optim_groups, lr=learning_rate, betas=betas, fused=fused)
 
-    def estimate_mfu(self, fwdbwd_per_iter: int, dt: float, flops_promised: float | None = None) -> float | None:
-        """Model flops utilization: achieved FLOPS over the peak bf16 FLOPS of the device the model is on
-        (flops_promised overrides the lookup). None when that peak is unknown, e.g. on a CPU."""
-        # first estimate the number of flops we do per iteration, see PaLM paper Appendix B
-        if flops_promised is None:
-            flops_promised = peak_flops(self.lm_head.weight.device)
+    def estimate_mfu(self, fwdbwd_per_iter: int, dt: float, flops_promised: float | None) -> float | None:
+        """Model flops utilization: achieved FLOPS over flops_promised, the peak of the device in use
+        (nanoGPT assumed an A100's 312 TFLOPS). None when that peak is unknown, e.g. on a CPU."""
         if flops_promised is None:
             return None
+        # first estimate the number of flops we do per iteration, see PaLM paper Appendix B
         N = self.get_num_params()
         cfg = self.config
         L, H, Q, T = cfg.n_layer, cfg.n_head, cfg.n_embd // cfg.n_head, cfg.block_size
@@ -364,73 +313,3 @@ def sample_next(logits, temperature: float = 1.0, top_k: int | None = None, top_
         logits = torch.full_like(logits, -float('inf')).scatter(1, sorted_idx, sorted_logits)
     probs = F.softmax(logits, dim=-1)
     return torch.multinomial(probs, num_samples=1)
-
-
-# -----------------------------------------------------------------------------
-# reading Hugging Face GPT-2 checkpoints
-
-def _hf_config_args(hf_config: dict, where: str) -> dict:
-    """GPTConfig arguments from a Hugging Face GPT2Config, refusing what this model cannot reproduce."""
-    if hf_config.get('model_type', 'gpt2') != 'gpt2':
-        raise ValueError(f"{where}: model_type is {hf_config['model_type']!r}, only 'gpt2' checkpoints can be loaded")
-    unsupported = {
-        'activation_function': ('gelu_new', hf_config.get('activation_function', 'gelu_new')),
-        'layer_norm_epsilon': (1e-5, hf_config.get('layer_norm_epsilon', 1e-5)),
-        'n_inner': (None, hf_config.get('n_inner')),
-        'scale_attn_weights': (True, hf_config.get('scale_attn_weights', True)),
-        'scale_attn_by_inverse_layer_idx': (False, hf_config.get('scale_attn_by_inverse_layer_idx', False)),
-        'reorder_and_upcast_attn': (False, hf_config.get('reorder_and_upcast_attn', False)),
-    }
-    n_embd = hf_config['n_embd']
-    for key, (want, got) in unsupported.items():
-        if got != want and not (key == 'n_inner' and got == 4 * n_embd):
-            raise ValueError(f"{where}: {key}={got!r} is not supported (GPT-2 uses {want!r})")
-    return dict(n_layer=hf_config['n_layer'], n_head=hf_config['n_head'], n_embd=n_embd,
-                block_size=hf_config['n_positions'], vocab_size=hf_config['vocab_size'],
-                dropout=0.0)
-
-
-def _hf_state_dict(weights_path: str) -> dict:
-    """A Hugging Face GPT-2 state_dict with keys as in this model (transformer.h.0.attn.c_attn.weight, ...)."""
-    if weights_path.endswith('.safetensors'):
-        from safetensors.torch import load_file
-        raw = load_file(weights_path)
-    else:
-        raw = torch.load(weights_path, map_location='cpu', weights_only=True)
-    state_dict = {}
-    for k, v in raw.items():
-        if k.endswith(('.attn.bias', '.attn.masked_bias')):  # causal-mask buffers, not parameters
-            continue
-        if not k.startswith(('transformer.', 'lm_head.')):  # GPT2Model checkpoints lack the prefix
-            k = 'transformer.' + k
-        state_dict[k] = v
-    return state_dict
-
-
-def _read_hf_checkpoint(path: str) -> tuple[dict, dict]:
-    config_path = os.path.join(path, 'config.json')
-    if not os.path.exists(config_path):
-        raise FileNotFoundError(f"{path} has no config.json: it is not a Hugging Face GPT-2 checkpoint")
-    with open(config_path) as f:
-        config_args = _hf_config_args(json.load(f), path)
-    for name in ('model.safetensors', 'pytorch_model.bin'):
-        if os.path.exists(os.path.join(path, name)):
-            return config_args, _hf_state_dict(os.path.join(path, name))
-    raise FileNotFoundError(f"{path} has neither model.safetensors nor pytorch_model.bin")
-
-
-def _download_hf_checkpoint(name: str) -> tuple[dict, dict]:
-    from huggingface_hub import hf_hub_download
-    repo_id, shape = PRETRAINED[name]
-    print(f"loading weights from pretrained gpt: {name} ({repo_id} on the Hugging Face hub)")
-    try:
-        config_file = hf_hub_download(repo_id, 'config.json')
-        weights_file = hf_hub_download(repo_id, 'model.safetensors')
-    except Exception as e:  # network, authentication or cache errors all end the same way
-        raise RuntimeError(
-            f"could not download {name} from the Hugging Face hub ({type(e).__name__}: {e}). If this machine is "
-            f"offline, pass a local directory holding config.json and model.safetensors instead of {name!r}") from e
-    with open(config_file) as f:
-        config_args = _hf_config_args(json.load(f), repo_id)
-    assert all(config_args[k] == v for k, v in shape.items()), f"{repo_id} is not shaped like {name}"
-    return config_args, _hf_state_dict(weights_file)

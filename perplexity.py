@@ -56,8 +56,8 @@ def main(argv: list[str]):
     cfg = configure(defaults, argv)
     if bool(cfg.text_file) == bool(cfg.dataset):
         raise SystemExit("error: pass either --text_file=PATH or --dataset=NAME (with --split)")
-    rt = setup_runtime(cfg.device, cfg.dtype, cfg.seed)
-    model, checkpoint = load_model(cfg.init_from, cfg.out_dir, rt.device)
+    runtime = setup_runtime(cfg.device, cfg.dtype, cfg.seed)
+    model, checkpoint = load_model(cfg.init_from, cfg.out_dir, runtime.device)
     model.eval()
     if cfg.text_file:
         if not os.path.exists(cfg.text_file):
@@ -86,7 +86,7 @@ def main(argv: list[str]):
     if tokens.max() >= model.config.vocab_size:
         raise SystemExit(f"error: {source} holds token id {tokens.max()}, outside the model's vocabulary of "
                          f"{model.config.vocab_size}")
-    loss, n = token_loss(model, tokens, cfg.batch_size, rt.device, rt.ctx)
+    loss, n = token_loss(model, tokens, cfg.batch_size, runtime.device, runtime.ctx)
     print0(f"{source}: {n:,} tokens, loss {loss:.4f}, perplexity {math.exp(loss):.3f}")
 
 

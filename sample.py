@@ -31,17 +31,21 @@ compile = False  # kept for nanoGPT's commands; generation with the KV cache is 
 defaults = config_defaults(globals())
 
 
-def main(argv: list[str]):
-    cfg = configure(defaults, argv)
-    rt = setup_runtime(cfg.device, cfg.dtype, cfg.seed)
-    model, checkpoint = load_model(cfg.init_from, cfg.out_dir, rt.device)
+# -----------------------------------------------------------------------------
+if __name__ == '__main__':
+    globals().update(vars(configure(defaults, sys.argv[1:])))  # overrides from command line or config file
+    runtime = setup_runtime(device, dtype, seed)
+    device, ctx = runtime.device, runtime.ctx
+
+    # model: a checkpoint of this project, or OpenAI's / a Hugging Face GPT-2
+    model, checkpoint = load_model(init_from, out_dir, device)
     model.eval()
-    if cfg.compile:
+    if compile:
         # generation forwards a growing KV cache: every step would be a new shape to compile
         print("note: compile is ignored by sample.py; the KV cache already makes each step one token", file=sys.stderr)
     encode, decode = get_tokenizer(checkpoint)
 
-    start = cfg.start
+    # encode the beginning of the prompt
     if start.startswith('FILE:'):
         path = start[5:]
         if not os.path.exists(path):
@@ -49,24 +53,21 @@ def main(argv: list[str]):
         with open(path, 'r', encoding='utf-8') as f:
             start = f.read()
     start_ids = encode(start)
-    block_size = model.config.block_size
     if len(start_ids) == 0:
         raise SystemExit("error: the prompt is empty: pass --start with at least one character or token")
+    block_size = model.config.block_size
     if len(start_ids) > block_size:
-        raise SystemExit(f"error: the prompt is {len(start_ids)} tokens long but the model's context is "
-                         f"{block_size}: shorten it to at most {block_size} tokens")
-    x = torch.tensor(start_ids, dtype=torch.long, device=rt.device)[None, ...]
+        # the model sees at most block_size tokens, as generate() does once a sample outgrows it
+        print(f"note: the prompt is {len(start_ids)} tokens long, the model's context {block_size}: "
+              f"it conditions on the last {block_size}", file=sys.stderr)
+    x = torch.tensor(start_ids, dtype=torch.long, device=device)[None, ...]
 
-    with torch.no_grad(), rt.ctx:
-        for k in range(cfg.num_samples):
+    # run generation
+    with torch.no_grad(), ctx:
+        for k in range(num_samples):
             t0 = time.time()
-            y = model.generate(x, cfg.max_new_tokens, temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p)
+            y = model.generate(x, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p)
             dt = time.time() - t0
             print(decode(y[0].tolist()))
             print('---------------', flush=True)
-            print(f'({cfg.max_new_tokens} new tokens in {dt:.2f}s, {cfg.max_new_tokens / dt:.1f} tokens/s)',
-                  file=sys.stderr)
-
-
-if __name__ == '__main__':
-    main(sys.argv[1:])
+            print(f'({max_new_tokens} new tokens in {dt:.2f}s, {max_new_tokens / dt:.1f} tokens/s)', file=sys.stderr)

@@ -15,8 +15,9 @@ $ torchrun --nproc_per_node=8 --nnodes=2 --node_rank=0 --master_addr=123.456.123
 $ torchrun --nproc_per_node=8 --nnodes=2 --node_rank=1 --master_addr=123.456.123.456 --master_port=1234 train.py
 (If your cluster does not have Infiniband interconnect prepend NCCL_IB_DISABLE=1)
 
-The pieces (LR schedule, loss estimate, one optimisation step, checkpointing) live at module level so that
-bench.py and the tests use the very same code; the run itself is main().
+The pieces (LR schedule, one optimisation step, loss estimate, checkpoint writing) live at module level so that
+bench.py and the tests import the very same code; the run sits below them under `if __name__ == '__main__':` and
+reads the configuration as plain globals, overridden by config files and --key=value (see configurator.py).
 """
 
 import math
@@ -28,9 +29,10 @@ from dataclasses import asdict
 import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from common import atomic_path, dataset_dir, load_model, print0, setup_runtime
+from common import dataset_dir, device_peak_flops, load_model, print0, setup_runtime
 from configurator import config_defaults, configure
-from data.tokenfiles import TokenLoader
+from data.loader import TokenLoader
+from data.tokenfiles import atomic_path
 from model import GPT, GPTConfig
 
 # -----------------------------------------------------------------------------
@@ -76,13 +78,13 @@ device = 'auto'  # 'auto' (cuda, else mps, else cpu), or 'cpu', 'cuda', 'cuda:1'
 dtype = 'auto'  # 'auto' (bfloat16 where supported on cuda, else float16; float32 elsewhere), 'float32', ...
 compile = True  # use PyTorch 2.0 to compile the model to be faster
 seed = 1337
-peak_flops = None  # the device's peak FLOPS for MFU; None looks the GPU up in model.PEAK_BF16_FLOPS
+peak_flops = None  # the device's peak FLOPS for MFU; None looks the GPU up in common.PEAK_BF16_FLOPS
 # evaluation
 hellaswag_interval = 0  # HellaSwag acc_norm every this many iterations (0: never), see hellaswag.py
 hellaswag_limit = 0  # examples per HellaSwag evaluation (0: all 10,042)
 hellaswag_file = ''  # a local hellaswag_val.jsonl; empty: downloaded once into data/hellaswag
 # -----------------------------------------------------------------------------
-defaults = config_defaults(globals())
+defaults = config_defaults(globals())  # the names above: what config files and --key=value may set
 
 
 def get_lr(it: int, learning_rate: float, warmup_iters: int, lr_decay_iters: int, min_lr: float) -> float:
@@ -157,207 +159,215 @@ def save_checkpoint(path: str, checkpoint: dict):
         torch.save(checkpoint, tmp)
 
 
-def model_args_from(cfg, vocab_size: int) -> dict:
-    return dict(n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd, block_size=cfg.block_size,
-                bias=cfg.bias, vocab_size=vocab_size, dropout=cfg.dropout)
+def rng_states(ddp: bool, device) -> dict:
+    """Every rank's RNG states, {rank: {'cpu': ..., 'cuda': ...}}, gathered on all ranks (a collective under DDP)
+    so that rank 0 can save them: after a resume each rank draws the dropout masks it would have drawn."""
+    rng = {'cpu': torch.get_rng_state()}
+    if torch.device(device).type == 'cuda':
+        rng['cuda'] = torch.cuda.get_rng_state(device)
+    rngs = [rng]
+    if ddp:
+        rngs = [None] * torch.distributed.get_world_size()
+        torch.distributed.all_gather_object(rngs, rng)
+    return dict(enumerate(rngs))
 
 
-def init_model(cfg, data_dir: str):
-    """The model to train and, when resuming, the checkpoint it came from."""
-    checkpoint = None
-    if cfg.init_from == 'scratch':
-        # attempt to derive vocab_size from the dataset
-        meta_path = os.path.join(data_dir, 'meta.pkl')
-        vocab_size = 50304  # GPT-2's 50257 rounded up for efficiency
-        if os.path.exists(meta_path):
-            import pickle
-            with open(meta_path, 'rb') as f:
-                vocab_size = pickle.load(f)['vocab_size']
-            print0(f"found vocab_size = {vocab_size} (inside {meta_path})")
-        print0("Initializing a new model from scratch")
-        model = GPT(GPTConfig(**model_args_from(cfg, vocab_size)), seed=cfg.seed)
-    else:
-        # a checkpoint of this project, OpenAI's GPT-2 or a Hugging Face folder, as sample.py loads them
-        print0(f"Initializing from {cfg.init_from}" + (f" ({cfg.out_dir}/ckpt.pt)" if cfg.init_from == 'resume' else ''))
-        model, checkpoint = load_model(cfg.init_from, cfg.out_dir, 'cpu', dropout=cfg.dropout)
-        c = model.config
-        if checkpoint is not None:
-            wanted = model_args_from(cfg, c.vocab_size)
-            differ = {k: (getattr(c, k), wanted[k]) for k in ('n_layer', 'n_head', 'n_embd', 'block_size', 'bias')
-                      if getattr(c, k) != wanted[k]}
-            if differ:
-                raise SystemExit(f"error: the checkpoint in {cfg.out_dir} has a different model shape than the "
-                                 f"config: " + ', '.join(f"{k}={a} in the checkpoint, {b} in the config"
-                                                         for k, (a, b) in differ.items())
-                                 + ". Resume with the config the run started with")
-        else:
-            if cfg.block_size > c.block_size:
-                raise SystemExit(f"error: block_size={cfg.block_size} is above the pretrained model's "
-                                 f"{c.block_size}: use --block_size={c.block_size} or less")
-            if cfg.bias is not True or (cfg.n_layer, cfg.n_head, cfg.n_embd) != (c.n_layer, c.n_head, c.n_embd):
-                print0(f"note: the shape of {cfg.init_from} overrides n_layer/n_head/n_embd/bias from the config")
-            # crop down the model block size if desired, using model surgery
-            if cfg.block_size < c.block_size:
-                model.crop_block_size(cfg.block_size)
-    return model, checkpoint
+# -----------------------------------------------------------------------------
+if __name__ == '__main__':
+    # the checked configurator: config files and --key=value override the globals above
+    globals().update(vars(configure(defaults, sys.argv[1:])))
+    config = {k: globals()[k] for k in defaults}  # useful for logging, and saved in checkpoints
 
-
-def main(argv: list[str]):
-    cfg = configure(defaults, argv)
+    # various inits, derived attributes, I/O setup
     world_size = int(os.environ.get('WORLD_SIZE', 1))  # checked before any process waits for the others
-    if cfg.gradient_accumulation_steps % world_size:
-        raise SystemExit(f"error: gradient_accumulation_steps={cfg.gradient_accumulation_steps} is not divisible by "
+    if gradient_accumulation_steps % world_size:
+        raise SystemExit(f"error: gradient_accumulation_steps={gradient_accumulation_steps} is not divisible by "
                          f"the {world_size} processes: make it a multiple of {world_size}")
-    rt = setup_runtime(cfg.device, cfg.dtype, cfg.seed, cfg.backend)
-    master_process = rt.master_process
+    runtime = setup_runtime(device, dtype, seed, backend)  # device, DDP process group, autocast, seeds
+    ddp, ddp_rank, ddp_world_size = runtime.ddp, runtime.rank, runtime.world_size
+    master_process = runtime.master_process  # this process will do logging, checkpointing etc.
+    device, device_type, dtype, ctx = runtime.device, runtime.device_type, runtime.dtype, runtime.ctx
     # world_size number of processes will be training simultaneously, so we can scale
     # down the desired gradient accumulation iterations per process proportionally
-    grad_accum = cfg.gradient_accumulation_steps // rt.world_size
-    tokens_per_iter = grad_accum * rt.world_size * cfg.batch_size * cfg.block_size
-    print0(f"config: {vars(cfg)}")
-    print0(f"tokens per iteration will be: {tokens_per_iter:,} on {rt.world_size} process(es), "
-           f"device {rt.device}, dtype {rt.dtype}")
+    gradient_accumulation_steps //= ddp_world_size
+    tokens_per_iter = gradient_accumulation_steps * ddp_world_size * batch_size * block_size
+    print0(f"config: {config}")
+    print0(f"tokens per iteration will be: {tokens_per_iter:,} on {ddp_world_size} process(es), "
+           f"device {device}, dtype {dtype}")
     if master_process:
-        os.makedirs(cfg.out_dir, exist_ok=True)
+        os.makedirs(out_dir, exist_ok=True)
 
-    # model
-    data_dir = dataset_dir(cfg.dataset)
-    model, checkpoint = init_model(cfg, data_dir)
-    model.to(rt.device)
-    model_args = asdict(model.config)
-    print0(f"number of parameters: {model.get_num_params() / 1e6:.2f}M")
+    # attempt to derive vocab_size from the dataset
+    data_dir = dataset_dir(dataset)
+    meta_path = os.path.join(data_dir, 'meta.pkl')
+    meta_vocab_size = None
+    if os.path.exists(meta_path):
+        import pickle
+        with open(meta_path, 'rb') as f:
+            meta_vocab_size = pickle.load(f)['vocab_size']
+        print0(f"found vocab_size = {meta_vocab_size} (inside {meta_path})")
 
-    # data: each split read through the checked loader; eval batches are the same at every evaluation
-    def loader(split: str, seed: int):
-        return TokenLoader(data_dir, split, cfg.batch_size, cfg.block_size, model_args['vocab_size'], rt.device,
-                           seed, rt.rank, rt.world_size)
-    train_loader = loader('train', cfg.seed)
-    eval_loaders = {split: loader(split, cfg.seed + 1) for split in ('train', 'val')}  # checks both splits now
-    eval_start = {split: ld.state_dict() for split, ld in eval_loaders.items()}
-
-    # optimizer and GradScaler (a no-op unless training in float16)
-    scaler = torch.amp.GradScaler(rt.device_type, enabled=(rt.dtype == 'float16'))
-    optimizer = model.configure_optimizers(cfg.weight_decay, cfg.learning_rate, (cfg.beta1, cfg.beta2),
-                                           rt.device_type)
+    # model init
+    shape_keys = ('n_layer', 'n_head', 'n_embd', 'block_size', 'bias')
+    model_args = dict(n_layer=n_layer, n_head=n_head, n_embd=n_embd, block_size=block_size, bias=bias,
+                      vocab_size=None, dropout=dropout)  # start with model_args from command line
+    checkpoint = None
     iter_num = 0
     best_val_loss = 1e9
+    if init_from == 'scratch':
+        print0("Initializing a new model from scratch")
+        # GPT-2's 50257 rounded up to 50304 for efficiency, unless the dataset has its own vocabulary
+        model_args['vocab_size'] = meta_vocab_size if meta_vocab_size is not None else 50304
+        model = GPT(GPTConfig(**model_args), seed=seed)
+    elif init_from == 'resume':
+        print0(f"Resuming training from {out_dir}")
+        model, checkpoint = load_model('resume', out_dir, 'cpu', dropout=dropout)
+        # the checkpoint's model shape wins over the config's, as in nanoGPT
+        differ = [f"{k}={getattr(model.config, k)} (config: {model_args[k]})" for k in shape_keys
+                  if getattr(model.config, k) != model_args[k]]
+        if differ:
+            print0(f"note: resuming with the checkpoint's model shape: {', '.join(differ)}")
+        iter_num = checkpoint['iter_num']
+        best_val_loss = checkpoint['best_val_loss']
+    else:
+        # OpenAI's GPT-2 (gpt2, gpt2-medium, ...) or a Hugging Face GPT-2 folder
+        print0(f"Initializing from OpenAI GPT-2 weights: {init_from}")
+        model, _ = load_model(init_from, dropout=dropout)
+        if block_size > model.config.block_size:
+            raise SystemExit(f"error: block_size={block_size} is above the pretrained model's "
+                             f"{model.config.block_size}: use --block_size={model.config.block_size} or less")
+        if any(getattr(model.config, k) != model_args[k] for k in shape_keys if k != 'block_size'):
+            print0(f"note: the shape of {init_from} overrides n_layer/n_head/n_embd/bias from the config")
+        # crop down the model block size if desired, using model surgery
+        if block_size < model.config.block_size:
+            model.crop_block_size(block_size)
+    # the model's shape from here on, whatever the config said
+    model_args = asdict(model.config)
+    n_layer, n_head, n_embd, block_size, bias = (model_args[k] for k in shape_keys)
+    config.update({k: model_args[k] for k in shape_keys})
+    model.to(device)
+    print0(f"number of parameters: {model.get_num_params() / 1e6:.2f}M")
+
+    # data: each rank reads its own batches of one numbered stream, whose position the checkpoint saves
+    train_loader = TokenLoader(data_dir, 'train', batch_size, block_size, model_args['vocab_size'], device,
+                               seed, ddp_rank, ddp_world_size)
+    # the eval loaders restart at every evaluation, so every evaluation reads the same batches
+    eval_loaders = {split: TokenLoader(data_dir, split, batch_size, block_size, model_args['vocab_size'], device,
+                                       seed + 1, ddp_rank, ddp_world_size) for split in ('train', 'val')}
+
+    # initialize a GradScaler. If enabled=False scaler is a no-op
+    scaler = torch.amp.GradScaler(device_type, enabled=(dtype == 'float16'))
+
+    # optimizer
+    optimizer = model.configure_optimizers(weight_decay, learning_rate, (beta1, beta2), device_type)
     if checkpoint is not None:
         optimizer.load_state_dict(checkpoint['optimizer'])
         if 'scaler' in checkpoint:
             scaler.load_state_dict(checkpoint['scaler'])
-        iter_num = checkpoint['iter_num']
-        best_val_loss = checkpoint['best_val_loss']
-        if 'loader' in checkpoint:
+        if 'loader' in checkpoint:  # continue the batch stream instead of replaying it
             train_loader.load_state_dict(checkpoint['loader'])
-        rng = checkpoint.get('rng', {}).get(rt.rank)
+        rng = checkpoint.get('rng', {}).get(ddp_rank)
         if rng is not None:  # dropout continues with the masks it would have drawn
             torch.set_rng_state(rng['cpu'])
-            if 'cuda' in rng and rt.device_type == 'cuda':
-                torch.cuda.set_rng_state(rng['cuda'], rt.device)
-        checkpoint = None  # free up memory
+            if 'cuda' in rng and device_type == 'cuda':
+                torch.cuda.set_rng_state(rng['cuda'], device)
+    checkpoint = None  # free up memory
 
-    raw_model = model  # the unwrapped, uncompiled module: what checkpoints save
-    if cfg.compile:
+    # compile the model, and wrap it into DDP; checkpoints save raw_model, without the _orig_mod. prefix
+    raw_model = model
+    if compile:
         print0("compiling the model... (takes a ~minute)")
-        model = torch.compile(model)  # requires PyTorch 2.0
-    if rt.ddp:
-        model = DDP(model, device_ids=[rt.local_rank] if rt.device_type == 'cuda' else None)
+        model = torch.compile(model)
+    if ddp:
+        model = DDP(model, device_ids=[runtime.local_rank] if device_type == 'cuda' else None)
 
     # logging
     log_metrics = lambda metrics: None  # noqa: E731
-    if cfg.wandb_log and master_process:
+    if wandb_log and master_process:
         import wandb
-        wandb.init(project=cfg.wandb_project, name=cfg.wandb_run_name, config=vars(cfg))
+        wandb.init(project=wandb_project, name=wandb_run_name, config=config)
         log_metrics = wandb.log
     hellaswag = None
-    if cfg.hellaswag_interval > 0:
+    if hellaswag_interval > 0:
         from hellaswag import evaluate_hellaswag, load_examples
-        hellaswag = load_examples(cfg.hellaswag_file, cfg.hellaswag_limit or None)
-
-    def checkpoint_state() -> dict:
-        # every rank's RNG state and the loader position, gathered so that rank 0 can save them
-        rng = {'cpu': torch.get_rng_state()}
-        if rt.device_type == 'cuda':
-            rng['cuda'] = torch.cuda.get_rng_state(rt.device)
-        rngs = [rng]
-        if rt.ddp:
-            rngs = [None] * rt.world_size
-            torch.distributed.all_gather_object(rngs, rng)
-        return {
-            'model': raw_model.state_dict(),
-            'optimizer': optimizer.state_dict(),
-            'scaler': scaler.state_dict(),
-            'model_args': model_args,
-            'iter_num': iter_num,
-            'best_val_loss': best_val_loss,
-            'config': vars(cfg),
-            'loader': train_loader.state_dict(),
-            'rng': dict(enumerate(rngs)),
-            'world_size': rt.world_size,
-        }
+        hellaswag = load_examples(hellaswag_file, hellaswag_limit or None)
+    peak_flops = peak_flops or device_peak_flops(device)  # for MFU; None: unknown, MFU is not printed
 
     # training loop
     t_start = t0 = time.time()
-    start_iter = t0_iter = iter_num  # t0_iter: the iteration at which t0 was taken
+    local_iter_num = 0  # number of iterations in the lifetime of this process
+    t0_iter = iter_num  # the iteration at which t0 was taken
     running_mfu = -1.0
-    loss_sum = None
     while True:
-        lr = get_lr(iter_num, cfg.learning_rate, cfg.warmup_iters, cfg.lr_decay_iters, cfg.min_lr) \
-            if cfg.decay_lr else cfg.learning_rate
+
+        # determine and set the learning rate for this iteration
+        lr = get_lr(iter_num, learning_rate, warmup_iters, lr_decay_iters, min_lr) if decay_lr else learning_rate
+        last = iter_num >= max_iters or eval_only
 
         # evaluate the loss on train/val sets and write checkpoints, and at the very end
-        last = iter_num >= cfg.max_iters or cfg.eval_only
-        if iter_num % cfg.eval_interval == 0 or last:
-            for split, ld in eval_loaders.items():
-                ld.load_state_dict(eval_start[split])
-            losses = estimate_loss(model, eval_loaders, cfg.eval_iters, rt.ctx, rt.world_size)
+        if iter_num % eval_interval == 0 or last:
+            for loader in eval_loaders.values():
+                loader.reset()
+            losses = estimate_loss(model, eval_loaders, eval_iters, ctx, ddp_world_size)
             print0(f"step {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
-            metrics = {"iter": iter_num, "train/loss": losses['train'], "val/loss": losses['val'], "lr": lr,
-                       "mfu": running_mfu * 100}
-            if hellaswag is not None and (iter_num % cfg.hellaswag_interval == 0 or last):
-                acc = evaluate_hellaswag(raw_model, hellaswag, rt, progress=False)
-                print0(f"step {iter_num}: hellaswag acc_norm {acc['acc_norm']:.4f}, acc {acc['acc']:.4f}")
-                metrics.update({"hellaswag/acc_norm": acc['acc_norm'], "hellaswag/acc": acc['acc']})
-            log_metrics(metrics)
+            log_metrics({"iter": iter_num, "train/loss": losses['train'], "val/loss": losses['val'], "lr": lr,
+                         "mfu": running_mfu * 100})
+            # unlike nanoGPT, best_val_loss is never overwritten by a worse loss
             improved = losses['val'] < best_val_loss
-            best_val_loss = min(best_val_loss, losses['val'])  # never overwritten by a worse loss
-            if (improved or cfg.always_save_checkpoint) and iter_num > 0 and not cfg.eval_only:
-                state = checkpoint_state()  # a collective under DDP: every rank takes part
+            best_val_loss = min(best_val_loss, losses['val'])
+            if (improved or always_save_checkpoint) and iter_num > 0 and not eval_only:
+                rng = rng_states(ddp, device)  # a collective under DDP: every rank takes part
                 if master_process:
-                    print(f"saving checkpoint to {cfg.out_dir}")
-                    save_checkpoint(os.path.join(cfg.out_dir, 'ckpt.pt'), state)
-                state = None
+                    checkpoint = {
+                        'model': raw_model.state_dict(),
+                        'optimizer': optimizer.state_dict(),
+                        'scaler': scaler.state_dict(),
+                        'model_args': model_args,
+                        'iter_num': iter_num,
+                        'best_val_loss': best_val_loss,
+                        'config': config,
+                        'loader': train_loader.state_dict(),
+                        'rng': rng,
+                        'world_size': ddp_world_size,
+                    }
+                    print(f"saving checkpoint to {out_dir}")
+                    save_checkpoint(os.path.join(out_dir, 'ckpt.pt'), checkpoint)
+                    checkpoint = None
             t0, t0_iter = time.time(), iter_num  # evaluation time is not training time
+
+        # HellaSwag on its own schedule, every hellaswag_interval iterations and at the end
+        if hellaswag is not None and (iter_num % hellaswag_interval == 0 or last):
+            acc = evaluate_hellaswag(raw_model, hellaswag, runtime, progress=False)
+            print0(f"step {iter_num}: hellaswag acc_norm {acc['acc_norm']:.4f}, acc {acc['acc']:.4f}")
+            log_metrics({"iter": iter_num, "hellaswag/acc_norm": acc['acc_norm'], "hellaswag/acc": acc['acc']})
+            t0, t0_iter = time.time(), iter_num
         if last:
             break
 
-        loss_sum = train_step(model, optimizer, scaler, train_loader, grad_accum, rt.ctx, cfg.grad_clip, lr)
+        # forward backward update, with optional gradient accumulation to simulate larger batch size
+        loss = train_step(model, optimizer, scaler, train_loader, gradient_accumulation_steps, ctx, grad_clip, lr)
         iter_num += 1
+        local_iter_num += 1
 
         # timing and logging
-        if iter_num % cfg.log_interval == 0 and master_process:
+        if iter_num % log_interval == 0 and master_process:
             # get loss as float: a CPU-GPU sync point, only every log_interval
-            lossf = loss_sum.item()
+            lossf = loss.item()
             t1 = time.time()
             dt = (t1 - t0) / (iter_num - t0_iter)
             t0, t0_iter = t1, iter_num
-            done = iter_num - start_iter
-            if done >= 5 * cfg.log_interval:  # let the training loop settle a bit
-                mfu = raw_model.estimate_mfu(cfg.batch_size * grad_accum, dt, cfg.peak_flops)
+            if local_iter_num >= 5 * log_interval:  # let the training loop settle a bit
+                mfu = raw_model.estimate_mfu(batch_size * gradient_accumulation_steps, dt, peak_flops)
                 if mfu is not None:
                     running_mfu = mfu if running_mfu == -1.0 else 0.9 * running_mfu + 0.1 * mfu
-            eta = (cfg.max_iters - iter_num) * (time.time() - t_start) / done
+            eta = (max_iters - iter_num) * (time.time() - t_start) / local_iter_num
             mfu_text = f"{running_mfu * 100:.2f}%" if running_mfu >= 0 else "n/a"
             print(f"iter {iter_num}: loss {lossf:.4f}, lr {lr:.3e}, time {dt * 1000:.2f}ms, "
                   f"{tokens_per_iter / dt:,.0f} tok/s, mfu {mfu_text}, eta {eta / 60:.1f}min", flush=True)
             log_metrics({"iter": iter_num, "train/loss_step": lossf, "lr": lr})
 
-    if rt.ddp:
+    if ddp:
         # wait for rank 0 to finish the last checkpoint: a rank that exits while the collective it just joined is
         # still being released by gloo's threads can abort ("terminate called without an active exception")
         torch.distributed.barrier()
         torch.distributed.destroy_process_group()
-
-
-if __name__ == '__main__':
-    main(sys.argv[1:])

@@ -11,27 +11,48 @@ np.memmap(path, dtype=np.uint16, mode='r'). Beside them, optionally:
 Every file is written under a temporary name and renamed once complete, so a run that dies never leaves a
 truncated file where a later run would read it.
 
-The writer (TokenWriter, tokenize_to_files) serves the prepare scripts; the reader (TokenLoader) serves
-train.py and bench.py: it checks what it opens and draws batches from a numbered stream whose position it saves.
+The writer (TokenWriter, tokenize_to_files) serves the prepare scripts, which need numpy and tiktoken only: this
+module imports no torch. The reader, TokenLoader in data/loader.py, serves train.py and bench.py.
 """
 
 import glob
 import json
 import os
 import re
-import sys
+from contextlib import contextmanager
 from multiprocessing import Pool
 
 import numpy as np
-import torch
 
 REPO_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if REPO_DIR not in sys.path:  # prepare scripts run as `python data/<name>/prepare.py`
-    sys.path.insert(0, REPO_DIR)
-from common import atomic_path, download  # noqa: E402
 
 DTYPE = np.uint16
 SHARD_RE = re.compile(r'^(train|val)_(\d{6})\.bin$')
+
+
+@contextmanager
+def atomic_path(path: str):
+    """Yield a temporary path beside `path`, renamed to `path` only when the block completes, so an
+    interrupted write never leaves a truncated file under the final name."""
+    tmp = f"{path}.tmp{os.getpid()}"
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def download(url: str, path: str, offline_hint: str):
+    """Fetch url into path (atomically); offline, one clear message ending with offline_hint."""
+    import urllib.request
+    print(f"downloading {url} to {path}")
+    try:
+        with urllib.request.urlopen(url, timeout=60) as response, atomic_path(path) as tmp:
+            with open(tmp, 'wb') as f:
+                f.write(response.read())
+    except OSError as e:
+        raise SystemExit(f"error: could not download {url} ({e}).\n{offline_hint}") from None
 
 
 class TokenWriter:
@@ -186,7 +207,7 @@ def load_text_dataset(hub_name: str, inputs: list[str], num_proc: int, prepare_s
 
 
 # -----------------------------------------------------------------------------
-# reading: the loader used by train.py and bench.py
+# the files of a split, for the loader
 
 def split_files(data_dir: str, split: str) -> list[str]:
     """The token files of a split: <split>.bin, else its numbered shards in order."""
@@ -203,73 +224,3 @@ def prepare_hint(data_dir: str) -> str:
         inside = os.path.abspath(script).startswith(REPO_DIR + os.sep)
         return f"run python {os.path.relpath(script, REPO_DIR) if inside else script}"
     return f"write {data_dir}/train.bin and val.bin (uint16 token ids) or shards, see data/tokenfiles.py"
-
-
-class TokenLoader:
-    """Random (B, T) windows of a split, like nanoGPT's get_batch, drawn from a numbered stream of batches: batch g
-    depends on (seed, g) alone. Rank r of world_size reads batches r, r + world_size, ..., so the ranks read
-    different data, and together they read what one process with world_size times the accumulation reads.
-    state_dict() is the position in the stream: a resumed run continues with the very batches it would have drawn."""
-
-    def __init__(self, data_dir: str, split: str, batch_size: int, block_size: int, vocab_size: int | None = None,
-                 device='cpu', seed: int = 1337, rank: int = 0, world_size: int = 1):
-        self.batch_size, self.block_size = batch_size, block_size
-        self.device = torch.device(device)
-        self.paths = split_files(data_dir, split)
-        if not self.paths:
-            raise SystemExit(f"error: no {split} data in {data_dir} (neither {split}.bin nor {split}_000000.bin...): "
-                             f"{prepare_hint(data_dir)}")
-        self.lengths = []
-        for path in self.paths:
-            size = os.path.getsize(path)
-            if size % 2:
-                raise SystemExit(f"error: {path} has an odd size ({size} bytes), so it is not a uint16 token file: "
-                                 f"it may be truncated; {prepare_hint(data_dir)} again")
-            self.lengths.append(size // 2)
-        # a window of block_size + 1 tokens (inputs and shifted targets) must fit in a file
-        self.windows = np.array([max(n - block_size, 0) for n in self.lengths], dtype=np.int64)
-        if self.windows.sum() == 0:
-            raise SystemExit(f"error: {split} data in {data_dir} has {max(self.lengths)} tokens in its largest file, "
-                             f"too few for one block of {block_size} + 1: lower block_size or prepare more data")
-        self.offsets = np.concatenate([[0], np.cumsum(self.windows)])
-        if vocab_size is not None:
-            self._check_vocab(vocab_size)
-        self.seed, self.rank, self.world_size = seed, rank, world_size
-        self.next = 0  # the stream's next batch number, the same on every rank
-
-    def _check_vocab(self, vocab_size: int, sample: int = 1 << 20):
-        # the start, middle and end of each file: enough to catch a dataset made with another tokenizer
-        for path, n in zip(self.paths, self.lengths):
-            data = np.memmap(path, dtype=DTYPE, mode='r')
-            pieces = [data[:sample], data[n // 2:n // 2 + sample], data[max(n - sample, 0):]]
-            top = max(int(p.max()) for p in pieces if p.size)
-            del data
-            if top >= vocab_size:
-                raise SystemExit(f"error: {path} holds token id {top}, outside the model's vocabulary of {vocab_size}: "
-                                 f"the data was prepared with another tokenizer, or vocab_size is wrong")
-
-    def next_batch(self):
-        B, T = self.batch_size, self.block_size
-        g = self.next + self.rank
-        self.next += self.world_size
-        generator = torch.Generator().manual_seed((self.seed * 1_000_003 + g) % (1 << 63))
-        starts = torch.randint(int(self.offsets[-1]), (B,), generator=generator).numpy()
-        files = np.searchsorted(self.offsets, starts, side='right') - 1
-        # fresh memmaps per batch: a long-lived one grows the resident memory, see
-        # https://stackoverflow.com/questions/45132940/numpy-memmap-memory-usage-want-to-iterate-once/61472122#61472122
-        maps = {f: np.memmap(self.paths[f], dtype=DTYPE, mode='r') for f in set(files.tolist())}
-        rows = [maps[f][s - self.offsets[f]:s - self.offsets[f] + T + 1].astype(np.int64) for f, s in zip(files, starts)]
-        del maps
-        batch = torch.from_numpy(np.stack(rows))
-        x, y = batch[:, :-1].contiguous(), batch[:, 1:].contiguous()
-        if self.device.type == 'cuda':
-            # pin arrays x,y, which allows us to move them to GPU asynchronously (non_blocking=True)
-            return (x.pin_memory().to(self.device, non_blocking=True),
-                    y.pin_memory().to(self.device, non_blocking=True))
-        return x.to(self.device), y.to(self.device)
-
-    def state_dict(self) -> dict:
-        return {'next': self.next, 'seed': self.seed}
-
-    def load_state_dict(self, state: dict):
-        self.next, self.seed = state['next'], state['seed']

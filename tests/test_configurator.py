@@ -3,7 +3,7 @@ import pytest
 from configurator import config_defaults, configure
 
 DEFAULTS = config_defaults(dict(batch_size=12, learning_rate=6e-4, compile=True, device='cuda', top_k=None,
-                                _private=1, helper=print))
+                                _private=1, helper=print, URL='https://example.com', N_VAL=10042))
 
 
 def test_defaults_are_the_plain_values():
@@ -56,3 +56,17 @@ def test_bad_arguments():
         configure(DEFAULTS, ['config/nope.py'], verbose=False)
     with pytest.raises(SystemExit, match='--key=value'):
         configure(DEFAULTS, ['--batch_size'], verbose=False)
+
+
+@pytest.mark.parametrize('script, arg', [
+    ('hellaswag.py', '--N_VAL=3'),
+    ('hellaswag.py', '--URL=http://localhost/x.jsonl'),
+    ('hellaswag.py', '--REPO_DIR=/tmp'),
+    ('export_hf.py', '--BPE_URL=http://localhost/'),
+])
+def test_module_constants_are_not_config_keys(script, arg):
+    # a script's capitalised constants (URLs, counts, imported paths) cannot be set: they would do nothing
+    from conftest import run_script
+    proc = run_script(script, arg, check=False)
+    assert proc.returncode != 0 and f"unknown config key {arg[2:].split('=')[0]!r}" in proc.stderr, proc.stderr
+    assert 'Traceback' not in proc.stderr

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from conftest import REPO, run_script
-from data.tokenfiles import TokenLoader, TokenWriter, split_files
+from data.loader import TokenLoader
+from data.tokenfiles import TokenWriter, split_files
 
 SHAKESPEARE = os.path.join(REPO, '..', 'shared', 'data', 'tinyshakespeare', 'input.txt')
 needs_shakespeare = pytest.mark.skipif(not os.path.exists(SHAKESPEARE), reason='no ../shared Tiny Shakespeare')

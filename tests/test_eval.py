@@ -96,6 +96,21 @@ def test_hellaswag_inside_training(tmp_path, records, gpt2_tokenizer):
     assert all(float(a) * 8 == int(float(a) * 8) for _, a, _ in found)  # a fraction of the 8 examples
 
 
+def test_hellaswag_runs_on_its_own_interval(tmp_path, records, gpt2_tokenizer):
+    # every hellaswag_interval iterations whether or not an evaluation of the loss falls there, and at the end
+    from data.tokenfiles import TokenWriter
+    for split in ('train', 'val'):
+        with TokenWriter(str(tmp_path), split) as w:
+            w.write(np.random.default_rng(0).integers(0, 50257, 3000))
+    proc = run_script('train.py', '--device=cpu', '--compile=False', '--n_layer=1', '--n_head=2', '--n_embd=16',
+                      '--block_size=64', '--batch_size=2', '--gradient_accumulation_steps=1', '--max_iters=5',
+                      '--eval_interval=4', '--eval_iters=1', f'--dataset={tmp_path}', f'--out_dir={tmp_path / "out"}',
+                      '--hellaswag_interval=2', f'--hellaswag_file={records[0]}', '--hellaswag_limit=4')
+    found = re.findall(r'step (\d+): hellaswag acc_norm', proc.stdout)
+    assert [int(step) for step in found] == [0, 2, 4, 5]
+    assert [int(s) for s in re.findall(r'step (\d+): train loss', proc.stdout)] == [0, 4, 5]
+
+
 def test_hellaswag_errors(tmp_path, records):
     bad = tmp_path / 'bad.jsonl'
     bad.write_text('{"ctx": "x", "endings": ["a", "b"], "label": 0}\n')

@@ -222,17 +222,17 @@ def test_configure_optimizers_decays_only_matrices():
 
 
 def test_estimate_mfu_uses_device_peak(monkeypatch):
-    import model as model_module
+    import common
     model = GPT(tiny_config())
-    assert model.estimate_mfu(1, 0.1) is None  # CPU: no known peak
+    assert model.estimate_mfu(1, 0.1, common.device_peak_flops('cpu')) is None  # CPU: no known peak
     mfu = model.estimate_mfu(4, 0.5, flops_promised=1e12)
     cfg = model.config
     flops = (6 * model.get_num_params() + 12 * cfg.n_layer * cfg.n_head * 8 * 32) * 32 * 4
     assert mfu == pytest.approx(flops / 0.5 / 1e12)
     # the peak comes from the GPU actually in use
-    monkeypatch.setattr(model_module, 'peak_flops', lambda device: 989e12)
-    assert model.estimate_mfu(4, 0.5) == pytest.approx(flops / 0.5 / 989e12)
-
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: True)
+    monkeypatch.setattr(torch.cuda, 'get_device_name', lambda device=None: 'NVIDIA H100 80GB HBM3')
+    assert model.estimate_mfu(4, 0.5, common.device_peak_flops('cuda:0')) == pytest.approx(flops / 0.5 / 989e12)
 
 
 @pytest.mark.parametrize('name, flops', [
@@ -241,11 +241,11 @@ def test_estimate_mfu_uses_device_peak(monkeypatch):
 ])
 def test_peak_flops_reads_the_device_name(monkeypatch, name, flops):
     # the GPU's name as torch reports it picks the entry; a name that contains a shorter one (H100 PCIe) wins
-    import model as model_module
+    import common
     monkeypatch.setattr(torch.cuda, 'is_available', lambda: True)
     monkeypatch.setattr(torch.cuda, 'get_device_name', lambda device=None: name)
-    assert model_module.peak_flops('cuda:0') == flops
-    assert model_module.peak_flops('cpu') is None
+    assert common.device_peak_flops('cuda:0') == flops
+    assert common.device_peak_flops('cpu') is None
 
 
 def test_sample_next_top_k_top_p():

@@ -39,12 +39,9 @@ def test_sample_errors(tmp_path):
     assert proc.returncode != 0 and 'no checkpoint at' in proc.stderr
     proc = run_script('sample.py', f'--out_dir={out_dir}', '--start=xyz', '--device=cpu', check=False)
     assert proc.returncode != 0 and "outside the model's vocabulary" in proc.stderr and "'xyz'" in proc.stderr
-    proc = run_script('sample.py', f'--out_dir={out_dir}', '--start=' + 'a' * 17, '--device=cpu', check=False)
-    assert proc.returncode != 0 and 'context is 16' in proc.stderr
-    prompt = tmp_path / 'prompt.txt'
-    prompt.write_text('abc' * 6)
-    proc = run_script('sample.py', f'--out_dir={out_dir}', f'--start=FILE:{prompt}', '--device=cpu', check=False)
-    assert proc.returncode != 0 and '18 tokens long' in proc.stderr
+    proc = run_script('sample.py', f'--out_dir={out_dir}', f'--start=FILE:{tmp_path / "nope.txt"}', '--device=cpu',
+                      check=False)
+    assert proc.returncode != 0 and 'prompt file' in proc.stderr and 'not found' in proc.stderr
     proc = run_script('sample.py', '--init_fro=gpt2', check=False)
     assert proc.returncode != 0 and "did you mean 'init_from'" in proc.stderr
 
@@ -57,3 +54,24 @@ def test_sample_from_hf_directory(hf_gpt2_dir, gpt2_tokenizer):
     ids = gpt2_tokenizer.encode('Hello, my name is')
     out = model.generate(torch.tensor([ids]), 10, temperature=0.0)[0].tolist()
     assert f"\n{gpt2_tokenizer.decode(out)}\n---------------\n" in proc.stdout, proc.stdout
+
+
+def test_long_prompt_is_cropped_to_the_context(tmp_path):
+    # nanoGPT's behaviour: the model conditions on the last block_size tokens of a longer prompt
+    out_dir = write_char_checkpoint(tmp_path)
+    prompt = tmp_path / 'prompt.txt'
+    prompt.write_text('hgfedcba abc' * 2)  # 24 characters, block_size is 16
+
+    def continuation(start: str) -> str:
+        proc = run_script('sample.py', f'--out_dir={out_dir}', f'--start={start}', '--device=cpu', '--num_samples=1',
+                          '--max_new_tokens=12', '--temperature=0.0')
+        sample = proc.stdout.split("meta.pkl...\n")[1].split('---------------\n')[0]
+        return proc, sample[:-1]  # less print's newline
+
+    proc, whole = continuation(f'FILE:{prompt}')
+    assert 'the prompt is 24 tokens long' in proc.stderr and 'conditions on the last 16' in proc.stderr
+    assert whole.startswith(prompt.read_text()) and len(whole) == 24 + 12
+    _, last = continuation(prompt.read_text()[-16:])
+    assert whole[24:] == last[16:]  # the same greedy continuation as from the last 16 characters alone
+    _, first = continuation(prompt.read_text()[:16])
+    assert whole[24:] != first[16:]  # and not the one the first 16 would give

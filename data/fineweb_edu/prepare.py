@@ -1,7 +1,8 @@
 """
-FineWeb-Edu sample-10BT (https://huggingface.co/datasets/HuggingFaceFW/fineweb-edu) with GPT-2 BPE, as in
-build-nanogpt: shards of 100M uint16 tokens, each document followed by <|endoftext|>; the first shard is the
-val split (val_000000.bin), the rest train (train_000001.bin, ...). About 100 shards, 20GB.
+FineWeb-Edu sample-10BT (https://huggingface.co/datasets/HuggingFaceFW/fineweb-edu) with GPT-2 BPE, in shards of
+100M uint16 tokens as build-nanogpt makes them: the first shard is the val split (val_000000.bin), the rest train
+(train_000001.bin, ...). About 100 shards, 20GB. Each document is followed by <|endoftext|>, as in this project's
+other datasets (build-nanogpt puts it before each document instead).
 
     python data/fineweb_edu/prepare.py --num_proc=16
     python data/fineweb_edu/prepare.py --input docs.parquet --shard_size=1000000    # your own corpus

@@ -14,8 +14,7 @@ import sys
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-from common import atomic_path  # noqa: E402
-from data.tokenfiles import TokenWriter, shakespeare_splits, write_meta  # noqa: E402
+from data.tokenfiles import TokenWriter, atomic_path, shakespeare_splits, write_meta  # noqa: E402
 
 
 def main(argv=None):

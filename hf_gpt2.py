@@ -1,0 +1,174 @@
+"""
+The Hugging Face GPT-2 file format, both ways: reading OpenAI's checkpoints (from the hub, or a local folder holding
+config.json and model.safetensors or pytorch_model.bin) for GPT.from_pretrained, and writing this project's models
+as such a folder for export_hf.py. The GPT-2 facts (Conv1D transposes, config keys) are written here once.
+"""
+
+import json
+import os
+import sys
+
+import torch
+
+from data.tokenfiles import atomic_path
+
+# The Hugging Face hub repositories of OpenAI's checkpoints, and their shapes
+PRETRAINED = {
+    'gpt2': ('openai-community/gpt2', dict(n_layer=12, n_head=12, n_embd=768)),  # 124M params
+    'gpt2-medium': ('openai-community/gpt2-medium', dict(n_layer=24, n_head=16, n_embd=1024)),  # 350M params
+    'gpt2-large': ('openai-community/gpt2-large', dict(n_layer=36, n_head=20, n_embd=1280)),  # 774M params
+    'gpt2-xl': ('openai-community/gpt2-xl', dict(n_layer=48, n_head=25, n_embd=1600)),  # 1558M params
+}
+# OpenAI's checkpoints use a Conv1D module, whose weights are the transpose of a Linear's
+TRANSPOSED = ('attn.c_attn.weight', 'attn.c_proj.weight', 'mlp.c_fc.weight', 'mlp.c_proj.weight')
+GPT2_VOCAB = 50257  # GPT-2's BPE vocabulary; <|endoftext|> is its last id
+BPE_URL = 'https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/'  # tiktoken's source of GPT-2's files
+
+
+def config_args_from_hf(hf_config: dict, source: str) -> dict:
+    """GPTConfig arguments from a Hugging Face GPT2Config, refusing what this model cannot reproduce."""
+    if hf_config.get('model_type', 'gpt2') != 'gpt2':
+        raise ValueError(f"{source}: model_type is {hf_config['model_type']!r}, only 'gpt2' checkpoints can be loaded")
+    n_embd = hf_config['n_embd']
+    gpt2_values = {  # key: (GPT-2's value, this checkpoint's)
+        'activation_function': ('gelu_new', hf_config.get('activation_function', 'gelu_new')),
+        'layer_norm_epsilon': (1e-5, hf_config.get('layer_norm_epsilon', 1e-5)),
+        'n_inner': (None, hf_config.get('n_inner')),
+        'scale_attn_weights': (True, hf_config.get('scale_attn_weights', True)),
+        'scale_attn_by_inverse_layer_idx': (False, hf_config.get('scale_attn_by_inverse_layer_idx', False)),
+        'reorder_and_upcast_attn': (False, hf_config.get('reorder_and_upcast_attn', False)),
+    }
+    for key, (gpt2, value) in gpt2_values.items():
+        if value != gpt2 and not (key == 'n_inner' and value == 4 * n_embd):
+            raise ValueError(f"{source}: {key}={value!r} is not supported (GPT-2 uses {gpt2!r})")
+    return dict(n_layer=hf_config['n_layer'], n_head=hf_config['n_head'], n_embd=n_embd,
+                block_size=hf_config['n_positions'], vocab_size=hf_config['vocab_size'], dropout=0.0)
+
+
+def hf_config_from(config, vocab_size: int) -> dict:
+    """The config.json of a GPTConfig, for transformers' GPT2LMHeadModel."""
+    return {
+        'architectures': ['GPT2LMHeadModel'], 'model_type': 'gpt2',
+        'n_layer': config.n_layer, 'n_head': config.n_head, 'n_embd': config.n_embd,
+        'n_positions': config.block_size, 'n_ctx': config.block_size, 'vocab_size': vocab_size, 'n_inner': None,
+        'activation_function': 'gelu_new', 'layer_norm_epsilon': 1e-5, 'initializer_range': 0.02,
+        'resid_pdrop': config.dropout, 'embd_pdrop': config.dropout, 'attn_pdrop': config.dropout,
+        'scale_attn_weights': True, 'scale_attn_by_inverse_layer_idx': False, 'reorder_and_upcast_attn': False,
+        'tie_word_embeddings': True, 'use_cache': True,
+        'bos_token_id': GPT2_VOCAB - 1, 'eos_token_id': GPT2_VOCAB - 1,
+    }
+
+
+# -----------------------------------------------------------------------------
+# reading
+
+def read_weights(weights_path: str) -> dict:
+    """A Hugging Face GPT-2 weights file as a state_dict of this model: its keys, Linear (not Conv1D) layout."""
+    if weights_path.endswith('.safetensors'):
+        from safetensors.torch import load_file
+        raw = load_file(weights_path)
+    else:
+        raw = torch.load(weights_path, map_location='cpu', weights_only=True)
+    state_dict = {}
+    for k, v in raw.items():
+        if k.endswith(('.attn.bias', '.attn.masked_bias')):  # causal-mask buffers, not parameters
+            continue
+        if not k.startswith(('transformer.', 'lm_head.')):  # GPT2Model checkpoints lack the prefix
+            k = 'transformer.' + k
+        state_dict[k] = v.t() if k.endswith(TRANSPOSED) else v
+    return state_dict
+
+
+def read_folder(path: str) -> tuple[dict, dict]:
+    config_path = os.path.join(path, 'config.json')
+    if not os.path.exists(config_path):
+        raise FileNotFoundError(f"{path} has no config.json: it is not a Hugging Face GPT-2 checkpoint")
+    with open(config_path) as f:
+        config_args = config_args_from_hf(json.load(f), path)
+    for name in ('model.safetensors', 'pytorch_model.bin'):
+        if os.path.exists(os.path.join(path, name)):
+            return config_args, read_weights(os.path.join(path, name))
+    raise FileNotFoundError(f"{path} has neither model.safetensors nor pytorch_model.bin")
+
+
+def download_pretrained(name: str) -> tuple[dict, dict]:
+    from huggingface_hub import hf_hub_download
+    repo_id, shape = PRETRAINED[name]
+    print(f"loading weights from pretrained gpt: {name} ({repo_id} on the Hugging Face hub)")
+    try:
+        config_file = hf_hub_download(repo_id, 'config.json')
+        weights_file = hf_hub_download(repo_id, 'model.safetensors')
+    except Exception as e:  # network, authentication or cache errors all end the same way
+        raise RuntimeError(
+            f"could not download {name} from the Hugging Face hub ({type(e).__name__}: {e}). If this machine is "
+            f"offline, pass a local directory holding config.json and model.safetensors instead of {name!r}") from e
+    with open(config_file) as f:
+        config_args = config_args_from_hf(json.load(f), repo_id)
+    assert all(config_args[k] == v for k, v in shape.items()), f"{repo_id} is not shaped like {name}"
+    return config_args, read_weights(weights_file)
+
+
+def read_pretrained(name_or_path: str) -> tuple[dict, dict]:
+    """GPTConfig arguments and a state_dict in this model's layout, from a GPT-2 name or a local folder."""
+    if os.path.isdir(name_or_path):
+        return read_folder(name_or_path)
+    if name_or_path in PRETRAINED:
+        return download_pretrained(name_or_path)
+    raise ValueError(f"unknown pretrained model {name_or_path!r}: use one of {', '.join(PRETRAINED)} "
+                     f"or a directory holding config.json and model.safetensors")
+
+
+# -----------------------------------------------------------------------------
+# writing
+
+def hf_state_dict(model, vocab_size: int) -> dict:
+    """The model's weights under Hugging Face GPT-2 names: Conv1D weights transposed, absent biases as zeros
+    (bias=False models compute the same function), lm_head left out (tied to wte)."""
+    sd = {}
+    for name, module in model.named_modules():
+        weight = getattr(module, 'weight', None)
+        if name == 'lm_head' or not isinstance(weight, torch.Tensor):
+            continue
+        w = weight.detach()
+        sd[f'{name}.weight'] = w.t() if f'{name}.weight'.endswith(TRANSPOSED) else w
+        if name.endswith(('ln_1', 'ln_2', 'ln_f', 'c_attn', 'c_proj', 'c_fc')):
+            bias = getattr(module, 'bias', None)
+            sd[f'{name}.bias'] = bias.detach() if bias is not None else torch.zeros(w.shape[0], dtype=w.dtype)
+    sd['transformer.wte.weight'] = sd['transformer.wte.weight'][:vocab_size]
+    return {k: v.contiguous().clone() for k, v in sd.items()}
+
+
+def write_file(path: str, data: bytes):
+    with atomic_path(path) as tmp, open(tmp, 'wb') as f:
+        f.write(data)
+
+
+def write_tokenizer(dest: str, block_size: int) -> bool:
+    """GPT-2's vocab.json and merges.txt (tiktoken's encoder.json and vocab.bpe, from its cache or the web)."""
+    try:
+        from tiktoken.load import read_file_cached
+        encoder = read_file_cached(BPE_URL + 'encoder.json')
+        merges = read_file_cached(BPE_URL + 'vocab.bpe')
+    except Exception as e:
+        print(f"warning: GPT-2 tokenizer files unavailable ({type(e).__name__}), exported the model only",
+              file=sys.stderr)
+        return False
+    write_file(os.path.join(dest, 'vocab.json'), encoder)
+    write_file(os.path.join(dest, 'merges.txt'), merges)
+    tokenizer_config = {'tokenizer_class': 'GPT2Tokenizer', 'model_max_length': block_size,
+                        'bos_token': '<|endoftext|>', 'eos_token': '<|endoftext|>', 'unk_token': '<|endoftext|>',
+                        'add_prefix_space': False}
+    write_file(os.path.join(dest, 'tokenizer_config.json'), json.dumps(tokenizer_config, indent=2).encode())
+    return True
+
+
+def write_pretrained(model, dest: str, vocab_size: int) -> bool:
+    """Write model as a Hugging Face GPT-2 folder; True when GPT-2's tokenizer files went with it."""
+    from safetensors.torch import save_file
+    os.makedirs(dest, exist_ok=True)
+    with atomic_path(os.path.join(dest, 'model.safetensors')) as tmp:
+        save_file(hf_state_dict(model, vocab_size), tmp, metadata={'format': 'pt'})
+    write_file(os.path.join(dest, 'config.json'), json.dumps(hf_config_from(model.config, vocab_size),
+                                                             indent=2).encode())
+    # a character-level model has no Hugging Face tokenizer: its meta file stays the way to encode text
+    return write_tokenizer(dest, model.config.block_size) if vocab_size >= GPT2_VOCAB else False
