@@ -4,8 +4,10 @@ dtype, autocast, seeding), the device's peak FLOPS for MFU, rank-0 printing, loa
 pretrained name, and the tokenizer that goes with it.
 """
 
+import json
 import os
 import pickle
+import re
 from contextlib import nullcontext
 from dataclasses import dataclass
 
@@ -121,10 +123,17 @@ def load_checkpoint(ckpt_path: str, device) -> dict:
         raise SystemExit(f"error: no checkpoint at {ckpt_path}: train one with train.py (out_dir sets where), "
                          f"or pass --init_from=gpt2 for OpenAI's weights")
     try:
-        checkpoint = torch.load(ckpt_path, map_location=device, weights_only=False)
+        # weights_only: tensors and plain data only, so loading a checkpoint never runs code from it
+        checkpoint = torch.load(ckpt_path, map_location=device, weights_only=True)
+    except pickle.UnpicklingError as e:
+        found = re.search(r'GLOBAL (\S+)', str(e))  # torch's message names the class or function it met
+        reason = f"it refers to {found.group(1)}" if found else type(e).__name__
+        raise SystemExit(f"error: refused to load {ckpt_path}: it holds objects other than tensors and plain data, "
+                         f"which could run code when loaded ({reason}); use checkpoints you trust, written by "
+                         f"this project or nanoGPT") from None
     except Exception as e:
         raise SystemExit(f"error: could not read the checkpoint {ckpt_path} ({type(e).__name__}: {e}): "
-                         f"the file is damaged or not a PyTorch checkpoint") from e
+                         f"the file is damaged or not a PyTorch checkpoint") from None
     if not isinstance(checkpoint, dict) or 'model' not in checkpoint or 'model_args' not in checkpoint:
         raise SystemExit(f"error: {ckpt_path} is not a checkpoint of this project (no 'model' and 'model_args')")
     return checkpoint
@@ -166,26 +175,71 @@ def load_model(init_from: str, out_dir: str = 'out', device='cpu', dropout: floa
     return model.to(device), checkpoint
 
 
+class _PlainUnpickler(pickle.Unpickler):
+    """Unpickles dicts, lists, strings and numbers only: any class or function in the file is refused, so
+    loading cannot run code from it."""
+
+    def find_class(self, module, name):
+        raise pickle.UnpicklingError(f"it refers to {module}.{name}, and only plain data is loaded")
+
+
+def read_vocab(data_dir: str) -> list[str] | None:
+    """The character vocabulary of a dataset (index -> character): meta.json's 'chars', else nanoGPT's meta.pkl
+    read as plain data only. None when the dataset has neither (GPT-2 BPE)."""
+    json_path = os.path.join(data_dir, 'meta.json')
+    if os.path.exists(json_path):
+        try:
+            with open(json_path) as f:
+                meta = json.load(f)
+        except (ValueError, UnicodeDecodeError) as e:
+            raise SystemExit(f"error: {json_path} is not valid JSON ({e}): prepare the dataset again") from None
+        if 'chars' in meta:
+            return list(meta['chars'])
+        if meta.get('tokenizer') != 'char':
+            return None
+        if not os.path.exists(os.path.join(data_dir, 'meta.pkl')):
+            raise SystemExit(f"error: {data_dir} is character-level data, but its vocabulary (meta.pkl) is "
+                             f"missing: prepare the dataset again")
+    pkl_path = os.path.join(data_dir, 'meta.pkl')
+    if not os.path.exists(pkl_path):
+        return None
+    try:
+        with open(pkl_path, 'rb') as f:
+            meta = _PlainUnpickler(f).load()
+        itos = meta['itos']
+        return [itos[i] for i in range(meta['vocab_size'])]
+    except Exception as e:
+        raise SystemExit(f"error: {pkl_path} is refused ({type(e).__name__}: {e}): a character vocabulary is a dict "
+                         f"of plain data; prepare the dataset again") from None
+
+
 def get_tokenizer(checkpoint: dict | None):
-    """encode(str) -> list[int] and decode(list[int]) -> str: the character vocabulary of the checkpoint's dataset
-    when it has a meta.pkl, else GPT-2's BPE."""
-    dataset = (checkpoint or {}).get('config', {}).get('dataset')
-    meta_path = os.path.join(dataset_dir(dataset), 'meta.pkl') if dataset else None
-    if meta_path and os.path.exists(meta_path):
-        print0(f"Loading meta from {meta_path}...")
-        with open(meta_path, 'rb') as f:
-            meta = pickle.load(f)
-        stoi, itos = meta['stoi'], meta['itos']
+    """encode(str) -> list[int] and decode(list[int]) -> str: the character vocabulary the checkpoint carries (or,
+    for older checkpoints, its dataset's), else GPT-2's BPE."""
+    checkpoint = checkpoint or {}
+    chars, source = checkpoint.get('vocab'), 'the checkpoint'
+    dataset = checkpoint.get('config', {}).get('dataset')
+    if chars is None and dataset:
+        source = dataset_dir(dataset)
+        chars = read_vocab(source)
+    vocab_size = checkpoint.get('model_args', {}).get('vocab_size', 50304)
+    if chars is None and vocab_size < 50257:
+        raise SystemExit(f"error: the checkpoint's model has a vocabulary of {vocab_size} characters, but neither the "
+                         f"checkpoint nor its dataset {dataset!r} holds them: put the dataset's meta.json or meta.pkl "
+                         f"back in data/{dataset}")
+    if chars is not None:
+        print0(f"Loading meta from {source}...")
+        stoi = {c: i for i, c in enumerate(chars)}
 
         def encode(s: str) -> list[int]:
             unknown = sorted(set(s) - set(stoi))
             if unknown:
                 raise SystemExit(f"error: the text has characters outside the model's vocabulary of {len(stoi)} "
-                                 f"characters from {meta_path}: {''.join(unknown)!r}")
+                                 f"characters from {source}: {''.join(unknown)!r}")
             return [stoi[c] for c in s]
 
         def decode(ids: list[int]) -> str:
-            return ''.join(itos[i] for i in ids)
+            return ''.join(chars[i] for i in ids)
         return encode, decode
 
     import tiktoken

@@ -24,7 +24,9 @@ modules, functions or classes, e.g. `import math`); every other name it binds mu
 
 import ast
 import difflib
+import errno
 import os
+import sys
 import types
 from types import SimpleNamespace
 
@@ -44,7 +46,7 @@ def _unknown_key(key: str, known) -> SystemExit:
     return SystemExit(f"error: unknown config key {key!r}: {hint}")
 
 
-def _check_type(key: str, value, default, where: str):
+def _check_type(key: str, value, default, source: str):
     """value converted to the type of default, or SystemExit when it does not fit."""
     if default is None or value is None:
         return value
@@ -56,13 +58,36 @@ def _check_type(key: str, value, default, where: str):
     else:
         ok = isinstance(value, type(default))
     if not ok:
-        raise SystemExit(f"error: {where}: {key} must be a {type(default).__name__} "
+        raise SystemExit(f"error: {source}: {key} must be a {type(default).__name__} "
                          f"(default {default!r}), got {value!r} of type {type(value).__name__}")
     return value
 
 
+def _one_line_errors(exc_type, exc, tb):
+    """sys.excepthook of the scripts: an error the scripts did not foresee still ends in one line, not a traceback
+    (NANOGPT_DEBUG=1 shows it)."""
+    if issubclass(exc_type, KeyboardInterrupt):
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        message = f"the disk is full{f' writing {exc.filename}' if exc.filename else ''}: free some space and run again"
+    elif isinstance(exc, OSError) and exc.strerror:
+        message = f"{exc.strerror}{f': {exc.filename}' if exc.filename else ''}"
+    elif isinstance(exc, UnicodeDecodeError):
+        message = f"a file is not UTF-8 text ({exc.reason} at byte {exc.start}): convert it to UTF-8"
+    elif isinstance(exc, ModuleNotFoundError) and exc.name:
+        message = f"the {exc.name} package is not installed: pip install {exc.name.split('.')[0]}"
+    else:
+        message = f"{exc_type.__name__}: {exc}"
+    print(f"error: {message} (NANOGPT_DEBUG=1 shows the traceback)", file=sys.stderr)
+    sys.exit(1)
+
+
 def configure(defaults: dict, argv: list[str], verbose: bool | None = None) -> SimpleNamespace:
-    """Apply config files and --key=value arguments to defaults; return the resolved config."""
+    """Apply config files and --key=value arguments to defaults; return the resolved config, checked.
+    A script calls it first: from then on an uncaught exception ends the script with one line on stderr."""
+    if not os.environ.get('NANOGPT_DEBUG'):
+        sys.excepthook = _one_line_errors
     if verbose is None:
         verbose = int(os.environ.get('RANK', 0)) == 0  # under torchrun only rank 0 prints
     config = dict(defaults)
@@ -76,7 +101,13 @@ def configure(defaults: dict, argv: list[str], verbose: bool | None = None) -> S
             if verbose:
                 print(f"Overriding config with {arg}:\n{source}")
             namespace = dict(config)
-            exec(compile(source, arg, 'exec'), namespace)
+            try:
+                exec(compile(source, arg, 'exec'), namespace)
+            except SyntaxError as e:
+                raise SystemExit(f"error: config file {arg}, line {e.lineno}: {e.msg}: fix the Python there") from None
+            except Exception as e:
+                raise SystemExit(f"error: config file {arg} failed when run ({type(e).__name__}: {e}): "
+                                 f"fix the Python there") from None
             for key, value in namespace.items():
                 if key.startswith('_') or isinstance(value, (types.ModuleType, types.FunctionType, type)):
                     continue  # imports and helpers inside the config file
@@ -100,4 +131,41 @@ def configure(defaults: dict, argv: list[str], verbose: bool | None = None) -> S
             config[key] = _check_type(key, value, default, arg)
             if verbose:
                 print(f"Overriding: {key} = {config[key]!r}")
+    check_ranges(config)
     return SimpleNamespace(**config)
+
+
+# The ranges of the config keys the scripts share, checked for whichever of them a script has: a value outside
+# them would train on nothing, on NaN, or sample nonsense, and still exit 0
+POSITIVE = ('batch_size', 'block_size', 'gradient_accumulation_steps', 'eval_interval', 'log_interval', 'eval_iters',
+            'n_layer', 'n_head', 'n_embd', 'vocab_size', 'num_samples', 'benchmark_steps')
+NON_NEGATIVE = ('learning_rate', 'max_iters', 'warmup_iters', 'lr_decay_iters', 'min_lr', 'weight_decay', 'grad_clip',
+                'temperature', 'max_new_tokens', 'burnin_steps', 'hellaswag_interval', 'hellaswag_limit', 'limit')
+
+
+def check_ranges(config: dict):
+    """SystemExit naming the first key whose value is out of range, or two keys that do not fit together."""
+    def fail(what: str, fix: str):
+        raise SystemExit(f"error: {what}: {fix}")
+    for key in POSITIVE:
+        if config.get(key) is not None and config[key] <= 0:
+            fail(f"{key}={config[key]!r}", f"{key} must be greater than 0")
+    for key in NON_NEGATIVE:
+        if config.get(key) is not None and config[key] < 0:
+            fail(f"{key}={config[key]!r}", f"{key} must be 0 or more")
+    if 'dropout' in config and not 0.0 <= config['dropout'] < 1.0:
+        fail(f"dropout={config['dropout']!r}", "dropout is a probability in [0, 1)")
+    for key in ('beta1', 'beta2'):
+        if key in config and not 0.0 <= config[key] < 1.0:
+            fail(f"{key}={config[key]!r}", f"{key} must be in [0, 1)")
+    if config.get('top_k') is not None and config['top_k'] <= 0:
+        fail(f"top_k={config['top_k']!r}", "top_k must be 1 or more, or None for all tokens")
+    if config.get('top_p') is not None and not 0.0 < config['top_p'] <= 1.0:
+        fail(f"top_p={config['top_p']!r}", "top_p must be in (0, 1], or None for all tokens")
+    if config.get('n_embd') and config.get('n_head') and config['n_embd'] % config['n_head']:
+        fail(f"n_embd={config['n_embd']} is not divisible by n_head={config['n_head']}",
+             "each head gets n_embd / n_head dimensions; change one of them")
+    if config.get('decay_lr') and config['min_lr'] > config['learning_rate']:
+        fail(f"min_lr={config['min_lr']} is above learning_rate={config['learning_rate']}",
+             "the schedule decays from learning_rate down to min_lr")
+

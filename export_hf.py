@@ -32,6 +32,10 @@ def export(ckpt_path: str, dest: str, trim_vocab: bool = False):
             raise SystemExit(f"error: --trim_vocab keeps GPT-2's {GPT2_VOCAB} tokens, but this model has only "
                              f"{vocab_size}")
         vocab_size = GPT2_VOCAB
+    if os.path.exists(dest) and (not os.path.isdir(dest) or os.listdir(dest)):
+        # writing into it would mix our files with what is there (a stale tokenizer, other weights)
+        raise SystemExit(f"error: --dest={dest} already exists and is not an empty folder: choose a new folder, "
+                         f"or remove it first")
     tokenizer = write_pretrained(model, dest, vocab_size)
     print(f"exported {ckpt_path} ({model.get_num_params() / 1e6:.2f}M parameters, vocabulary {vocab_size}) "
           f"to {dest}{' with the GPT-2 tokenizer' if tokenizer else ''}")

@@ -55,7 +55,7 @@ def load_examples(data_file: str = '', limit: int | None = None, cache_dir: str 
     if not os.path.exists(path):
         raise SystemExit(f"error: HellaSwag file {path} not found")
     examples = []
-    with open(path) as f:
+    with open(path, encoding='utf-8') as f:
         for line_no, line in enumerate(f, 1):
             if not line.strip():
                 continue
@@ -68,6 +68,8 @@ def load_examples(data_file: str = '', limit: int | None = None, cache_dir: str 
             examples.append(example)
             if limit and len(examples) == limit:
                 break
+    if not examples:
+        raise SystemExit(f"error: {path} holds no HellaSwag records: pass hellaswag_val.jsonl")
     return examples
 
 

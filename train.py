@@ -29,7 +29,7 @@ from dataclasses import asdict
 import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from common import dataset_dir, device_peak_flops, load_model, print0, setup_runtime
+from common import dataset_dir, device_peak_flops, load_model, print0, read_vocab, setup_runtime
 from configurator import config_defaults, configure
 from data.loader import TokenLoader
 from data.tokenfiles import atomic_path
@@ -194,18 +194,18 @@ if __name__ == '__main__':
     print0(f"config: {config}")
     print0(f"tokens per iteration will be: {tokens_per_iter:,} on {ddp_world_size} process(es), "
            f"device {device}, dtype {dtype}")
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise SystemExit(f"error: out_dir={out_dir!r} is a file, not a directory: choose another out_dir")
     if master_process:
         os.makedirs(out_dir, exist_ok=True)
 
-    # attempt to derive vocab_size from the dataset
+    # attempt to derive vocab_size from the dataset: a character vocabulary, which checkpoints also carry
     data_dir = dataset_dir(dataset)
-    meta_path = os.path.join(data_dir, 'meta.pkl')
+    vocab = read_vocab(data_dir)
     meta_vocab_size = None
-    if os.path.exists(meta_path):
-        import pickle
-        with open(meta_path, 'rb') as f:
-            meta_vocab_size = pickle.load(f)['vocab_size']
-        print0(f"found vocab_size = {meta_vocab_size} (inside {meta_path})")
+    if vocab is not None:
+        meta_vocab_size = len(vocab)
+        print0(f"found vocab_size = {meta_vocab_size} (inside {data_dir})")
 
     # model init
     shape_keys = ('n_layer', 'n_head', 'n_embd', 'block_size', 'bias')
@@ -329,6 +329,7 @@ if __name__ == '__main__':
                         'loader': train_loader.state_dict(),
                         'rng': rng,
                         'world_size': ddp_world_size,
+                        'vocab': vocab,  # the characters of a character-level model, so sampling needs no dataset
                     }
                     print(f"saving checkpoint to {out_dir}")
                     save_checkpoint(os.path.join(out_dir, 'ckpt.pt'), checkpoint)

@@ -8,7 +8,7 @@ import os
 import numpy as np
 import torch
 
-from data.tokenfiles import DTYPE, prepare_hint, split_files
+from data.tokenfiles import DTYPE, check_dataset, prepare_hint, split_files
 
 
 class TokenLoader:
@@ -21,6 +21,7 @@ class TokenLoader:
                  device='cpu', seed: int = 1337, rank: int = 0, world_size: int = 1):
         self.batch_size, self.block_size = batch_size, block_size
         self.device = torch.device(device)
+        check_dataset(data_dir)  # one prepare's files, not a mix left by an interrupted one
         self.paths = split_files(data_dir, split)
         if not self.paths:
             raise SystemExit(f"error: no {split} data in {data_dir} (neither {split}.bin nor {split}_000000.bin...): "
@@ -38,6 +39,7 @@ class TokenLoader:
             raise SystemExit(f"error: {split} data in {data_dir} has {max(self.lengths)} tokens in its largest file, "
                              f"too few for one block of {block_size} + 1: lower block_size or prepare more data")
         self.offsets = np.concatenate([[0], np.cumsum(self.windows)])
+        self.vocab_size = vocab_size
         if vocab_size is not None:
             self._check_vocab(vocab_size)
         self.seed, self.rank, self.world_size = seed, rank, world_size
@@ -66,7 +68,11 @@ class TokenLoader:
         maps = {f: np.memmap(self.paths[f], dtype=DTYPE, mode='r') for f in set(files.tolist())}
         rows = [maps[f][s - self.offsets[f]:s - self.offsets[f] + T + 1].astype(np.int64) for f, s in zip(files, starts)]
         del maps
-        batch = torch.from_numpy(np.stack(rows))
+        batch = np.stack(rows)
+        if self.vocab_size is not None and batch.max() >= self.vocab_size:  # the check at start samples the files
+            raise SystemExit(f"error: a batch of {self.paths[0]}... holds token id {batch.max()}, outside the model's "
+                             f"vocabulary of {self.vocab_size}: the data was prepared with another tokenizer")
+        batch = torch.from_numpy(batch)
         x, y = batch[:, :-1].contiguous(), batch[:, 1:].contiguous()
         if self.device.type == 'cuda':
             # pin arrays x,y, which allows us to move them to GPU asynchronously (non_blocking=True)

@@ -30,10 +30,25 @@ DTYPE = np.uint16
 SHARD_RE = re.compile(r'^(train|val)_(\d{6})\.bin$')
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
 @contextmanager
 def atomic_path(path: str):
     """Yield a temporary path beside `path`, renamed to `path` only when the block completes, so an
-    interrupted write never leaves a truncated file under the final name."""
+    interrupted write never leaves a truncated file under the final name. Temporary files of `path` that a killed
+    process left behind (its pid no longer running) are removed first: at GPT-2 size each is gigabytes."""
+    for stale in glob.glob(glob.escape(path) + '.tmp*'):
+        pid = stale[len(path) + 4:]
+        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            os.remove(stale)
     tmp = f"{path}.tmp{os.getpid()}"
     try:
         yield tmp
@@ -118,11 +133,71 @@ class TokenWriter:
         return False
 
 
+def fingerprint(path: str) -> str:
+    """Size and a hash of the first and last 64 KiB: tells a file from one another prepare wrote, and survives
+    copying (unlike modification times)."""
+    import hashlib
+    size = os.path.getsize(path)
+    h = hashlib.sha256()
+    with open(path, 'rb') as f:
+        h.update(f.read(1 << 16))
+        f.seek(max(size - (1 << 16), 0))
+        h.update(f.read(1 << 16))
+    return f"{size}:{h.hexdigest()[:16]}"
+
+
+def dataset_files(data_dir: str) -> list[str]:
+    """The token files of both splits and nanoGPT's meta.pkl, where present."""
+    pkl = os.path.join(data_dir, 'meta.pkl')
+    return split_files(data_dir, 'train') + split_files(data_dir, 'val') + ([pkl] if os.path.exists(pkl) else [])
+
+
+def begin_prepare(data_dir: str):
+    """Called by a prepare script once its input is known good, before it writes anything: until write_meta ends
+    the run, meta.json says the dataset is incomplete, so an interrupted prepare leaves a dataset that is refused."""
+    os.makedirs(data_dir, exist_ok=True)
+    with atomic_path(os.path.join(data_dir, 'meta.json')) as tmp, open(tmp, 'w') as f:
+        json.dump({'complete': False}, f)
+
+
 def write_meta(data_dir: str, **fields):
-    """meta.json beside the token files (tokenizer, vocab_size, token counts), written atomically."""
-    path = os.path.join(data_dir, 'meta.json')
-    with atomic_path(path) as tmp, open(tmp, 'w') as f:
+    """meta.json, the last file a prepare writes (atomically): tokenizer, vocab_size, token counts and the
+    fingerprint of every file of the dataset, so a loader can tell one prepare's dataset from a mix of two."""
+    fields['files'] = {os.path.basename(p): fingerprint(p) for p in dataset_files(data_dir)}
+    fields['complete'] = True
+    with atomic_path(os.path.join(data_dir, 'meta.json')) as tmp, open(tmp, 'w') as f:
         json.dump(fields, f, indent=2)
+
+
+def check_dataset(data_dir: str):
+    """SystemExit unless the dataset's files are those its meta.json lists (no check for datasets without one,
+    such as nanoGPT's)."""
+    path = os.path.join(data_dir, 'meta.json')
+    if not os.path.exists(path):
+        return
+    try:
+        with open(path) as f:
+            meta = json.load(f)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise SystemExit(f"error: {path} is not valid JSON ({e}): prepare the dataset again ({prepare_hint(data_dir)})") from None
+    if meta.get('complete') is False:
+        raise SystemExit(f"error: the dataset in {data_dir} is incomplete (its prepare was interrupted): "
+                         f"prepare it again ({prepare_hint(data_dir)})")
+    listed = meta.get('files')
+    if listed is None:
+        return
+    present = {os.path.basename(p): p for p in dataset_files(data_dir)}
+    for name in sorted(set(listed) | set(present)):
+        if name not in present:
+            why = 'is missing'
+        elif name not in listed:
+            why = 'was not written by the prepare that wrote meta.json'
+        elif fingerprint(present[name]) != listed[name]:
+            why = 'changed since the prepare that wrote meta.json'
+        else:
+            continue
+        raise SystemExit(f"error: {os.path.join(data_dir, name)} {why}, so the dataset mixes two prepares: "
+                         f"prepare it again ({prepare_hint(data_dir)})")
 
 
 SHAKESPEARE_URL = 'https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt'
@@ -143,9 +218,17 @@ def shakespeare_splits(doc: str, script: str, argv=None) -> tuple[str, dict]:
         download(SHAKESPEARE_URL, path, f"Offline, pass a local copy: python {script} --input PATH")
     if not os.path.exists(path):
         raise SystemExit(f"error: input file {path} not found")
-    with open(path, 'r', encoding='utf-8') as f:
-        text = f.read()
+    try:
+        with open(path, 'r', encoding='utf-8') as f:
+            text = f.read()
+    except UnicodeDecodeError as e:
+        raise SystemExit(f"error: {path} is not UTF-8 text ({e.reason} at byte {e.start}): convert it, e.g. with "
+                         f"iconv -t utf-8") from None
+    if len(text) < 10:
+        raise SystemExit(f"error: {path} holds {len(text)} characters, too few to split into train and val: "
+                         f"pass a larger text (the dataset in {args.out_dir} is left as it was)")
     n = len(text)
+    begin_prepare(args.out_dir)
     return args.out_dir, {'train': text[:int(n * 0.9)], 'val': text[int(n * 0.9):]}
 
 
@@ -194,9 +277,16 @@ def load_text_dataset(hub_name: str, inputs: list[str], num_proc: int, prepare_s
             raise SystemExit(f"error: input files not found: {missing}")
         builder = builders[exts.pop()]
         kwargs = dict(sample_by='paragraph') if builder == 'text' else {}  # blank lines separate documents
-        ds = datasets.load_dataset(builder, data_files=inputs, split='train', **kwargs)
+        try:
+            ds = datasets.load_dataset(builder, data_files=inputs, split='train', **kwargs)
+        except Exception as e:  # malformed JSON, a parquet file that is not one, non-UTF-8 text
+            reason = str(e).strip().splitlines()[0] if str(e).strip() else ''
+            raise SystemExit(f"error: could not read {', '.join(inputs)} as {builder} ({type(e).__name__}: "
+                             f"{reason[:200]}): check the files") from None
         if 'text' not in ds.column_names:
             raise SystemExit(f"error: {inputs[0]} has no 'text' field (its fields: {ds.column_names})")
+        if len(ds) == 0:
+            raise SystemExit(f"error: {', '.join(inputs)} hold no documents: nothing to prepare")
         return ds
     try:
         return datasets.load_dataset(hub_name, split='train', num_proc=num_proc, **hub_kwargs)

@@ -1,6 +1,5 @@
 import json
 import os
-import pickle
 
 import numpy as np
 import pytest
@@ -26,6 +25,12 @@ def write_docs(path, n=40, seed=0):
     return docs
 
 
+def read_plain_pickle(path):
+    from common import _PlainUnpickler  # nanoGPT's meta.pkl, read as plain data only
+    with open(path, 'rb') as f:
+        return _PlainUnpickler(f).load()
+
+
 def read_bin(path):
     return np.fromfile(path, dtype=np.uint16)
 
@@ -37,7 +42,7 @@ def test_shakespeare_char_small_input(tmp_path):
     text = 'hello world, hello shakespeare!\n' * 10
     (tmp_path / 'in.txt').write_text(text)
     run_script('data/shakespeare_char/prepare.py', '--input', str(tmp_path / 'in.txt'), '--out_dir', str(tmp_path))
-    meta = pickle.load(open(tmp_path / 'meta.pkl', 'rb'))
+    meta = read_plain_pickle(tmp_path / 'meta.pkl')
     assert meta['vocab_size'] == len(set(text)) and meta['itos'][meta['stoi']['h']] == 'h'
     train, val = read_bin(tmp_path / 'train.bin'), read_bin(tmp_path / 'val.bin')
     n = len(text)
@@ -52,7 +57,7 @@ def test_shakespeare_char_counts(tmp_path):
     run_script('data/shakespeare_char/prepare.py', '--input', SHAKESPEARE, '--out_dir', str(tmp_path))
     assert os.path.getsize(tmp_path / 'train.bin') == 2 * 1_003_854
     assert os.path.getsize(tmp_path / 'val.bin') == 2 * 111_540
-    assert pickle.load(open(tmp_path / 'meta.pkl', 'rb'))['vocab_size'] == 65
+    assert read_plain_pickle(tmp_path / 'meta.pkl')['vocab_size'] == 65
 
 
 @needs_shakespeare

@@ -30,7 +30,7 @@ def eval_losses(stdout: str) -> dict:
 
 
 def load_model_state(out_dir):
-    return torch.load(os.path.join(out_dir, 'ckpt.pt'), map_location='cpu', weights_only=False)
+    return torch.load(os.path.join(out_dir, 'ckpt.pt'), map_location='cpu', weights_only=True)
 
 
 def test_lr_schedule():

@@ -12,7 +12,7 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-from data.tokenfiles import TokenWriter, load_text_dataset, tokenize_to_files, write_meta  # noqa: E402
+from data.tokenfiles import TokenWriter, begin_prepare, load_text_dataset, tokenize_to_files, write_meta  # noqa: E402
 
 HUB_NAME = 'HuggingFaceFW/fineweb-edu'
 
@@ -30,6 +30,7 @@ def main(argv=None):
 
     dataset = load_text_dataset(HUB_NAME, args.input, args.num_proc, 'data/fineweb_edu/prepare.py',
                                 name=args.remote_name)
+    begin_prepare(args.out_dir)
     with TokenWriter(args.out_dir, lambda index: 'val' if index == 0 else 'train', args.shard_size) as writer:
         tokenize_to_files(dataset['text'], writer, args.num_proc, total=len(dataset), desc='tokenizing')
     for split in ('val', 'train'):

@@ -12,7 +12,7 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-from data.tokenfiles import TokenWriter, load_text_dataset, tokenize_to_files, write_meta  # noqa: E402
+from data.tokenfiles import TokenWriter, begin_prepare, load_text_dataset, tokenize_to_files, write_meta  # noqa: E402
 
 HUB_NAME = 'Skylion007/openwebtext'
 N_DOCUMENTS = 8_013_769
@@ -43,6 +43,7 @@ def main(argv=None):
     split_dataset = dataset.train_test_split(test_size=args.val_fraction, seed=2357, shuffle=True)
     split_dataset['val'] = split_dataset.pop('test')  # rename the test split to val
 
+    begin_prepare(args.out_dir)
     counts = {}
     for split, dset in split_dataset.items():
         with TokenWriter(args.out_dir, split) as writer:

@@ -40,11 +40,12 @@ def main(argv=None):
             writer.write(ids)
         counts[split] = len(ids)
 
-    # save the meta information as well, to help us encode/decode later
+    # save the meta information as well, to help us encode/decode later: meta.json is what this project reads
+    # (the characters in order), meta.pkl is nanoGPT's format for its tools
     meta = {'vocab_size': vocab_size, 'itos': itos, 'stoi': stoi}
     with atomic_path(os.path.join(out_dir, 'meta.pkl')) as tmp, open(tmp, 'wb') as f:
         pickle.dump(meta, f)
-    write_meta(out_dir, tokenizer='char', vocab_size=vocab_size, tokens=counts)
+    write_meta(out_dir, tokenizer='char', vocab_size=vocab_size, chars=''.join(chars), tokens=counts)
 
 
 if __name__ == '__main__':
