@@ -127,7 +127,10 @@ def load_checkpoint(ckpt_path: str, device) -> dict:
         checkpoint = torch.load(ckpt_path, map_location=device, weights_only=True)
     except pickle.UnpicklingError as e:
         found = re.search(r'GLOBAL (\S+)', str(e))  # torch's message names the class or function it met
-        reason = f"it refers to {found.group(1)}" if found else type(e).__name__
+        if found is None:
+            raise SystemExit(f"error: could not read the checkpoint {ckpt_path} (UnpicklingError: {e}): the file is "
+                             f"damaged or not a PyTorch checkpoint") from None
+        reason = f"it refers to {found.group(1)}"
         raise SystemExit(f"error: refused to load {ckpt_path}: it holds objects other than tensors and plain data, "
                          f"which could run code when loaded ({reason}); use checkpoints you trust, written by "
                          f"this project or nanoGPT") from None

@@ -1,4 +1,5 @@
 import os
+import re
 import subprocess
 import sys
 
@@ -6,6 +7,11 @@ import pytest
 import torch
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def after_meta(stdout: str) -> str:
+    """What sample.py printed after naming where its character vocabulary came from: the samples."""
+    return re.split(r'Loading meta from .*\.\.\.\n', stdout, maxsplit=1)[1]
 
 
 def run_script(*args, cwd=REPO, env=None, check=True, timeout=600):

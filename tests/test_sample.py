@@ -2,7 +2,7 @@ import pickle
 
 import torch
 
-from conftest import run_script
+from conftest import after_meta, run_script
 from model import GPT, GPTConfig
 
 
@@ -25,7 +25,7 @@ def test_sample_from_char_checkpoint(tmp_path):
     out_dir = write_char_checkpoint(tmp_path)
     proc = run_script('sample.py', f'--out_dir={out_dir}', '--start=abc', '--num_samples=2', '--max_new_tokens=40',
                       '--device=cpu', '--top_p=0.9')
-    text = proc.stdout.split("meta.pkl...\n")[1]  # what follows the config and the vocabulary
+    text = after_meta(proc.stdout)  # what follows the config and the vocabulary
     samples = text.split('---------------\n')[:-1]
     assert len(samples) == 2, proc.stdout
     for sample in samples:  # the prompt and 40 new characters from the vocabulary, then print's newline
@@ -65,7 +65,7 @@ def test_long_prompt_is_cropped_to_the_context(tmp_path):
     def continuation(start: str) -> str:
         proc = run_script('sample.py', f'--out_dir={out_dir}', f'--start={start}', '--device=cpu', '--num_samples=1',
                           '--max_new_tokens=12', '--temperature=0.0')
-        sample = proc.stdout.split("meta.pkl...\n")[1].split('---------------\n')[0]
+        sample = after_meta(proc.stdout).split('---------------\n')[0]
         return proc, sample[:-1]  # less print's newline
 
     proc, whole = continuation(f'FILE:{prompt}')
