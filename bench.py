@@ -77,8 +77,9 @@ if __name__ == '__main__':
         model = torch.compile(model)  # pytorch 2.0
 
     def step():
-        return train_step(model, optimizer, scaler, loader, gradient_accumulation_steps, ctx, grad_clip,
-                          learning_rate)
+        loss, _ = train_step(model, optimizer, scaler, loader, gradient_accumulation_steps, ctx, grad_clip,
+                             learning_rate)
+        return loss
 
     def sync():
         if device_type == 'cuda':

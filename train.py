@@ -20,8 +20,10 @@ bench.py and the tests import the very same code; the run sits below them under 
 reads the configuration as plain globals, overridden by config files and --key=value (see configurator.py).
 """
 
+import json
 import math
 import os
+import signal
 import sys
 import time
 from dataclasses import asdict
@@ -44,6 +46,7 @@ log_interval = 1
 eval_iters = 200
 eval_only = False  # if True, script exits right after the first eval
 always_save_checkpoint = True  # if True, always save a checkpoint after each eval
+checkpoint_interval = 0  # also save every this many iterations (0: only at evals): what a restart can lose
 init_from = 'scratch'  # 'scratch' or 'resume' or 'gpt2*' (or a Hugging Face GPT-2 directory)
 # wandb logging
 wandb_log = False  # disabled by default
@@ -67,6 +70,7 @@ weight_decay = 1e-1
 beta1 = 0.9
 beta2 = 0.95
 grad_clip = 1.0  # clip gradients at this value, or disable if == 0.0
+max_bad_steps = 10  # stop after this many steps in a row with a non-finite loss or gradient (each is skipped)
 # learning rate decay settings
 decay_lr = True  # whether to decay the learning rate
 warmup_iters = 2000  # how many steps to warm up for
@@ -104,7 +108,8 @@ def get_lr(it: int, learning_rate: float, warmup_iters: int, lr_decay_iters: int
 
 def train_step(model, optimizer, scaler, loader, grad_accum: int, ctx, grad_clip: float, lr: float):
     """One optimisation step: grad_accum micro-batches, gradients synchronised over DDP ranks on the last one only,
-    clipping, and the (possibly scaled) optimizer step. Returns the mean micro-batch loss as a tensor (no sync)."""
+    clipping, and the (possibly scaled) optimizer step, skipped when the gradients are not finite. Returns the mean
+    micro-batch loss and the gradient norm, as tensors."""
     for param_group in optimizer.param_groups:
         param_group['lr'] = lr
     total = 0.0
@@ -119,16 +124,17 @@ def train_step(model, optimizer, scaler, loader, grad_accum: int, ctx, grad_clip
         total = total + loss.detach()
         # backward pass, with gradient scaling if training in fp16
         scaler.scale(loss).backward()
-    # clip the gradient
-    if grad_clip != 0.0:
-        scaler.unscale_(optimizer)
-        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-    # step the optimizer and scaler if training in fp16
-    scaler.step(optimizer)
+    # clip the gradient, after unscaling it in float16 (the norm is measured even without clipping)
+    scaler.unscale_(optimizer)
+    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip if grad_clip != 0.0 else float('inf'))
+    # step the optimizer; a non-finite gradient would write NaN into every weight, so that step is skipped
+    # (in float16 the scaler skips it by itself, and lowers its scale)
+    if scaler.is_enabled() or torch.isfinite(norm):
+        scaler.step(optimizer)
     scaler.update()
     # flush the gradients as soon as we can, no need for this memory anymore
     optimizer.zero_grad(set_to_none=True)
-    return total
+    return total, norm
 
 
 @torch.no_grad()
@@ -196,6 +202,16 @@ if __name__ == '__main__':
            f"device {device}, dtype {dtype}")
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):
         raise SystemExit(f"error: out_dir={out_dir!r} is a file, not a directory: choose another out_dir")
+    ckpt_path = os.path.join(out_dir, 'ckpt.pt')
+    if init_from != 'resume' and os.path.exists(ckpt_path) and not eval_only:
+        # a new run would overwrite the checkpoint of an earlier one at its first save
+        if int(os.environ.get('TORCHELASTIC_RESTART_COUNT', 0)) > 0:
+            print0(f"restarted by torchrun: resuming from {ckpt_path}")
+            init_from = 'resume'
+        else:
+            raise SystemExit(f"error: {ckpt_path} holds the checkpoint of an earlier run, which this one would "
+                             f"overwrite: continue it with --init_from=resume, or start over in another out_dir "
+                             f"(or remove the file)")
     if master_process:
         os.makedirs(out_dir, exist_ok=True)
 
@@ -245,6 +261,7 @@ if __name__ == '__main__':
     model_args = asdict(model.config)
     n_layer, n_head, n_embd, block_size, bias = (model_args[k] for k in shape_keys)
     config.update({k: model_args[k] for k in shape_keys})
+    tokens_per_iter = gradient_accumulation_steps * ddp_world_size * batch_size * block_size
     model.to(device)
     print0(f"number of parameters: {model.get_num_params() / 1e6:.2f}M")
 
@@ -281,23 +298,73 @@ if __name__ == '__main__':
     if ddp:
         model = DDP(model, device_ids=[runtime.local_rank] if device_type == 'cuda' else None)
 
-    # logging
-    log_metrics = lambda metrics: None  # noqa: E731
-    if wandb_log and master_process:
-        import wandb
-        wandb.init(project=wandb_project, name=wandb_run_name, config=config)
-        log_metrics = wandb.log
+    # logging: out_dir/log.jsonl always (plot.py draws it), wandb when asked
+    log_path = os.path.join(out_dir, 'log.jsonl')
+    wandb_run = None
+    if master_process:
+        if os.path.exists(log_path):
+            # a resumed or restarted run replays the iterations after its checkpoint: their records go
+            with open(log_path, encoding='utf-8') as f:
+                records = [json.loads(line) for line in f if line.strip()]
+            kept = [r for r in records if r['iter'] < iter_num or (r['iter'] == iter_num and 'loss' in r)]
+            with atomic_path(log_path) as tmp, open(tmp, 'w', encoding='utf-8') as f:
+                f.writelines(json.dumps(r) + '\n' for r in kept)
+        if wandb_log:
+            import wandb
+            wandb_run = wandb.init(project=wandb_project, name=wandb_run_name, config=config)
+
+    def log_metrics(**record):
+        if master_process:
+            with open(log_path, 'a', encoding='utf-8') as f:
+                f.write(json.dumps(record) + '\n')
+            if wandb_run is not None:
+                wandb_run.log(record)
+
+    log_metrics(iter=iter_num, params=raw_model.get_num_params(), n_layer=n_layer, n_head=n_head, n_embd=n_embd,
+                block_size=block_size, dataset=dataset, tokens_per_iter=tokens_per_iter, init_from=init_from,
+                time=time.time())
     hellaswag = None
     if hellaswag_interval > 0:
         from hellaswag import evaluate_hellaswag, load_examples
         hellaswag = load_examples(hellaswag_file, hellaswag_limit or None)
     peak_flops = peak_flops or device_peak_flops(device)  # for MFU; None: unknown, MFU is not printed
 
+    def write_checkpoint():
+        rng = rng_states(ddp, device)  # a collective under DDP: every rank takes part
+        if master_process:
+            checkpoint = {
+                'model': raw_model.state_dict(),
+                'optimizer': optimizer.state_dict(),
+                'scaler': scaler.state_dict(),
+                'model_args': model_args,
+                'iter_num': iter_num,
+                'best_val_loss': best_val_loss,
+                'config': config,
+                'loader': train_loader.state_dict(),
+                'rng': rng,
+                'world_size': ddp_world_size,
+                'vocab': vocab,  # the characters of a character-level model, so sampling needs no dataset
+            }
+            print(f"saving checkpoint to {out_dir}")
+            save_checkpoint(ckpt_path, checkpoint)
+
+    # preemption: SIGTERM (what SLURM and cloud preemption send) or Ctrl-C ends the run at the next step boundary,
+    # with a checkpoint that --init_from=resume continues from
+    stop_signal = 0
+
+    def request_stop(signum, frame):
+        global stop_signal
+        stop_signal = signum
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+
     # training loop
     t_start = t0 = time.time()
     local_iter_num = 0  # number of iterations in the lifetime of this process
     t0_iter = iter_num  # the iteration at which t0 was taken
     running_mfu = -1.0
+    bad_steps = 0  # steps in a row skipped for a non-finite loss or gradient
     while True:
 
         # determine and set the learning rate for this iteration
@@ -305,53 +372,65 @@ if __name__ == '__main__':
         last = iter_num >= max_iters or eval_only
 
         # evaluate the loss on train/val sets and write checkpoints, and at the very end
+        saved = False
         if iter_num % eval_interval == 0 or last:
             for loader in eval_loaders.values():
                 loader.reset()
             losses = estimate_loss(model, eval_loaders, eval_iters, ctx, ddp_world_size)
             print0(f"step {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
-            log_metrics({"iter": iter_num, "train/loss": losses['train'], "val/loss": losses['val'], "lr": lr,
-                         "mfu": running_mfu * 100})
+            log_metrics(iter=iter_num, train_loss=losses['train'], val_loss=losses['val'], lr=lr)
             # unlike nanoGPT, best_val_loss is never overwritten by a worse loss
             improved = losses['val'] < best_val_loss
             best_val_loss = min(best_val_loss, losses['val'])
-            if (improved or always_save_checkpoint) and iter_num > 0 and not eval_only:
-                rng = rng_states(ddp, device)  # a collective under DDP: every rank takes part
-                if master_process:
-                    checkpoint = {
-                        'model': raw_model.state_dict(),
-                        'optimizer': optimizer.state_dict(),
-                        'scaler': scaler.state_dict(),
-                        'model_args': model_args,
-                        'iter_num': iter_num,
-                        'best_val_loss': best_val_loss,
-                        'config': config,
-                        'loader': train_loader.state_dict(),
-                        'rng': rng,
-                        'world_size': ddp_world_size,
-                        'vocab': vocab,  # the characters of a character-level model, so sampling needs no dataset
-                    }
-                    print(f"saving checkpoint to {out_dir}")
-                    save_checkpoint(os.path.join(out_dir, 'ckpt.pt'), checkpoint)
-                    checkpoint = None
+            if not math.isfinite(losses['val']):
+                print0(f"step {iter_num}: the val loss is not finite: no checkpoint saved")
+            elif (improved or always_save_checkpoint) and iter_num > 0 and not eval_only:
+                write_checkpoint()
+                saved = True
             t0, t0_iter = time.time(), iter_num  # evaluation time is not training time
+        # checkpoints between evaluations too, so that a restart loses at most checkpoint_interval iterations
+        if checkpoint_interval > 0 and iter_num % checkpoint_interval == 0 and iter_num > 0 and not saved \
+                and not eval_only:
+            write_checkpoint()
+            t0, t0_iter = time.time(), iter_num
 
         # HellaSwag on its own schedule, every hellaswag_interval iterations and at the end
         if hellaswag is not None and (iter_num % hellaswag_interval == 0 or last):
             acc = evaluate_hellaswag(raw_model, hellaswag, runtime, progress=False)
             print0(f"step {iter_num}: hellaswag acc_norm {acc['acc_norm']:.4f}, acc {acc['acc']:.4f}")
-            log_metrics({"iter": iter_num, "hellaswag/acc_norm": acc['acc_norm'], "hellaswag/acc": acc['acc']})
+            log_metrics(iter=iter_num, hellaswag=acc['acc_norm'], hellaswag_acc=acc['acc'])
             t0, t0_iter = time.time(), iter_num
         if last:
             break
 
         # forward backward update, with optional gradient accumulation to simulate larger batch size
-        loss = train_step(model, optimizer, scaler, train_loader, gradient_accumulation_steps, ctx, grad_clip, lr)
+        loss, grad_norm = train_step(model, optimizer, scaler, train_loader, gradient_accumulation_steps, ctx,
+                                     grad_clip, lr)
         iter_num += 1
         local_iter_num += 1
 
+        # a step with a non-finite loss or gradient was skipped (in float16 the scaler skips overflowing steps
+        # by itself: those are normal, only a non-finite loss counts); every rank agrees on that and on a stop
+        # request, through one small all-reduce per step
+        flags = torch.tensor([float(not torch.isfinite(loss if scaler.is_enabled() else grad_norm)),
+                              float(stop_signal)], device=device)
+        if ddp:
+            torch.distributed.all_reduce(flags, op=torch.distributed.ReduceOp.MAX)
+        bad, stop = bool(flags[0]), int(flags[1])
+        if bad:
+            bad_steps += 1
+            print0(f"iter {iter_num}: non-finite loss or gradients: step skipped ({bad_steps} in a row)")
+            log_metrics(iter=iter_num, skipped=bad_steps)
+            if bad_steps >= max_bad_steps:
+                raise SystemExit(f"error: {bad_steps} steps in a row had a non-finite loss or gradients (iters "
+                                 f"{iter_num - bad_steps + 1} to {iter_num}), so training stopped; the checkpoint in "
+                                 f"{out_dir} holds finite weights: resume from it with a lower learning_rate, or "
+                                 f"raise max_bad_steps")
+        else:
+            bad_steps = 0
+
         # timing and logging
-        if iter_num % log_interval == 0 and master_process:
+        if iter_num % log_interval == 0 and master_process and not bad:
             # get loss as float: a CPU-GPU sync point, only every log_interval
             lossf = loss.item()
             t1 = time.time()
@@ -365,10 +444,20 @@ if __name__ == '__main__':
             mfu_text = f"{running_mfu * 100:.2f}%" if running_mfu >= 0 else "n/a"
             print(f"iter {iter_num}: loss {lossf:.4f}, lr {lr:.3e}, time {dt * 1000:.2f}ms, "
                   f"{tokens_per_iter / dt:,.0f} tok/s, mfu {mfu_text}, eta {eta / 60:.1f}min", flush=True)
-            log_metrics({"iter": iter_num, "train/loss_step": lossf, "lr": lr})
+            log_metrics(iter=iter_num, loss=lossf, lr=lr, ms=dt * 1000, tok_per_s=tokens_per_iter / dt,
+                        mfu=running_mfu if running_mfu >= 0 else None)
+
+        if stop:
+            write_checkpoint()
+            if master_process:
+                print(f"interrupted by {signal.Signals(stop).name} at iter {iter_num}: saved {ckpt_path}; continue "
+                      f"with --init_from=resume", file=sys.stderr, flush=True)
+            break
 
     if ddp:
         # wait for rank 0 to finish the last checkpoint: a rank that exits while the collective it just joined is
         # still being released by gloo's threads can abort ("terminate called without an active exception")
         torch.distributed.barrier()
         torch.distributed.destroy_process_group()
+    if stop_signal == signal.SIGINT:
+        sys.exit(130)  # the shell's code for a run ended by Ctrl-C

@@ -39,7 +39,7 @@ def main():
 
     def step(name):
         model, optimizer = runs[name]
-        return train_step(model, optimizer, scaler, loader, 1, contextlib.nullcontext(), 1.0, 1e-3).item()
+        return train_step(model, optimizer, scaler, loader, 1, contextlib.nullcontext(), 1.0, 1e-3)[0].item()
 
     print(f"CPU quick-start step, {torch.get_num_threads()} threads, {args.rounds} rounds of {args.steps} steps each")
     ms = {name: [] for name in runs}

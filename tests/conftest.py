@@ -14,6 +14,15 @@ def after_meta(stdout: str) -> str:
     return re.split(r'Loading meta from .*\.\.\.\n', stdout, maxsplit=1)[1]
 
 
+def watchdog(proc, seconds: float = 300):
+    """Kill proc after seconds, so a test reading its output line by line cannot hang the suite."""
+    import threading
+    timer = threading.Timer(seconds, proc.kill)
+    timer.daemon = True
+    timer.start()
+    return timer
+
+
 def run_script(*args, cwd=REPO, env=None, check=True, timeout=600):
     """Run `python <args>` from the repository root; return the CompletedProcess (stdout and stderr as text)."""
     full_env = dict(os.environ, PYTHONUNBUFFERED='1', **(env or {}))

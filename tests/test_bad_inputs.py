@@ -14,7 +14,7 @@ import time
 import pytest
 import torch
 
-from conftest import REPO, run_script
+from conftest import REPO, run_script, watchdog
 from test_train import TINY, train
 
 
@@ -267,6 +267,7 @@ def test_ctrl_c_is_a_clean_exit(char_data, tmp_path):
                              f'--out_dir={tmp_path / "out"}', '--max_iters=100000', '--eval_interval=100000'],
                             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env=dict(os.environ, PYTHONUNBUFFERED='1'))
+    watchdog(proc)
     for line in proc.stdout:
         if line.startswith('iter 2:'):
             break

@@ -47,7 +47,7 @@ def sgd_step(model, batches, grad_accum, grad_clip=0.0, lr=0.1, scaler=None, ctx
     scaler = scaler or torch.amp.GradScaler('cpu', enabled=False)
     loader = Batches(batches)
     before = flat(model)
-    loss = train_step(model, optimizer, scaler, loader, grad_accum, ctx or nullcontext(), grad_clip, lr)
+    loss, _ = train_step(model, optimizer, scaler, loader, grad_accum, ctx or nullcontext(), grad_clip, lr)
     assert not loader.batches, 'train_step read fewer micro-batches than grad_accum'
     return loss.item(), flat(model) - before
 
@@ -114,6 +114,17 @@ def test_inf_gradient_skips_the_step_and_lowers_the_scale():
     assert torch.all(update == 0)  # no weight moved, none became nan
     assert scaler.get_scale() == 2.0 ** 11
     assert all(p.grad is None for p in model.parameters())  # and the gradients were flushed
+
+
+@pytest.mark.parametrize('grad_clip', [1.0, 0.0])
+def test_nan_gradient_without_the_scaler_skips_the_step(grad_clip):
+    # float32/bfloat16 have no scaler to skip a bad step: train_step must, or every weight becomes nan
+    x, y = batch(B=8)
+    model = tiny_model(torch.float32)
+    model.transformer.wpe.weight.register_hook(lambda g: torch.full_like(g, float('nan')))
+    _, update = sgd_step(model, [(x, y)], 1, grad_clip=grad_clip, lr=1.0)
+    assert torch.all(update == 0)
+    assert all(p.grad is None for p in model.parameters())
 
 
 def test_estimate_loss_is_the_mean_over_eval_iters():
