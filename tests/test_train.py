@@ -53,7 +53,7 @@ def test_loss_falls_and_checkpoint_is_complete(char_data, tmp_path):
                          'loader', 'rng'}
     assert not any(k.startswith('_orig_mod') for k in ckpt['model'])
     assert ckpt['model_args']['vocab_size'] == 16  # the characters of the dataset, from meta.pkl
-    assert not [f for f in os.listdir(tmp_path) if f != 'ckpt.pt']  # no temporary files left behind
+    assert sorted(os.listdir(tmp_path)) == ['ckpt.pt', 'log.jsonl']  # no temporary files left behind
     # sample.py reads it with the dataset's characters
     proc = run_script('sample.py', f'--out_dir={tmp_path}', '--start=to', '--num_samples=1', '--max_new_tokens=30',
                       '--device=cpu')
@@ -193,7 +193,7 @@ def test_finetune_pretrained_crops_block_size(hf_gpt2_dir, tmp_path):
                       '--max_iters=2', '--eval_interval=2', '--bias=True', '--n_layer=2', '--n_head=4', '--n_embd=64')
     ckpt = load_model_state(tmp_path / 'out')
     assert ckpt['model_args']['block_size'] == 32 and ckpt['model']['transformer.wpe.weight'].shape == (32, 64)
-    proc = run_script('train.py', *TINY, f'--dataset={d}', f'--out_dir={tmp_path / "out"}', f'--init_from={hf_gpt2_dir}',
+    proc = run_script('train.py', *TINY, f'--dataset={d}', f'--out_dir={tmp_path / "out2"}', f'--init_from={hf_gpt2_dir}',
                       '--block_size=256', check=False)
     assert proc.returncode != 0 and "above the pretrained model's 128" in proc.stderr
 
