@@ -1,12 +1,20 @@
 """
 Times the training step train.py runs (train.train_step: micro-batches, accumulation, clipping, GradScaler,
-fused AdamW) on real data or synthetic tokens, and prints ms/iter, tokens/s, MFU and peak memory.
+fused AdamW) on real data or synthetic tokens, and prints ms/iter, tokens/s, MFU and peak memory: the one command
+to check a GPU.
 
-    python bench.py                                   # GPT-2 124M, batch 12 x 1024, compiled
-    python bench.py --batch_size=32 --real_data=False
+    python bench.py                                   # GPT-2 124M, batch 12 x 1024, compiled (a small GPT on a CPU)
+    python bench.py --batch_size=8,16,32,64           # a sweep: one line per value, then a table
+    python bench.py --batch_size=16,32 --dtype=bfloat16,float16 --json=bench.json   # every combination, saved
     python bench.py --device=cpu --compile=False --n_layer=2 --n_embd=128 --block_size=64
     python bench.py --profile=True                    # a torch profiler trace in ./bench_log
+
+Any key given as a comma-separated list is swept; a setting that runs out of memory is reported as such and the
+sweep goes on. Without prepared data (data/<dataset>/train.bin) it times synthetic tokens and says so.
 """
+import itertools
+import json as jsonlib
+import platform
 import sys
 import time
 
@@ -15,6 +23,7 @@ import torch
 from common import dataset_dir, device_peak_flops, print0, setup_runtime
 from configurator import config_defaults, configure
 from data.loader import TokenLoader
+from data.tokenfiles import split_files
 from model import GPT, GPTConfig
 from train import train_step
 
@@ -34,6 +43,7 @@ seed = 1337
 device = 'auto'  # 'auto' (cuda, else mps, else cpu), or 'cpu', 'cuda', 'cuda:1', 'mps'
 dtype = 'auto'  # 'auto' (bfloat16 where supported on cuda, else float16; float32 elsewhere), 'float32', ...
 compile = True  # use PyTorch 2.0 to compile the model to be faster
+chunked_loss = False  # lm_head + cross-entropy in chunks (torch >= 2.13), as train.py's chunked_loss
 grad_clip = 1.0
 learning_rate = 6e-4
 weight_decay = 1e-1
@@ -41,6 +51,7 @@ burnin_steps = 10  # not timed: compilation, allocator and autotuning warm-up
 benchmark_steps = 20
 profile = False  # use pytorch profiler, or just simple benchmarking?
 peak_flops = None  # the device's peak FLOPS for MFU; None looks the GPU up in common.PEAK_BF16_FLOPS
+json = ''  # also write the results to this file, for later comparison
 # -----------------------------------------------------------------------------
 defaults = config_defaults(globals())
 
@@ -57,28 +68,59 @@ class SyntheticLoader:
         return self.x, self.y
 
 
-# -----------------------------------------------------------------------------
-if __name__ == '__main__':
-    globals().update(vars(configure(defaults, sys.argv[1:])))  # overrides from command line or config file
-    runtime = setup_runtime(device, dtype, seed)
-    device, device_type, dtype, ctx = runtime.device, runtime.device_type, runtime.dtype, runtime.ctx
-    model = GPT(GPTConfig(block_size=block_size, n_layer=n_layer, n_head=n_head, n_embd=n_embd, dropout=dropout,
-                          bias=bias, vocab_size=vocab_size), seed=seed)
-    model.to(device)
-    if real_data:
-        loader = TokenLoader(dataset_dir(dataset), 'train', batch_size, block_size, vocab_size, device, seed)
+SHAPE_KEYS = ('n_layer', 'n_head', 'n_embd', 'block_size', 'batch_size')
+CPU_SHAPE = dict(n_layer=4, n_head=4, n_embd=128, block_size=128, batch_size=8)  # a CPU times it in under a minute
+
+
+def split_sweep(argv: list[str]) -> tuple[list[str], dict]:
+    """The arguments less the swept ones, and {key: [value strings]} for each --key=a,b,c."""
+    fixed, swept = [], {}
+    for arg in argv:
+        key, _, value = arg[2:].partition('=')
+        if arg.startswith('--') and ',' in value:
+            swept[key] = value.split(',')
+        else:
+            fixed.append(arg)
+    return fixed, swept
+
+
+def describe(runtime, cfg) -> str:
+    """What a person needs to compare GPUs: the device, versions, dtype, compile and attention kernel."""
+    if runtime.device_type == 'cuda':
+        name = torch.cuda.get_device_name(runtime.device)
+        versions = f"torch {torch.__version__}, CUDA {torch.version.cuda}"
+        flash = torch.backends.cuda.flash_sdp_enabled() and torch.cuda.get_device_capability(runtime.device)[0] >= 8
+        attention = 'SDPA, flash kernel' if flash else 'SDPA, memory-efficient or math kernel'
     else:
-        loader = SyntheticLoader(batch_size, block_size, vocab_size, device)
-    optimizer = model.configure_optimizers(weight_decay, learning_rate, (0.9, 0.95), device_type)
-    scaler = torch.amp.GradScaler(device_type, enabled=(dtype == 'float16'))
+        name = f"{platform.processor() or platform.machine()} ({torch.get_num_threads()} threads)"
+        versions = f"torch {torch.__version__}"
+        attention = 'SDPA (CPU kernel)'
+    return (f"device {runtime.device}: {name}; {versions}; dtype {runtime.dtype}; compile {cfg.compile}; "
+            f"attention {attention}; loss {'chunked' if cfg.chunked_loss else 'plain'}")
+
+
+def bench(cfg, runtime) -> dict:
+    """Build the model, loader and optimizer of one setting and time train_step on it."""
+    device, device_type, ctx = runtime.device, runtime.device_type, runtime.ctx
+    model = GPT(GPTConfig(block_size=cfg.block_size, n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd,
+                          dropout=cfg.dropout, bias=cfg.bias, vocab_size=cfg.vocab_size), seed=cfg.seed)
+    model.to(device)
+    model.chunked_loss = cfg.chunked_loss
+    if cfg.real_data:
+        loader = TokenLoader(dataset_dir(cfg.dataset), 'train', cfg.batch_size, cfg.block_size, cfg.vocab_size,
+                             device, cfg.seed)
+    else:
+        loader = SyntheticLoader(cfg.batch_size, cfg.block_size, cfg.vocab_size, device)
+    optimizer = model.configure_optimizers(cfg.weight_decay, cfg.learning_rate, (0.9, 0.95), device_type)
+    scaler = torch.amp.GradScaler(device_type, enabled=(runtime.dtype == 'float16'))
     raw_model = model
-    if compile:
-        print0("Compiling model...")
-        model = torch.compile(model)  # pytorch 2.0
+    if cfg.compile:
+        print0("compiling the model: the first burn-in step takes a while...")
+        model = torch.compile(model)
 
     def step():
-        loss, _ = train_step(model, optimizer, scaler, loader, gradient_accumulation_steps, ctx, grad_clip,
-                             learning_rate)
+        loss, _ = train_step(model, optimizer, scaler, loader, cfg.gradient_accumulation_steps, ctx, cfg.grad_clip,
+                             cfg.learning_rate)
         return loss
 
     def sync():
@@ -87,11 +129,7 @@ if __name__ == '__main__':
         elif device_type == 'mps':
             torch.mps.synchronize()
 
-    tokens_per_iter = batch_size * block_size * gradient_accumulation_steps
-    print0(f"{raw_model.get_num_params() / 1e6:.2f}M parameters, {tokens_per_iter:,} tokens per step, "
-           f"device {device}, dtype {dtype}, compile {compile}, {'real' if real_data else 'synthetic'} data")
-
-    if profile:
+    if cfg.profile:
         # useful docs on pytorch profiler:
         # - tutorial https://pytorch.org/tutorials/intermediate/tensorboard_profiler_tutorial.html
         # - api https://pytorch.org/docs/stable/profiler.html#torch.profiler.profile
@@ -110,22 +148,92 @@ if __name__ == '__main__':
                 print0(f"{k}/{wait + warmup + active} loss: {lossf:.4f}")
                 prof.step()  # notify the profiler at end of each step
         print0(prof.key_averages().table(sort_by='self_cpu_time_total', row_limit=15))
-    else:
-        # simple benchmarking: burn-in (compilation, allocator, autotuning) untimed, then the timed steps
-        for _ in range(burnin_steps):
-            step()
-        sync()
-        if device_type == 'cuda':
-            torch.cuda.reset_peak_memory_stats(device)
+        return {}
+
+    # simple benchmarking: burn-in (compilation, allocator, autotuning) untimed, then the timed steps
+    for k in range(cfg.burnin_steps):
         t0 = time.time()
-        for _ in range(benchmark_steps):
-            loss = step()
-        lossf = loss.item()  # waits for the last step
-        sync()
-        dt = (time.time() - t0) / benchmark_steps
-        mfu = raw_model.estimate_mfu(batch_size * gradient_accumulation_steps, dt,
-                                     peak_flops or device_peak_flops(device))
-        mfu_text = f"{mfu * 100:.2f}%" if mfu is not None else "n/a (unknown peak FLOPS: pass --peak_flops)"
-        memory = f"{torch.cuda.max_memory_allocated(device) / 2**30:.2f} GiB" if device_type == 'cuda' else "n/a"
-        print0(f"loss {lossf:.4f}: {dt * 1000:.2f} ms/iter, {tokens_per_iter / dt:,.0f} tokens/s, MFU {mfu_text}, "
-               f"peak memory {memory}")
+        step().item()
+        print0(f"  burn-in {k + 1}/{cfg.burnin_steps}: {(time.time() - t0) * 1000:.0f} ms", flush=True)
+    sync()
+    if device_type == 'cuda':
+        torch.cuda.reset_peak_memory_stats(device)
+    print0(f"  timing {cfg.benchmark_steps} steps...", flush=True)
+    t0 = time.time()
+    for _ in range(cfg.benchmark_steps):
+        loss = step()
+    lossf = loss.item()  # waits for the last step
+    sync()
+    dt = (time.time() - t0) / cfg.benchmark_steps
+    tokens_per_iter = cfg.batch_size * cfg.block_size * cfg.gradient_accumulation_steps
+    mfu = raw_model.estimate_mfu(cfg.batch_size * cfg.gradient_accumulation_steps, dt,
+                                 cfg.peak_flops or device_peak_flops(device))
+    memory = torch.cuda.max_memory_allocated(device) / 2**30 if device_type == 'cuda' else None
+    return dict(loss=lossf, ms=dt * 1000, tokens_per_s=tokens_per_iter / dt, mfu=mfu, peak_memory_gib=memory,
+                params=raw_model.get_num_params())
+
+
+def result_line(result: dict) -> str:
+    if result.get('oom'):
+        return "out of memory"
+    mfu = f"{result['mfu'] * 100:.2f}%" if result['mfu'] is not None else "n/a (unknown peak FLOPS: pass --peak_flops)"
+    memory = f"{result['peak_memory_gib']:.2f} GiB" if result['peak_memory_gib'] is not None else "n/a"
+    return (f"loss {result['loss']:.4f}: {result['ms']:.2f} ms/iter, {result['tokens_per_s']:,.0f} tokens/s, "
+            f"MFU {mfu}, peak memory {memory}")
+
+
+# -----------------------------------------------------------------------------
+if __name__ == '__main__':
+    argv, swept = split_sweep(sys.argv[1:])
+    for key in swept:
+        if key not in defaults:
+            configure(defaults, [f'--{key}={swept[key][0]}'])  # the unknown-key message, closest key named
+    base = configure(defaults, argv)
+    runtime = setup_runtime(base.device, base.dtype, base.seed)
+    given = {arg[2:].partition('=')[0] for arg in sys.argv[1:] if arg.startswith('--')}
+    if runtime.device_type == 'cpu' and not given & {*SHAPE_KEYS, 'compile'}:
+        # GPT-2 124M compiled on a CPU would print nothing for many minutes
+        argv = [*(f'--{k}={v}' for k, v in CPU_SHAPE.items()), '--compile=False', *argv]
+        print0(f"note: on a CPU bench.py times a small GPT ({', '.join(f'{k}={v}' for k, v in CPU_SHAPE.items())}), "
+               f"uncompiled, unless you give any of {', '.join(SHAPE_KEYS)} or compile")
+    if base.real_data and not split_files(dataset_dir(base.dataset), 'train'):
+        argv.append('--real_data=False')
+        print0(f"note: no prepared data in {dataset_dir(base.dataset)}: timing synthetic tokens (prepare the dataset, "
+               f"or pass --real_data=False to silence this)")
+    results = []
+    for values in itertools.product(*swept.values()):
+        setting = dict(zip(swept, values))
+        cfg = configure(defaults, argv + [f'--{k}={v}' for k, v in setting.items()], verbose=False)
+        if setting:
+            print0(f"setting {', '.join(f'{k}={v}' for k, v in setting.items())}:")
+        if not results or setting.get('dtype') or setting.get('device'):
+            runtime = setup_runtime(cfg.device, cfg.dtype, cfg.seed)
+            print0(describe(runtime, cfg))
+        tokens_per_iter = cfg.batch_size * cfg.block_size * cfg.gradient_accumulation_steps
+        print0(f"{cfg.n_layer} layers, {cfg.n_embd} wide, {tokens_per_iter:,} tokens per step, "
+               f"{'real' if cfg.real_data else 'synthetic'} data")
+        try:
+            result = bench(cfg, runtime)
+        except torch.OutOfMemoryError:
+            result = {'oom': True}
+            if runtime.device_type == 'cuda':
+                torch.cuda.empty_cache()
+        if cfg.profile:
+            break
+        print0(result_line(result), flush=True)
+        results.append({**setting, **result})
+    if len(results) > 1:
+        print0("\n" + " | ".join([*swept, 'ms/iter', 'tokens/s', 'MFU', 'peak memory']))
+        for r in results:
+            cells = [str(r[k]) for k in swept]
+            if r.get('oom'):
+                cells += ['out of memory', '', '', '']
+            else:
+                cells += [f"{r['ms']:.2f}", f"{r['tokens_per_s']:,.0f}",
+                          f"{r['mfu'] * 100:.2f}%" if r['mfu'] is not None else 'n/a',
+                          f"{r['peak_memory_gib']:.2f} GiB" if r['peak_memory_gib'] is not None else 'n/a']
+            print0(" | ".join(cells))
+    if base.json and results:
+        with open(base.json, 'w') as f:
+            jsonlib.dump({'device': describe(runtime, cfg), 'swept': list(swept), 'results': results}, f, indent=2)
+        print0(f"wrote {base.json}")

@@ -152,6 +152,7 @@ class GPT(nn.Module):
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         # weight tying, as in GPT-2: the token embedding is the output projection
         self.transformer.wte.weight = self.lm_head.weight
+        self.chunked_loss = False  # see forward; train.py's chunked_loss sets it
 
         # GPT-2 init from an explicit generator, so the weights depend on the seed alone
         generator = torch.Generator().manual_seed(seed)
@@ -196,7 +197,13 @@ class GPT(nn.Module):
         if kv_cache is not None:
             kv_cache.pos += t
 
-        if targets is not None:
+        if targets is not None and self.chunked_loss:
+            # lm_head and cross-entropy in chunks of positions: the (B*T, vocab_size) logits, the largest activation
+            # of GPT-2 training, are never materialised (torch >= 2.13); no logits are returned
+            logits = None
+            loss = F.linear_cross_entropy(x.view(-1, x.size(-1)), self.lm_head.weight, targets.view(-1),
+                                          ignore_index=-1, options=nn.LinearCrossEntropyOptions())
+        elif targets is not None:
             # if we are given some desired targets also calculate the loss
             logits = self.lm_head(x)
             loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1), ignore_index=-1)

@@ -81,6 +81,7 @@ backend = 'auto'  # DDP backend: 'auto' (nccl on cuda, gloo elsewhere), 'nccl', 
 device = 'auto'  # 'auto' (cuda, else mps, else cpu), or 'cpu', 'cuda', 'cuda:1', 'mps'
 dtype = 'auto'  # 'auto' (bfloat16 where supported on cuda, else float16; float32 elsewhere), 'float32', ...
 compile = True  # use PyTorch 2.0 to compile the model to be faster
+chunked_loss = False  # lm_head + cross-entropy in chunks, never materialising the logits (torch >= 2.13)
 seed = 1337
 peak_flops = None  # the device's peak FLOPS for MFU; None looks the GPU up in common.PEAK_BF16_FLOPS
 # evaluation
@@ -264,6 +265,11 @@ if __name__ == '__main__':
     tokens_per_iter = gradient_accumulation_steps * ddp_world_size * batch_size * block_size
     model.to(device)
     print0(f"number of parameters: {model.get_num_params() / 1e6:.2f}M")
+    if chunked_loss:
+        if not hasattr(torch.nn, 'LinearCrossEntropyOptions'):
+            raise SystemExit(f"error: chunked_loss needs torch >= 2.13 (F.linear_cross_entropy), this is torch "
+                             f"{torch.__version__}: upgrade torch or drop --chunked_loss")
+        model.chunked_loss = True
 
     # data: each rank reads its own batches of one numbered stream, whose position the checkpoint saves
     train_loader = TokenLoader(data_dir, 'train', batch_size, block_size, model_args['vocab_size'], device,

@@ -21,3 +21,28 @@ def test_bench_synthetic_and_real_data(char_data):
 def test_bench_profile(tmp_path):
     proc = run_script('bench.py', *SMALL, '--real_data=False', '--profile=True', cwd=tmp_path)
     assert 'aten::' in proc.stdout and (tmp_path / 'bench_log').is_dir()
+
+
+def test_bench_sweeps_and_writes_json(tmp_path):
+    out = tmp_path / 'bench.json'
+    proc = run_script('bench.py', *SMALL, '--real_data=False', '--batch_size=2,4', '--gradient_accumulation_steps=1,2',
+                      f'--json={out}')
+    lines = re.findall(r'^loss [\d.]+: ([\d.]+) ms/iter', proc.stdout, re.M)
+    assert len(lines) == 4, proc.stdout  # every combination
+    assert 'batch_size | gradient_accumulation_steps | ms/iter | tokens/s | MFU | peak memory' in proc.stdout
+    assert 'torch ' in proc.stdout and 'attention SDPA' in proc.stdout  # what a person compares GPUs by
+    import json
+    saved = json.load(open(out))
+    settings = [(r['batch_size'], r['gradient_accumulation_steps']) for r in saved['results']]
+    assert settings == [('2', '1'), ('2', '2'), ('4', '1'), ('4', '2')]
+    assert all(r['ms'] > 0 and r['tokens_per_s'] > 0 for r in saved['results'])
+    proc = run_script('bench.py', *SMALL, '--batch_sise=2,4', check=False)
+    assert proc.returncode != 0 and "did you mean 'batch_size'" in proc.stderr
+
+
+def test_bench_on_a_fresh_machine_times_a_small_model_on_synthetic_tokens(tmp_path):
+    # no prepared data and no size given: a CPU times a small GPT on synthetic tokens, and says both
+    proc = run_script('bench.py', '--device=cpu', f'--dataset={tmp_path}', '--burnin_steps=1', '--benchmark_steps=1')
+    assert 'timing synthetic tokens' in proc.stdout and 'times a small GPT' in proc.stdout
+    assert '4 layers, 128 wide, 1,024 tokens per step, synthetic data' in proc.stdout
+    assert re.search(r'ms/iter, [\d,]+ tokens/s', proc.stdout) and 'burn-in 1/1' in proc.stdout

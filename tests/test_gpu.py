@@ -25,3 +25,59 @@ def test_kv_cache_matches_uncached_on_gpu():
     prompt = torch.randint(0, 97, (2, 5), device='cuda')
     assert torch.equal(model.generate(prompt, 40, temperature=0.0),
                        model.generate(prompt, 40, temperature=0.0, use_kv_cache=False))
+
+
+def tiny_gpu_model(**kwargs):
+    from model import GPT, GPTConfig
+    config = dict(block_size=64, vocab_size=128, n_layer=2, n_head=4, n_embd=64, dropout=0.0)
+    return GPT(GPTConfig(**{**config, **kwargs})).cuda()
+
+
+def test_compiled_bf16_step_matches_eager():
+    from train import train_step
+
+    class Fixed:
+        def __init__(self, x, y):
+            self.x, self.y = x, y
+
+        def next_batch(self):
+            return self.x, self.y
+    x, y = torch.randint(128, (4, 64), device='cuda'), torch.randint(128, (4, 64), device='cuda')
+    losses = []
+    for compiled in (False, True):
+        model = tiny_gpu_model()
+        optimizer = model.configure_optimizers(0.1, 1e-3, (0.9, 0.95), 'cuda')
+        assert optimizer.defaults['fused']  # the fused AdamW kernel on CUDA
+        scaler = torch.amp.GradScaler('cuda', enabled=False)
+        step_model = torch.compile(model) if compiled else model
+        ctx = torch.autocast('cuda', dtype=torch.bfloat16)
+        losses.append([train_step(step_model, optimizer, scaler, Fixed(x, y), 2, ctx, 1.0, 1e-3)[0].item()
+                       for _ in range(3)])
+    assert all(abs(a - b) < 2e-2 for a, b in zip(*losses)), losses
+
+
+def test_flash_attention_matches_the_explicit_softmax():
+    model = tiny_gpu_model().eval()
+    idx = torch.randint(128, (2, 64), device='cuda')
+    with torch.no_grad(), torch.autocast('cuda', dtype=torch.bfloat16):
+        _, flash = model(idx, idx)
+        for block in model.transformer.h:
+            block.attn.flash = False
+        _, explicit = model(idx, idx)
+    assert abs(flash.item() - explicit.item()) < 1e-2
+
+
+def test_loader_pins_and_moves_batches(char_data):
+    from data.loader import TokenLoader
+    loader = TokenLoader(char_data, 'train', 4, 16, 16, 'cuda')
+    x, y = loader.next_batch()
+    assert x.is_cuda and y.is_cuda and torch.equal(x[:, 1:], y[:, :-1])
+
+
+def test_estimate_mfu_uses_this_gpus_peak():
+    from common import device_peak_flops
+    model = tiny_gpu_model()
+    peak = device_peak_flops('cuda')
+    if peak is None:
+        pytest.skip(f"{torch.cuda.get_device_name()} is not in common.PEAK_BF16_FLOPS")
+    assert model.estimate_mfu(4, 0.1, peak) == pytest.approx(model.estimate_mfu(4, 0.1, 1.0) / peak)

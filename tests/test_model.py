@@ -260,3 +260,30 @@ def test_sample_next_top_k_top_p():
     draws = torch.cat([sample_next(logits, 1.0, top_p=0.5) for _ in range(50)])
     assert set(draws.flatten().tolist()) == {0}
     assert sample_next(logits, 0.0).item() == 0
+
+
+@pytest.mark.skipif(not hasattr(torch.nn, 'LinearCrossEntropyOptions'), reason='F.linear_cross_entropy needs torch >= 2.13')
+def test_chunked_loss_equals_the_plain_loss_and_gradients():
+    # GPT-2-like proportions: vocab much wider than n_embd, more positions than n_embd (where chunking applies)
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=32, block_size=64, vocab_size=1000, dropout=0.0))
+    idx, targets = torch.randint(1000, (4, 64)), torch.randint(1000, (4, 64))
+    targets[0, :7] = -1  # ignored positions, as in padded batches
+
+    def loss_and_grads(chunked: bool):
+        model.zero_grad()
+        model.chunked_loss = chunked
+        logits, loss = model(idx, targets)
+        loss.backward()
+        return logits, loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
+
+    logits, plain, plain_grads = loss_and_grads(False)
+    no_logits, chunked, chunked_grads = loss_and_grads(True)
+    assert no_logits is None and logits.shape == (4, 64, 1000)
+    assert torch.allclose(chunked, plain, rtol=1e-6, atol=0)
+    for name, g in plain_grads.items():
+        err = (chunked_grads[name] - g).abs().max() / g.abs().max()
+        assert err <= 1e-6, (name, err.item())
+    # generation is untouched: no targets, the last position's logits
+    model.eval()
+    assert model(idx[:, :5])[0].shape == (4, 1, 1000)

@@ -215,3 +215,13 @@ def test_error_messages(char_data, tmp_path):
     proc = train(char_data, tmp_path, '--learning_rat=1', check=False)
     assert proc.returncode != 0 and "did you mean 'learning_rate'" in proc.stderr
     assert 'Traceback' not in proc.stderr
+
+
+@pytest.mark.skipif(not hasattr(torch.nn, 'LinearCrossEntropyOptions'), reason='chunked_loss needs torch >= 2.13')
+def test_chunked_loss_trains_like_the_plain_loss(char_data, tmp_path):
+    args = ['--max_iters=4', '--eval_interval=4', '--lr_decay_iters=4']
+    plain = train(char_data, tmp_path / 'plain', *args)
+    chunked = train(char_data, tmp_path / 'chunked', *args, '--chunked_loss=True')
+    a, b = iter_losses(plain.stdout), iter_losses(chunked.stdout)
+    assert sorted(b) == [1, 2, 3, 4] and all(abs(a[i] - b[i]) < 1e-4 for i in a), (a, b)
+    assert abs(eval_losses(plain.stdout)[4] - eval_losses(chunked.stdout)[4]) < 1e-4
