@@ -222,7 +222,7 @@ if __name__ == '__main__':
             break
         print0(result_line(result), flush=True)
         results.append({**setting, **result})
-    if len(results) > 1:
+    if results:
         print0("\n" + " | ".join([*swept, 'ms/iter', 'tokens/s', 'MFU', 'peak memory']))
         for r in results:
             cells = [str(r[k]) for k in swept]

@@ -46,3 +46,4 @@ def test_bench_on_a_fresh_machine_times_a_small_model_on_synthetic_tokens(tmp_pa
     assert 'timing synthetic tokens' in proc.stdout and 'times a small GPT' in proc.stdout
     assert '4 layers, 128 wide, 1,024 tokens per step, synthetic data' in proc.stdout
     assert re.search(r'ms/iter, [\d,]+ tokens/s', proc.stdout) and 'burn-in 1/1' in proc.stdout
+    assert 'ms/iter | tokens/s | MFU | peak memory' in proc.stdout  # the table, of one setting here

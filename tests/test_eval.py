@@ -82,15 +82,20 @@ def test_hellaswag_scores_equal_direct_computation(hf_gpt2_dir, gpt2_tokenizer, 
     assert line in proc.stdout and proc.stdout.count('acc_norm') == 1  # rank 0 prints the reduced counts
 
 
-def test_hellaswag_inside_training(tmp_path, records, gpt2_tokenizer):
+def train_with_hellaswag(tmp_path, records, *args):
+    """A tiny GPT-2 BPE model trained on random tokens, with HellaSwag on records[0] every hellaswag_interval."""
     from data.tokenfiles import TokenWriter
     for split in ('train', 'val'):
         with TokenWriter(str(tmp_path), split) as w:
             w.write(np.random.default_rng(0).integers(0, 50257, 3000))
-    proc = run_script('train.py', '--device=cpu', '--compile=False', '--n_layer=1', '--n_head=2', '--n_embd=16',
-                      '--block_size=64', '--batch_size=2', '--gradient_accumulation_steps=1', '--max_iters=2',
-                      '--eval_interval=1', '--eval_iters=1', f'--dataset={tmp_path}', f'--out_dir={tmp_path / "out"}',
-                      '--hellaswag_interval=2', f'--hellaswag_file={records[0]}', '--hellaswag_limit=8')
+    return run_script('train.py', '--device=cpu', '--compile=False', '--n_layer=1', '--n_head=2', '--n_embd=16',
+                      '--block_size=64', '--batch_size=2', '--gradient_accumulation_steps=1', '--eval_iters=1',
+                      f'--dataset={tmp_path}', f'--out_dir={tmp_path / "out"}', f'--hellaswag_file={records[0]}', *args)
+
+
+def test_hellaswag_inside_training(tmp_path, records, gpt2_tokenizer):
+    proc = train_with_hellaswag(tmp_path, records, '--max_iters=2', '--eval_interval=1', '--hellaswag_interval=2',
+                                '--hellaswag_limit=8')
     found = re.findall(r'step (\d+): hellaswag acc_norm ([\d.]+), acc ([\d.]+)', proc.stdout)
     assert [int(step) for step, _, _ in found] == [0, 2]  # every hellaswag_interval, and at the end
     assert all(float(a) * 8 == int(float(a) * 8) for _, a, _ in found)  # a fraction of the 8 examples
@@ -98,14 +103,8 @@ def test_hellaswag_inside_training(tmp_path, records, gpt2_tokenizer):
 
 def test_hellaswag_runs_on_its_own_interval(tmp_path, records, gpt2_tokenizer):
     # every hellaswag_interval iterations whether or not an evaluation of the loss falls there, and at the end
-    from data.tokenfiles import TokenWriter
-    for split in ('train', 'val'):
-        with TokenWriter(str(tmp_path), split) as w:
-            w.write(np.random.default_rng(0).integers(0, 50257, 3000))
-    proc = run_script('train.py', '--device=cpu', '--compile=False', '--n_layer=1', '--n_head=2', '--n_embd=16',
-                      '--block_size=64', '--batch_size=2', '--gradient_accumulation_steps=1', '--max_iters=5',
-                      '--eval_interval=4', '--eval_iters=1', f'--dataset={tmp_path}', f'--out_dir={tmp_path / "out"}',
-                      '--hellaswag_interval=2', f'--hellaswag_file={records[0]}', '--hellaswag_limit=4')
+    proc = train_with_hellaswag(tmp_path, records, '--max_iters=5', '--eval_interval=4', '--hellaswag_interval=2',
+                                '--hellaswag_limit=4')
     found = re.findall(r'step (\d+): hellaswag acc_norm', proc.stdout)
     assert [int(step) for step in found] == [0, 2, 4, 5]
     assert [int(s) for s in re.findall(r'step (\d+): train loss', proc.stdout)] == [0, 4, 5]
