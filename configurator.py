@@ -83,11 +83,17 @@ def _one_line_errors(exc_type, exc, tb):
     sys.exit(1)
 
 
+def one_line_errors():
+    """From now on an uncaught exception ends the script with one line on stderr (unless NANOGPT_DEBUG is set).
+    configure() calls it; the prepare scripts, which take argparse arguments, call it themselves."""
+    if not os.environ.get('NANOGPT_DEBUG'):
+        sys.excepthook = _one_line_errors
+
+
 def configure(defaults: dict, argv: list[str], verbose: bool | None = None) -> SimpleNamespace:
     """Apply config files and --key=value arguments to defaults; return the resolved config, checked.
     A script calls it first: from then on an uncaught exception ends the script with one line on stderr."""
-    if not os.environ.get('NANOGPT_DEBUG'):
-        sys.excepthook = _one_line_errors
+    one_line_errors()
     if verbose is None:
         verbose = int(os.environ.get('RANK', 0)) == 0  # under torchrun only rank 0 prints
     config = dict(defaults)

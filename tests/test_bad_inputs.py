@@ -274,3 +274,12 @@ def test_ctrl_c_is_a_clean_exit(char_data, tmp_path):
     proc.send_signal(signal.SIGINT)
     stdout, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 130 and 'Traceback' not in stderr and 'interrupted' in stderr, stderr[-2000:]
+
+
+def test_prepare_errors_are_one_line_too(tmp_path):
+    (tmp_path / 'out').write_text('my notes')
+    (tmp_path / 'in.txt').write_text('some text to prepare\n' * 10)
+    proc = run_script('data/shakespeare_char/prepare.py', '--input', str(tmp_path / 'in.txt'), '--out_dir',
+                      str(tmp_path / 'out'), check=False)
+    one_line_error(proc, 'File exists', str(tmp_path / 'out'))
+    assert (tmp_path / 'out').read_text() == 'my notes'

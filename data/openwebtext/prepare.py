@@ -12,6 +12,7 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+from configurator import one_line_errors  # noqa: E402
 from data.tokenfiles import TokenWriter, begin_prepare, load_text_dataset, tokenize_to_files, write_meta  # noqa: E402
 
 HUB_NAME = 'Skylion007/openwebtext'
@@ -54,6 +55,7 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
+    one_line_errors()  # no traceback for what the script did not foresee (NANOGPT_DEBUG=1 shows it)
     main()
 
 # train.bin is ~17GB, val.bin ~8.5MB

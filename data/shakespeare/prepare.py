@@ -11,6 +11,7 @@ import sys
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+from configurator import one_line_errors  # noqa: E402
 from data.tokenfiles import TokenWriter, shakespeare_splits, write_meta  # noqa: E402
 
 
@@ -31,6 +32,7 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
+    one_line_errors()  # no traceback for what the script did not foresee (NANOGPT_DEBUG=1 shows it)
     main()
 
 # train.bin has 301,966 tokens

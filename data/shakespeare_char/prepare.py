@@ -14,6 +14,7 @@ import sys
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+from configurator import one_line_errors  # noqa: E402
 from data.tokenfiles import TokenWriter, atomic_path, shakespeare_splits, write_meta  # noqa: E402
 
 
@@ -49,6 +50,7 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
+    one_line_errors()  # no traceback for what the script did not foresee (NANOGPT_DEBUG=1 shows it)
     main()
 
 # length of dataset in characters:  1,115,394
