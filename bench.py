@@ -206,8 +206,9 @@ if __name__ == '__main__':
         cfg = configure(defaults, argv + [f'--{k}={v}' for k, v in setting.items()], verbose=False)
         if setting:
             print0(f"setting {', '.join(f'{k}={v}' for k, v in setting.items())}:")
-        if not results or setting.get('dtype') or setting.get('device'):
+        if 'dtype' in setting or 'device' in setting:
             runtime = setup_runtime(cfg.device, cfg.dtype, cfg.seed)
+        if not results or 'dtype' in setting or 'device' in setting:
             print0(describe(runtime, cfg))
         tokens_per_iter = cfg.batch_size * cfg.block_size * cfg.gradient_accumulation_steps
         print0(f"{cfg.n_layer} layers, {cfg.n_embd} wide, {tokens_per_iter:,} tokens per step, "

@@ -4,7 +4,6 @@ dtype, autocast, seeding), the device's peak FLOPS for MFU, rank-0 printing, loa
 pretrained name, and the tokenizer that goes with it.
 """
 
-import json
 import os
 import pickle
 import re
@@ -13,6 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
+from data.tokenfiles import read_meta
 from model import GPT, GPTConfig
 
 REPO_DIR = os.path.dirname(os.path.abspath(__file__))
@@ -189,13 +189,8 @@ class _PlainUnpickler(pickle.Unpickler):
 def read_vocab(data_dir: str) -> list[str] | None:
     """The character vocabulary of a dataset (index -> character): meta.json's 'chars', else nanoGPT's meta.pkl
     read as plain data only. None when the dataset has neither (GPT-2 BPE)."""
-    json_path = os.path.join(data_dir, 'meta.json')
-    if os.path.exists(json_path):
-        try:
-            with open(json_path) as f:
-                meta = json.load(f)
-        except (ValueError, UnicodeDecodeError) as e:
-            raise SystemExit(f"error: {json_path} is not valid JSON ({e}): prepare the dataset again") from None
+    meta = read_meta(data_dir)
+    if meta is not None:
         if 'chars' in meta:
             return list(meta['chars'])
         if meta.get('tokenizer') != 'char':

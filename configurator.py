@@ -174,4 +174,3 @@ def check_ranges(config: dict):
     if config.get('decay_lr') and config['min_lr'] > config['learning_rate']:
         fail(f"min_lr={config['min_lr']} is above learning_rate={config['learning_rate']}",
              "the schedule decays from learning_rate down to min_lr")
-

@@ -90,11 +90,13 @@ class CausalSelfAttention(nn.Module):
         if kv_cache is not None:
             past = kv_cache.pos
             k, v = kv_cache.update(self.layer_idx, k, v)  # (B, nh, past + T, hs)
-        # causal mask: query i sits at position past + i and may look at keys 0 .. past + i
-        mask = torch.ones(T, past + T, dtype=torch.bool, device=x.device).tril(diagonal=past)  # (T, past + T)
+        # causal mask: query i sits at position past + i and may look at keys 0 .. past + i. Without a cache it is
+        # the plain causal one, which SDPA's is_causal expresses (and its flash kernel needs), so none is built
+        mask = None
+        if past or not self.flash:
+            mask = torch.ones(T, past + T, dtype=torch.bool, device=x.device).tril(diagonal=past)  # (T, past + T)
         if self.flash:
-            # without a cache the mask is the plain causal one, and is_causal lets SDPA use its flash kernel
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask if past else None, is_causal=not past,
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None,
                                                dropout_p=self.dropout if self.training else 0.0)
         else:
             att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(k.size(-1)))  # (B, nh, T, past + T)

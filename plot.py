@@ -11,7 +11,6 @@ Needs matplotlib: pip install -e ".[plot]".
 import argparse
 import json
 import os
-import sys
 
 WIDTH, HEIGHT, DPI = 10, 7, 120  # a 1200 x 840 pixel figure
 
@@ -115,4 +114,3 @@ if __name__ == '__main__':
     parser.add_argument('--output', help='the PNG to write (default: loss.png in the first out_dir)')
     args = parser.parse_args()
     plot(args.out_dirs, args.output or os.path.join(args.out_dirs[0], 'loss.png'))
-    sys.exit(0)

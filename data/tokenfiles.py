@@ -169,17 +169,25 @@ def write_meta(data_dir: str, **fields):
         json.dump(fields, f, indent=2)
 
 
+def read_meta(data_dir: str) -> dict | None:
+    """The dataset's meta.json, or None when it has none (nanoGPT's datasets)."""
+    path = os.path.join(data_dir, 'meta.json')
+    if not os.path.exists(path):
+        return None
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise SystemExit(f"error: {path} is not valid JSON ({e}): prepare the dataset again "
+                         f"({prepare_hint(data_dir)})") from None
+
+
 def check_dataset(data_dir: str):
     """SystemExit unless the dataset's files are those its meta.json lists (no check for datasets without one,
     such as nanoGPT's)."""
-    path = os.path.join(data_dir, 'meta.json')
-    if not os.path.exists(path):
+    meta = read_meta(data_dir)
+    if meta is None:
         return
-    try:
-        with open(path) as f:
-            meta = json.load(f)
-    except (ValueError, UnicodeDecodeError) as e:
-        raise SystemExit(f"error: {path} is not valid JSON ({e}): prepare the dataset again ({prepare_hint(data_dir)})") from None
     if meta.get('complete') is False:
         raise SystemExit(f"error: the dataset in {data_dir} is incomplete (its prepare was interrupted): "
                          f"prepare it again ({prepare_hint(data_dir)})")
