@@ -8,6 +8,7 @@ to check a GPU.
     python bench.py --batch_size=16,32 --dtype=bfloat16,float16 --json=bench.json   # every combination, saved
     python bench.py --device=cpu --compile=False --n_layer=2 --n_embd=128 --block_size=64
     python bench.py --profile=True                    # a torch profiler trace in ./bench_log
+    torchrun --standalone --nproc_per_node=8 bench.py --data_parallel=fsdp   # the DDP or FSDP step on 8 GPUs
 
 Any key given as a comma-separated list is swept; a setting that runs out of memory is reported as such and the
 sweep goes on. Without prepared data (data/<dataset>/train.bin) it times synthetic tokens and says so.
@@ -15,17 +16,21 @@ sweep goes on. Without prepared data (data/<dataset>/train.bin) it times synthet
 import itertools
 import json as jsonlib
 import platform
+import resource
 import sys
 import time
+from contextlib import nullcontext
 
 import torch
+from torch.distributed.tensor import DTensor
+from torch.nn.parallel import DistributedDataParallel as DDP
 
 from common import dataset_dir, device_peak_flops, print0, setup_runtime
 from configurator import config_defaults, configure
 from data.loader import TokenLoader
 from data.tokenfiles import split_files
 from model import GPT, GPTConfig
-from train import train_step
+from train import grad_scaler, shard_model, train_step
 
 # -----------------------------------------------------------------------------
 batch_size = 12
@@ -43,6 +48,7 @@ seed = 1337
 device = 'auto'  # 'auto' (cuda, else mps, else cpu), or 'cpu', 'cuda', 'cuda:1', 'mps'
 dtype = 'auto'  # 'auto' (bfloat16 where supported on cuda, else float16; float32 elsewhere), 'float32', ...
 compile = True  # use PyTorch 2.0 to compile the model to be faster
+data_parallel = 'ddp'  # under torchrun: 'ddp' or 'fsdp', as train.py's
 chunked_loss = False  # lm_head + cross-entropy in chunks (torch >= 2.13), as train.py's chunked_loss
 grad_clip = 1.0
 learning_rate = 6e-4
@@ -99,24 +105,49 @@ def describe(runtime, cfg) -> str:
             f"attention {attention}; loss {'chunked' if cfg.chunked_loss else 'plain'}")
 
 
+def state_bytes(model, optimizer) -> int:
+    """Bytes this rank holds of parameters, gradients and optimizer state (its shards only, under FSDP)."""
+    def local(t):
+        return t.to_local() if isinstance(t, DTensor) else t
+    tensors = [p for p in model.parameters()] + [p.grad for p in model.parameters() if p.grad is not None]
+    tensors += [v for state in optimizer.state.values() for v in state.values() if isinstance(v, torch.Tensor)]
+    return sum(local(t).numel() * local(t).element_size() for t in tensors)
+
+
 def bench(cfg, runtime) -> dict:
-    """Build the model, loader and optimizer of one setting and time train_step on it."""
+    """Build the model, loader and optimizer of one setting, wrapped as train.py wraps it under torchrun (DDP or
+    FSDP), and time train_step on it."""
     device, device_type, ctx = runtime.device, runtime.device_type, runtime.ctx
+    fsdp = runtime.ddp and cfg.data_parallel == 'fsdp'
     model = GPT(GPTConfig(block_size=cfg.block_size, n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd,
                           dropout=cfg.dropout, bias=cfg.bias, vocab_size=cfg.vocab_size), seed=cfg.seed)
-    model.to(device)
     model.chunked_loss = cfg.chunked_loss
+    if fsdp:
+        shard_model(model, device_type, runtime.dtype)
+        ctx = nullcontext()  # the mixed-precision policy replaces autocast
+    else:
+        model.to(device)
     if cfg.real_data:
         loader = TokenLoader(dataset_dir(cfg.dataset), 'train', cfg.batch_size, cfg.block_size, cfg.vocab_size,
-                             device, cfg.seed)
+                             device, cfg.seed, runtime.rank, runtime.world_size)
     else:
         loader = SyntheticLoader(cfg.batch_size, cfg.block_size, cfg.vocab_size, device)
     optimizer = model.configure_optimizers(cfg.weight_decay, cfg.learning_rate, (0.9, 0.95), device_type)
-    scaler = torch.amp.GradScaler(device_type, enabled=(runtime.dtype == 'float16'))
+    scaler = grad_scaler(device_type, runtime.dtype, fsdp)
+    # the most this rank holds of parameters, gradients and optimizer state: at the optimizer step, gradients and
+    # all of the state exist at once
+    state_peak = 0
+
+    def measure_state(optimizer, args, kwargs):
+        nonlocal state_peak
+        state_peak = max(state_peak, state_bytes(raw_model, optimizer))
+    optimizer.register_step_post_hook(measure_state)
     raw_model = model
     if cfg.compile:
         print0("compiling the model: the first burn-in step takes a while...")
         model = torch.compile(model)
+    if runtime.ddp and not fsdp:
+        model = DDP(model, device_ids=[runtime.local_rank] if device_type == 'cuda' else None)
 
     def step():
         loss, _ = train_step(model, optimizer, scaler, loader, cfg.gradient_accumulation_steps, ctx, cfg.grad_clip,
@@ -165,12 +196,22 @@ def bench(cfg, runtime) -> dict:
     lossf = loss.item()  # waits for the last step
     sync()
     dt = (time.time() - t0) / cfg.benchmark_steps
-    tokens_per_iter = cfg.batch_size * cfg.block_size * cfg.gradient_accumulation_steps
+    # tokens of all ranks; MFU per GPU, from this rank's share
+    tokens_per_iter = cfg.batch_size * cfg.block_size * cfg.gradient_accumulation_steps * runtime.world_size
     mfu = raw_model.estimate_mfu(cfg.batch_size * cfg.gradient_accumulation_steps, dt,
                                  cfg.peak_flops or device_peak_flops(device))
-    memory = torch.cuda.max_memory_allocated(device) / 2**30 if device_type == 'cuda' else None
-    return dict(loss=lossf, ms=dt * 1000, tokens_per_s=tokens_per_iter / dt, mfu=mfu, peak_memory_gib=memory,
-                params=raw_model.get_num_params())
+    # memory per rank, the largest over the ranks: the device's peak (CUDA), the process's peak resident memory
+    # (everything: libraries, activations, and on a CPU the whole model built before sharding), and the state
+    memory = [torch.cuda.max_memory_allocated(device) if device_type == 'cuda' else -1,
+              resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, state_peak]
+    if runtime.ddp:
+        memory = torch.tensor(memory, dtype=torch.float64, device=device)
+        torch.distributed.all_reduce(memory, op=torch.distributed.ReduceOp.MAX)
+        memory = memory.tolist()
+    return dict(loss=lossf, ms=dt * 1000, tokens_per_s=tokens_per_iter / dt, mfu=mfu,
+                peak_memory_gib=memory[0] / 2**30 if memory[0] >= 0 else None, peak_rss_gib=memory[1] / 2**30,
+                state_gib=memory[2] / 2**30, params=raw_model.get_num_params(), ranks=runtime.world_size,
+                data_parallel=(cfg.data_parallel if runtime.ddp else 'none'))
 
 
 def result_line(result: dict) -> str:
@@ -179,7 +220,8 @@ def result_line(result: dict) -> str:
     mfu = f"{result['mfu'] * 100:.2f}%" if result['mfu'] is not None else "n/a (unknown peak FLOPS: pass --peak_flops)"
     memory = f"{result['peak_memory_gib']:.2f} GiB" if result['peak_memory_gib'] is not None else "n/a"
     return (f"loss {result['loss']:.4f}: {result['ms']:.2f} ms/iter, {result['tokens_per_s']:,.0f} tokens/s, "
-            f"MFU {mfu}, peak memory {memory}")
+            f"MFU {mfu}, peak memory {memory}, per rank: params+grads+optimizer {result['state_gib']:.3f} GiB, "
+            f"peak RSS {result['peak_rss_gib']:.2f} GiB")
 
 
 # -----------------------------------------------------------------------------
@@ -210,9 +252,10 @@ if __name__ == '__main__':
             runtime = setup_runtime(cfg.device, cfg.dtype, cfg.seed)
         if not results or 'dtype' in setting or 'device' in setting:
             print0(describe(runtime, cfg))
-        tokens_per_iter = cfg.batch_size * cfg.block_size * cfg.gradient_accumulation_steps
+        tokens_per_iter = cfg.batch_size * cfg.block_size * cfg.gradient_accumulation_steps * runtime.world_size
+        ranks = f", {runtime.world_size} ranks, {cfg.data_parallel.upper()}" if runtime.ddp else ""
         print0(f"{cfg.n_layer} layers, {cfg.n_embd} wide, {tokens_per_iter:,} tokens per step, "
-               f"{'real' if cfg.real_data else 'synthetic'} data")
+               f"{'real' if cfg.real_data else 'synthetic'} data{ranks}")
         try:
             result = bench(cfg, runtime)
         except torch.OutOfMemoryError:
@@ -224,17 +267,21 @@ if __name__ == '__main__':
         print0(result_line(result), flush=True)
         results.append({**setting, **result})
     if results:
-        print0("\n" + " | ".join([*swept, 'ms/iter', 'tokens/s', 'MFU', 'peak memory']))
+        print0("\n" + " | ".join([*swept, 'ms/iter', 'tokens/s', 'MFU', 'peak memory', 'params+grads+optimizer']))
         for r in results:
             cells = [str(r[k]) for k in swept]
             if r.get('oom'):
-                cells += ['out of memory', '', '', '']
+                cells += ['out of memory', '', '', '', '']
             else:
                 cells += [f"{r['ms']:.2f}", f"{r['tokens_per_s']:,.0f}",
                           f"{r['mfu'] * 100:.2f}%" if r['mfu'] is not None else 'n/a',
-                          f"{r['peak_memory_gib']:.2f} GiB" if r['peak_memory_gib'] is not None else 'n/a']
+                          f"{r['peak_memory_gib']:.2f} GiB" if r['peak_memory_gib'] is not None else 'n/a',
+                          f"{r['state_gib']:.3f} GiB"]
             print0(" | ".join(cells))
-    if base.json and results:
+    if base.json and results and runtime.master_process:
         with open(base.json, 'w') as f:
             jsonlib.dump({'device': describe(runtime, cfg), 'swept': list(swept), 'results': results}, f, indent=2)
         print0(f"wrote {base.json}")
+    if runtime.ddp:
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()

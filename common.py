@@ -71,7 +71,8 @@ def setup_runtime(device: str = 'auto', dtype: str = 'auto', seed: int = 1337, b
         if device_type == 'cuda':
             device = f'cuda:{local_rank}'  # one GPU per process
             torch.cuda.set_device(device)
-        torch.distributed.init_process_group(backend=backend)
+        if not torch.distributed.is_initialized():  # bench.py sets up again for each device or dtype it sweeps
+            torch.distributed.init_process_group(backend=backend)
     if dtype == 'auto':
         if device_type == 'cuda':
             dtype = 'bfloat16' if torch.cuda.is_bf16_supported() else 'float16'

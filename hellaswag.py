@@ -14,6 +14,7 @@ acc_norm 0.4893. Each example in the jsonl file looks like
  "endings": ["is using wrap to wrap a pair of skis.", "is ripping level tiles off.", "...", "starts pulling up roofing on a roof."]}
 """
 import json
+import math
 import os
 import sys
 from contextlib import nullcontext
@@ -118,10 +119,15 @@ def evaluate_hellaswag(model, examples: list[dict], runtime, progress: bool = Tr
     model.eval()
     counts = torch.zeros(3, dtype=torch.long)  # correct (acc_norm), correct (acc), total
     shard = examples[runtime.rank::runtime.world_size]  # this rank's examples
-    for example in tqdm(shard, desc='hellaswag', disable=not (progress and runtime.master_process)):
+    # every rank runs as many forward passes, the last one repeated where its share is one short: a sharded
+    # (FSDP) model's forward is a collective that all ranks must join
+    rounds = math.ceil(len(examples) / runtime.world_size)
+    for i in tqdm(range(rounds), desc='hellaswag', disable=not (progress and runtime.master_process)):
+        example = shard[min(i, len(shard) - 1)] if shard else examples[0]
         tokens, mask, label = render_example(example, enc, config.block_size + 1)
         sum_loss, mean_loss = score_example(model, tokens.to(runtime.device), mask.to(runtime.device), runtime.ctx)
-        counts += torch.tensor([int(mean_loss.argmin().item() == label), int(sum_loss.argmin().item() == label), 1])
+        if i < len(shard):
+            counts += torch.tensor([int(mean_loss.argmin().item() == label), int(sum_loss.argmin().item() == label), 1])
     if runtime.world_size > 1:
         counts = counts.to(runtime.device)
         torch.distributed.all_reduce(counts)

@@ -8,6 +8,10 @@ $ python train.py --batch_size=32 --compile=False
 To run with DDP on 4 gpus on 1 node, example:
 $ torchrun --standalone --nproc_per_node=4 train.py
 
+To shard the weights, gradients and AdamW state over the GPUs instead of copying them (FSDP2), for models
+too large for one GPU's memory with DDP:
+$ torchrun --standalone --nproc_per_node=8 train.py --data_parallel=fsdp
+
 To run with DDP on 4 gpus across 2 nodes, example:
 - Run on the first (master) node with example IP 123.456.123.456:
 $ torchrun --nproc_per_node=8 --nnodes=2 --node_rank=0 --master_addr=123.456.123.456 --master_port=1234 train.py
@@ -26,12 +30,16 @@ import os
 import signal
 import sys
 import time
+from contextlib import nullcontext
 from dataclasses import asdict
 
 import torch
+from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
+from torch.distributed.fsdp.sharded_grad_scaler import ShardedGradScaler
+from torch.distributed.tensor import DTensor, distribute_tensor, init_device_mesh
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from common import dataset_dir, device_peak_flops, load_model, print0, read_vocab, setup_runtime
+from common import PTDTYPES, dataset_dir, device_peak_flops, load_model, print0, read_vocab, setup_runtime
 from configurator import config_defaults, configure
 from data.loader import TokenLoader
 from data.tokenfiles import atomic_path
@@ -77,6 +85,7 @@ warmup_iters = 2000  # how many steps to warm up for
 lr_decay_iters = 600000  # should be ~= max_iters per Chinchilla
 min_lr = 6e-5  # minimum learning rate, should be ~= learning_rate/10 per Chinchilla
 # system
+data_parallel = 'ddp'  # under torchrun: 'ddp' (a full copy of the model per GPU) or 'fsdp' (sharded, see README)
 backend = 'auto'  # DDP backend: 'auto' (nccl on cuda, gloo elsewhere), 'nccl', 'gloo', etc.
 device = 'auto'  # 'auto' (cuda, else mps, else cpu), or 'cpu', 'cuda', 'cuda:1', 'mps'
 dtype = 'auto'  # 'auto' (bfloat16 where supported on cuda, else float16; float32 elsewhere), 'float32', ...
@@ -108,17 +117,22 @@ def get_lr(it: int, learning_rate: float, warmup_iters: int, lr_decay_iters: int
 
 
 def train_step(model, optimizer, scaler, loader, grad_accum: int, ctx, grad_clip: float, lr: float):
-    """One optimisation step: grad_accum micro-batches, gradients synchronised over DDP ranks on the last one only,
-    clipping, and the (possibly scaled) optimizer step, skipped when the gradients are not finite. Returns the mean
-    micro-batch loss and the gradient norm, as tensors."""
+    """One optimisation step: grad_accum micro-batches, gradients synchronised over DDP or FSDP ranks on the last one
+    only, clipping, and the (possibly scaled) optimizer step, skipped when the gradients are not finite. Returns the
+    mean micro-batch loss and the gradient norm, as tensors."""
     for param_group in optimizer.param_groups:
         param_group['lr'] = lr
+    fsdp = isinstance(getattr(model, '_orig_mod', model), FSDPModule)  # torch.compile wraps the sharded model
     total = 0.0
     for micro_step in range(grad_accum):
         X, Y = loader.next_batch()
         if isinstance(model, DDP):
             # in DDP training we only need to sync gradients at the last micro step; the flag is read by forward
             model.require_backward_grad_sync = (micro_step == grad_accum - 1)
+        elif fsdp:
+            # FSDP likewise reduce-scatters the gradients on the last micro step only; until then each rank
+            # accumulates its own unsharded gradients (the weights are still resharded after each use)
+            model.set_requires_gradient_sync(micro_step == grad_accum - 1)
         with ctx:
             _, loss = model(X, Y)
             loss = loss / grad_accum  # scale the loss to account for gradient accumulation
@@ -128,6 +142,8 @@ def train_step(model, optimizer, scaler, loader, grad_accum: int, ctx, grad_clip
     # clip the gradient, after unscaling it in float16 (the norm is measured even without clipping)
     scaler.unscale_(optimizer)
     norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip if grad_clip != 0.0 else float('inf'))
+    if isinstance(norm, DTensor):
+        norm = norm.full_tensor()  # under FSDP: the norm over all ranks' shards, the same on every rank
     # step the optimizer; a non-finite gradient would write NaN into every weight, so that step is skipped
     # (in float16 the scaler skips it by itself, and lowers its scale)
     if scaler.is_enabled() or torch.isfinite(norm):
@@ -160,6 +176,65 @@ def estimate_loss(model, loaders: dict, eval_iters: int, ctx, world_size: int = 
     return out
 
 
+def shard_model(model, device_type: str, dtype: str):
+    """FSDP2, in place: every Block is one unit of sharding, and the root holds the rest (wte, which is lm_head's
+    weight, so the tying survives as one sharded parameter; wpe; ln_f). A unit's weights are gathered just before it
+    runs and freed after. In bfloat16/float16 the weights are cast for compute and the gradients reduced in float32
+    over float32 master weights: this policy replaces autocast."""
+    mesh = init_device_mesh(device_type, (torch.distributed.get_world_size(),))
+    param_dtype = None if dtype == 'float32' else PTDTYPES[dtype]
+    mp_policy = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32)
+    for block in model.transformer.h:
+        fully_shard(block, mesh=mesh, mp_policy=mp_policy)
+    fully_shard(model, mesh=mesh, mp_policy=mp_policy)
+    return model
+
+
+def full_state_dict(state, master: bool):
+    """A state dict (nested dicts and lists, e.g. the optimizer's) with FSDP's sharded DTensors gathered into whole
+    tensors on the master's CPU, the format DDP and single-GPU runs save. A collective under FSDP: every rank calls
+    it, only the master keeps the tensors (the others get None). A tensor met twice, like the tied wte/lm_head
+    weight, is gathered once and stays shared."""
+    done = {}
+
+    def full(value):
+        if isinstance(value, dict):
+            return {k: full(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [full(v) for v in value]
+        if not isinstance(value, torch.Tensor):
+            return value
+        if id(value) not in done:
+            if isinstance(value, DTensor):
+                whole = value.full_tensor()  # the all-gather every rank joins
+                done[id(value)] = whole.cpu() if master else None
+            else:
+                done[id(value)] = value.detach()
+        return done[id(value)]
+    return full(state)
+
+
+def load_optimizer_state(optimizer, state: dict):
+    """optimizer.load_state_dict of a whole (unsharded) state, as any checkpoint of this project holds: under FSDP
+    each rank keeps, of every state tensor, the shard that matches its shard of the parameter. So a DDP checkpoint
+    resumes under FSDP and the other way round, on any number of ranks."""
+    for group, saved_group in zip(optimizer.param_groups, state['param_groups']):
+        for param, index in zip(group['params'], saved_group['params']):
+            if isinstance(param, DTensor) and index in state['state']:
+                state['state'][index] = {
+                    # src_data_rank=None: every rank holds the whole tensor and cuts its own shard, no communication
+                    k: distribute_tensor(v.to(param.device), param.device_mesh, param.placements, src_data_rank=None)
+                    if isinstance(v, torch.Tensor) and v.shape == param.shape else v
+                    for k, v in state['state'][index].items()}
+    optimizer.load_state_dict(state)
+
+
+def grad_scaler(device_type: str, dtype: str, fsdp: bool = False):
+    """The loss scaler of float16 training (disabled, a no-op, otherwise). Under FSDP each rank unscales only its
+    shards of the gradients, so the sharded scaler makes all ranks agree to skip a step when any shard overflowed."""
+    return (ShardedGradScaler if fsdp else torch.amp.GradScaler)(device_type, enabled=(dtype == 'float16'))
+
+
 def save_checkpoint(path: str, checkpoint: dict):
     """torch.save to a temporary file, renamed into place: a crash mid-save never leaves a broken checkpoint."""
     with atomic_path(path) as tmp:
@@ -190,9 +265,16 @@ if __name__ == '__main__':
     if gradient_accumulation_steps % world_size:
         raise SystemExit(f"error: gradient_accumulation_steps={gradient_accumulation_steps} is not divisible by "
                          f"the {world_size} processes: make it a multiple of {world_size}")
+    if data_parallel not in ('ddp', 'fsdp'):
+        raise SystemExit(f"error: data_parallel={data_parallel!r}: use 'ddp' or 'fsdp'")
     runtime = setup_runtime(device, dtype, seed, backend)  # device, DDP process group, autocast, seeds
     ddp, ddp_rank, ddp_world_size = runtime.ddp, runtime.rank, runtime.world_size
     master_process = runtime.master_process  # this process will do logging, checkpointing etc.
+    fsdp = ddp and data_parallel == 'fsdp'
+    if data_parallel == 'fsdp' and not ddp:
+        print0("note: data_parallel='fsdp' shards over the processes torchrun starts; one process trains unsharded")
+    if fsdp:
+        runtime.ctx = nullcontext()  # FSDP's mixed-precision policy casts the weights instead of autocast
     device, device_type, dtype, ctx = runtime.device, runtime.device_type, runtime.dtype, runtime.ctx
     # world_size number of processes will be training simultaneously, so we can scale
     # down the desired gradient accumulation iterations per process proportionally
@@ -263,7 +345,8 @@ if __name__ == '__main__':
     n_layer, n_head, n_embd, block_size, bias = (model_args[k] for k in shape_keys)
     config.update({k: model_args[k] for k in shape_keys})
     tokens_per_iter = gradient_accumulation_steps * ddp_world_size * batch_size * block_size
-    model.to(device)
+    if not fsdp:
+        model.to(device)  # FSDP moves each rank's shards there instead: the whole model never sits on one GPU
     print0(f"number of parameters: {model.get_num_params() / 1e6:.2f}M")
     if chunked_loss:
         if not hasattr(torch.nn, 'LinearCrossEntropyOptions'):
@@ -279,12 +362,16 @@ if __name__ == '__main__':
                                        seed + 1, ddp_rank, ddp_world_size) for split in ('train', 'val')}
 
     # initialize a GradScaler. If enabled=False scaler is a no-op
-    scaler = torch.amp.GradScaler(device_type, enabled=(dtype == 'float16'))
+    scaler = grad_scaler(device_type, dtype, fsdp)
+
+    # FSDP shards the model before the optimizer is made, so that the optimizer holds this rank's shards only
+    if fsdp:
+        shard_model(model, device_type, dtype)
 
     # optimizer
     optimizer = model.configure_optimizers(weight_decay, learning_rate, (beta1, beta2), device_type)
     if checkpoint is not None:
-        optimizer.load_state_dict(checkpoint['optimizer'])
+        load_optimizer_state(optimizer, checkpoint['optimizer'])
         if 'scaler' in checkpoint:
             scaler.load_state_dict(checkpoint['scaler'])
         if 'loader' in checkpoint:  # continue the batch stream instead of replaying it
@@ -301,7 +388,7 @@ if __name__ == '__main__':
     if compile:
         print0("compiling the model... (takes a ~minute)")
         model = torch.compile(model)
-    if ddp:
+    if ddp and not fsdp:
         model = DDP(model, device_ids=[runtime.local_rank] if device_type == 'cuda' else None)
 
     # logging: out_dir/log.jsonl always (plot.py draws it), wandb when asked
@@ -337,10 +424,13 @@ if __name__ == '__main__':
 
     def write_checkpoint():
         rng = rng_states(ddp, device)  # a collective under DDP: every rank takes part
+        # under FSDP the shards are gathered into one whole checkpoint on rank 0's CPU, as DDP would save it
+        model_state = full_state_dict(raw_model.state_dict(keep_vars=True), master_process)
+        optimizer_state = full_state_dict(optimizer.state_dict(), master_process)
         if master_process:
             checkpoint = {
-                'model': raw_model.state_dict(),
-                'optimizer': optimizer.state_dict(),
+                'model': model_state,
+                'optimizer': optimizer_state,
                 'scaler': scaler.state_dict(),
                 'model_args': model_args,
                 'iter_num': iter_num,
