@@ -540,8 +540,8 @@ if __name__ == '__main__':
             mfu_text = f"{running_mfu * 100:.2f}%" if running_mfu >= 0 else "n/a"
             print(f"iter {iter_num}: loss {lossf:.4f}, lr {lr:.3e}, time {dt * 1000:.2f}ms, "
                   f"{tokens_per_iter / dt:,.0f} tok/s, mfu {mfu_text}, eta {eta / 60:.1f}min", flush=True)
-            log_metrics(iter=iter_num, loss=lossf, lr=lr, ms=dt * 1000, tok_per_s=tokens_per_iter / dt,
-                        mfu=running_mfu if running_mfu >= 0 else None)
+            log_metrics(iter=iter_num, loss=lossf, lr=lr, grad_norm=grad_norm.item(), ms=dt * 1000,
+                        tok_per_s=tokens_per_iter / dt, mfu=running_mfu if running_mfu >= 0 else None)
 
         if stop:
             write_checkpoint()
