@@ -30,7 +30,7 @@ from configurator import config_defaults, configure
 from data.loader import TokenLoader
 from data.tokenfiles import split_files
 from model import GPT, GPTConfig
-from train import grad_scaler, shard_model, train_step
+from train import shard_model, train_step
 
 # -----------------------------------------------------------------------------
 batch_size = 12
@@ -133,7 +133,7 @@ def bench(cfg, runtime) -> dict:
     else:
         loader = SyntheticLoader(cfg.batch_size, cfg.block_size, cfg.vocab_size, device)
     optimizer = model.configure_optimizers(cfg.weight_decay, cfg.learning_rate, (0.9, 0.95), device_type)
-    scaler = grad_scaler(device_type, runtime.dtype, fsdp)
+    scaler = torch.amp.GradScaler(device_type, enabled=(runtime.dtype == 'float16'))
     # the most this rank holds of parameters, gradients and optimizer state: at the optimizer step, gradients and
     # all of the state exist at once
     state_peak = 0

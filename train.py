@@ -35,7 +35,6 @@ from dataclasses import asdict
 
 import torch
 from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
-from torch.distributed.fsdp.sharded_grad_scaler import ShardedGradScaler
 from torch.distributed.tensor import DTensor, distribute_tensor, init_device_mesh
 from torch.nn.parallel import DistributedDataParallel as DDP
 
@@ -229,12 +228,6 @@ def load_optimizer_state(optimizer, state: dict):
     optimizer.load_state_dict(state)
 
 
-def grad_scaler(device_type: str, dtype: str, fsdp: bool = False):
-    """The loss scaler of float16 training (disabled, a no-op, otherwise). Under FSDP each rank unscales only its
-    shards of the gradients, so the sharded scaler makes all ranks agree to skip a step when any shard overflowed."""
-    return (ShardedGradScaler if fsdp else torch.amp.GradScaler)(device_type, enabled=(dtype == 'float16'))
-
-
 def save_checkpoint(path: str, checkpoint: dict):
     """torch.save to a temporary file, renamed into place: a crash mid-save never leaves a broken checkpoint."""
     with atomic_path(path) as tmp:
@@ -361,8 +354,9 @@ if __name__ == '__main__':
     eval_loaders = {split: TokenLoader(data_dir, split, batch_size, block_size, model_args['vocab_size'], device,
                                        seed + 1, ddp_rank, ddp_world_size) for split in ('train', 'val')}
 
-    # initialize a GradScaler. If enabled=False scaler is a no-op
-    scaler = grad_scaler(device_type, dtype, fsdp)
+    # initialize a GradScaler. If enabled=False scaler is a no-op. Under FSDP too: unscaling sharded (DTensor)
+    # gradients all-reduces the overflow flag, so every rank skips a step when any rank's shard overflowed
+    scaler = torch.amp.GradScaler(device_type, enabled=(dtype == 'float16'))
 
     # FSDP shards the model before the optimizer is made, so that the optimizer holds this rank's shards only
     if fsdp:

@@ -3,12 +3,13 @@ one whole nanoGPT-format checkpoint, exact resumes, and resumes across the two w
 import json
 import os
 import shutil
+import subprocess
 
 import pytest
 import torch
 
-from conftest import after_meta, run_script
-from test_train import ddp_train, eval_losses, load_init_weights, load_model_state, train
+from conftest import REPO, after_meta, run_script
+from test_train import ddp_train, eval_losses, load_init_weights, load_model_state, torchrun, train
 
 # 4 micro-steps (2 per rank) so that the gradient sync is held back on the first; a clip that binds
 ARGS = ['--eval_interval=3', '--gradient_accumulation_steps=4', '--eval_iters=4', '--grad_clip=0.1', '--dropout=0.0',
@@ -132,3 +133,12 @@ def test_fsdp_needs_torchrun_and_a_known_wrapper(char_data, tmp_path):
     proc = train(char_data, tmp_path / 'bad', '--max_iters=1', '--data_parallel=zero3', check=False)
     assert proc.returncode != 0 and "data_parallel='zero3': use 'ddp' or 'fsdp'" in proc.stderr
     assert 'Traceback' not in proc.stderr and not os.path.exists(tmp_path / 'bad')
+
+
+def test_fsdp_float16_overflow_on_one_shard_skips_the_step_on_every_rank():
+    cmd = torchrun('--standalone', '--nproc_per_node=2', 'tests/fsdp_float16_worker.py')
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for rank in (0, 1):
+        assert f"rank {rank}: tied True, unchanged True, scale 65536.0 -> 32768.0" in proc.stdout, proc.stdout
+        assert f"rank {rank}: next step changed every shard True" in proc.stdout, proc.stdout
