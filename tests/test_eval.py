@@ -82,15 +82,22 @@ def test_hellaswag_scores_equal_direct_computation(hf_gpt2_dir, gpt2_tokenizer, 
     assert line in proc.stdout and proc.stdout.count('acc_norm') == 1  # rank 0 prints the reduced counts
 
 
-def train_with_hellaswag(tmp_path, records, *args):
-    """A tiny GPT-2 BPE model trained on random tokens, with HellaSwag on records[0] every hellaswag_interval."""
+def train_with_hellaswag(tmp_path, records, *args, nproc=0):
+    """A tiny GPT-2 BPE model trained on random tokens, with HellaSwag on records[0] every hellaswag_interval; under
+    torchrun with nproc processes if nproc."""
     from data.tokenfiles import TokenWriter
     for split in ('train', 'val'):
         with TokenWriter(str(tmp_path), split) as w:
             w.write(np.random.default_rng(0).integers(0, 50257, 3000))
-    return run_script('train.py', '--device=cpu', '--compile=False', '--n_layer=1', '--n_head=2', '--n_embd=16',
-                      '--block_size=64', '--batch_size=2', '--gradient_accumulation_steps=1', '--eval_iters=1',
-                      f'--dataset={tmp_path}', f'--out_dir={tmp_path / "out"}', f'--hellaswag_file={records[0]}', *args)
+    args = ['train.py', '--device=cpu', '--compile=False', '--n_layer=1', '--n_head=2', '--n_embd=16',
+            '--block_size=64', '--batch_size=2', f'--gradient_accumulation_steps={max(nproc, 1)}', '--eval_iters=1',
+            f'--dataset={tmp_path}', f'--out_dir={tmp_path / "out"}', f'--hellaswag_file={records[0]}', *args]
+    if not nproc:
+        return run_script(*args)
+    cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', f'--nproc_per_node={nproc}', *args]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
 
 
 def test_hellaswag_inside_training(tmp_path, records, gpt2_tokenizer):
@@ -99,6 +106,15 @@ def test_hellaswag_inside_training(tmp_path, records, gpt2_tokenizer):
     found = re.findall(r'step (\d+): hellaswag acc_norm ([\d.]+), acc ([\d.]+)', proc.stdout)
     assert [int(step) for step, _, _ in found] == [0, 2]  # every hellaswag_interval, and at the end
     assert all(float(a) * 8 == int(float(a) * 8) for _, a, _ in found)  # a fraction of the 8 examples
+
+
+def test_hellaswag_inside_fsdp_training(tmp_path, records, gpt2_tokenizer):
+    # 5 examples on 2 ranks: 3 and 2, yet a sharded model's forward needs every rank, so both run 3 passes
+    proc = train_with_hellaswag(tmp_path, records, '--max_iters=1', '--hellaswag_interval=1', '--hellaswag_limit=5',
+                                '--data_parallel=fsdp', nproc=2)
+    found = re.findall(r'step (\d+): hellaswag acc_norm ([\d.]+)', proc.stdout)
+    assert [int(step) for step, _ in found] == [0, 1]
+    assert all(float(a) * 5 == pytest.approx(round(float(a) * 5)) for _, a in found)  # a fraction of the 5
 
 
 def test_hellaswag_runs_on_its_own_interval(tmp_path, records, gpt2_tokenizer):
