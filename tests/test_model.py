@@ -165,6 +165,19 @@ def test_loss_and_inference_shapes():
     assert torch.allclose(masked_loss, expect, atol=1e-6)
 
 
+def test_loss_is_float32_with_bfloat16_weights():
+    # FSDP's mixed precision computes in bfloat16 weights without autocast: the cross-entropy must still be float32
+    model = GPT(tiny_config())
+    idx = torch.randint(0, 97, (4, 16))
+    _, loss32 = model(idx, idx)
+    logits, loss = model.to(torch.bfloat16)(idx, idx)
+    assert logits.dtype == torch.bfloat16 and loss.dtype == torch.float32
+    expect = torch.nn.functional.cross_entropy(logits.float().view(-1, 97), idx.view(-1))
+    assert loss.item() == pytest.approx(expect.item(), abs=1e-6) and loss.item() == pytest.approx(loss32.item(), abs=0.02)
+    _, loss64 = model.to(torch.float64)(idx, idx)
+    assert loss64.dtype == torch.float64  # and never narrowed
+
+
 def test_weight_tying_and_gpt2_param_count():
     model = GPT(GPTConfig(vocab_size=50257))
     assert model.transformer.wte.weight is model.lm_head.weight
