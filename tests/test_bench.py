@@ -47,3 +47,29 @@ def test_bench_on_a_fresh_machine_times_a_small_model_on_synthetic_tokens(tmp_pa
     assert '4 layers, 128 wide, 1,024 tokens per step, synthetic data' in proc.stdout
     assert re.search(r'ms/iter, [\d,]+ tokens/s', proc.stdout) and 'burn-in 1/1' in proc.stdout
     assert 'ms/iter | tokens/s | MFU | peak memory' in proc.stdout  # the table, of one setting here
+
+
+def test_bench_times_the_ddp_and_fsdp_steps_under_torchrun(tmp_path):
+    # the memory benchmark's figure: params+grads+AdamW per rank, halved by FSDP on 2 ranks, whole under DDP
+    import json
+    import subprocess
+    import sys
+    from conftest import REPO
+    state = {}
+    for data_parallel in ('ddp', 'fsdp'):
+        out = tmp_path / f'{data_parallel}.json'
+        cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2', 'bench.py', *SMALL,
+               '--real_data=False', '--vocab_size=64', f'--data_parallel={data_parallel}', f'--json={out}']
+        proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert f'256 tokens per step, synthetic data, 2 ranks, {data_parallel.upper()}' in proc.stdout  # 2 x 4 x 32
+        assert proc.stdout.count('ms/iter,') == 1  # rank 0 prints
+        result = json.load(open(out))['results'][0]
+        assert result['ranks'] == 2 and result['data_parallel'] == data_parallel
+        state[data_parallel] = result['state_gib'] * 2**30
+    from model import GPT, GPTConfig
+    model = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=32, block_size=32, vocab_size=64, bias=False))
+    params = list(model.parameters())
+    # float32 weights, gradients and AdamW's two moments, and AdamW's step count (a float32) per parameter tensor
+    assert state['ddp'] == 16 * sum(p.numel() for p in params) + 4 * len(params)
+    assert 0.45 < state['fsdp'] / state['ddp'] < 0.6  # the larger of the two ranks' shards
