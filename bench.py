@@ -16,7 +16,6 @@ sweep goes on. Without prepared data (data/<dataset>/train.bin) it times synthet
 import itertools
 import json as jsonlib
 import platform
-import resource
 import sys
 import time
 from contextlib import nullcontext
@@ -114,6 +113,24 @@ def state_bytes(model, optimizer) -> int:
     return sum(local(t).numel() * local(t).element_size() for t in tensors)
 
 
+def reset_peak_rss():
+    """Linux: restart the count of this process's peak resident memory (VmHWM), so that it covers what follows."""
+    try:
+        with open('/proc/self/clear_refs', 'w') as f:
+            f.write('5')
+    except OSError:
+        pass
+
+
+def peak_rss() -> int:
+    """This process's peak resident memory in bytes since reset_peak_rss (Linux), -1 where unknown."""
+    try:
+        with open('/proc/self/status') as f:
+            return next((int(line.split()[1]) * 1024 for line in f if line.startswith('VmHWM:')), -1)
+    except OSError:
+        return -1
+
+
 def bench(cfg, runtime) -> dict:
     """Build the model, loader and optimizer of one setting, wrapped as train.py wraps it under torchrun (DDP or
     FSDP), and time train_step on it."""
@@ -189,6 +206,7 @@ def bench(cfg, runtime) -> dict:
     sync()
     if device_type == 'cuda':
         torch.cuda.reset_peak_memory_stats(device)
+    reset_peak_rss()
     print0(f"  timing {cfg.benchmark_steps} steps...", flush=True)
     t0 = time.time()
     for _ in range(cfg.benchmark_steps):
@@ -200,17 +218,16 @@ def bench(cfg, runtime) -> dict:
     tokens_per_iter = cfg.batch_size * cfg.block_size * cfg.gradient_accumulation_steps * runtime.world_size
     mfu = raw_model.estimate_mfu(cfg.batch_size * cfg.gradient_accumulation_steps, dt,
                                  cfg.peak_flops or device_peak_flops(device))
-    # memory per rank, the largest over the ranks: the device's peak (CUDA), the process's peak resident memory
-    # (everything: libraries, activations, and on a CPU the whole model built before sharding), and the state
-    memory = [torch.cuda.max_memory_allocated(device) if device_type == 'cuda' else -1,
-              resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, state_peak]
+    # memory per rank over the timed steps, the largest over the ranks: the device's peak (CUDA), the process's
+    # peak resident memory (all of it: libraries, activations, buffers; Linux), and the state the optimizer sees
+    memory = [torch.cuda.max_memory_allocated(device) if device_type == 'cuda' else -1, peak_rss(), state_peak]
     if runtime.ddp:
         memory = torch.tensor(memory, dtype=torch.float64, device=device)
         torch.distributed.all_reduce(memory, op=torch.distributed.ReduceOp.MAX)
         memory = memory.tolist()
-    return dict(loss=lossf, ms=dt * 1000, tokens_per_s=tokens_per_iter / dt, mfu=mfu,
-                peak_memory_gib=memory[0] / 2**30 if memory[0] >= 0 else None, peak_rss_gib=memory[1] / 2**30,
-                state_gib=memory[2] / 2**30, params=raw_model.get_num_params(), ranks=runtime.world_size,
+    gib = [m / 2**30 if m >= 0 else None for m in memory]
+    return dict(loss=lossf, ms=dt * 1000, tokens_per_s=tokens_per_iter / dt, mfu=mfu, peak_memory_gib=gib[0],
+                peak_rss_gib=gib[1], state_gib=gib[2], params=raw_model.get_num_params(), ranks=runtime.world_size,
                 data_parallel=(cfg.data_parallel if runtime.ddp else 'none'))
 
 
@@ -219,9 +236,10 @@ def result_line(result: dict) -> str:
         return "out of memory"
     mfu = f"{result['mfu'] * 100:.2f}%" if result['mfu'] is not None else "n/a (unknown peak FLOPS: pass --peak_flops)"
     memory = f"{result['peak_memory_gib']:.2f} GiB" if result['peak_memory_gib'] is not None else "n/a"
+    rss = f"{result['peak_rss_gib']:.2f} GiB" if result['peak_rss_gib'] is not None else "n/a"
     return (f"loss {result['loss']:.4f}: {result['ms']:.2f} ms/iter, {result['tokens_per_s']:,.0f} tokens/s, "
             f"MFU {mfu}, peak memory {memory}, per rank: params+grads+optimizer {result['state_gib']:.3f} GiB, "
-            f"peak RSS {result['peak_rss_gib']:.2f} GiB")
+            f"peak RSS {rss}")
 
 
 # -----------------------------------------------------------------------------

@@ -10,8 +10,9 @@ Two figures per rank, the largest over the ranks:
   tensors at the optimizer step (when all three exist). DDP holds all of it on every rank (16 bytes a parameter in
   float32); FSDP a 1/ranks shard. Not counted: FSDP's transient all-gathered copy of the Block it runs, the root's
   weights while the root runs, and DDP's gradient buckets.
-- peak RSS: the whole process at its peak (libraries, activations, DDP's buckets, and here also the whole model,
-  which every rank builds on its CPU before sharding): an upper bound, on a CPU, not what a GPU would hold.
+- peak RSS: the whole process at its peak during the timed steps (Linux's VmHWM, reset after the burn-in):
+  everything the step holds, the ~1 GiB of torch's own libraries and gloo's buffers included, so it falls by less
+  than 1/ranks. A CPU figure: what a GPU would hold is bench.py's peak memory on CUDA.
 """
 import argparse
 import json

@@ -81,3 +81,24 @@ def test_estimate_mfu_uses_this_gpus_peak():
     if peak is None:
         pytest.skip(f"{torch.cuda.get_device_name()} is not in common.PEAK_BF16_FLOPS")
     assert model.estimate_mfu(4, 0.1, peak) == pytest.approx(model.estimate_mfu(4, 0.1, 1.0) / peak)
+
+
+@pytest.mark.parametrize('dtype', ['bfloat16', 'float16'])
+def test_fsdp_on_one_gpu_trains_and_saves_a_whole_checkpoint(char_data, tmp_path, dtype):
+    # the CUDA paths the CPU tests cannot take: NCCL, fused AdamW on sharded (DTensor) parameters, the
+    # mixed-precision policy in bfloat16/float16 on the GPU, compiled
+    import subprocess
+    import sys
+    from conftest import REPO
+    from test_train import TINY, eval_losses
+    args = [a for a in TINY if a not in ('--device=cpu', '--compile=False')]
+    cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=1', 'train.py', *args,
+           '--device=cuda', f'--dtype={dtype}', '--compile=True', '--data_parallel=fsdp', f'--dataset={char_data}',
+           f'--out_dir={tmp_path}', '--max_iters=40', '--eval_interval=20', '--lr_decay_iters=40']
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    val = eval_losses(proc.stdout)
+    assert val[40] < val[0] - 0.5, val
+    ckpt = torch.load(tmp_path / 'ckpt.pt', map_location='cpu', weights_only=True)
+    assert all(v.dtype == torch.float32 and v.device.type == 'cpu' for v in ckpt['model'].values())
+    run_script('sample.py', f'--out_dir={tmp_path}', '--num_samples=1', '--max_new_tokens=10', '--device=cuda')
