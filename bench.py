@@ -13,6 +13,7 @@ to check a GPU.
 Any key given as a comma-separated list is swept; a setting that runs out of memory is reported as such and the
 sweep goes on. Without prepared data (data/<dataset>/train.bin) it times synthetic tokens and says so.
 """
+import ctypes
 import itertools
 import json as jsonlib
 import platform
@@ -114,19 +115,22 @@ def state_bytes(model, optimizer) -> int:
 
 
 def reset_peak_rss():
-    """Linux: restart the count of this process's peak resident memory (VmHWM), so that it covers what follows."""
+    """Linux: hand the heap memory that setup freed back to the system (glibc's malloc_trim), then restart the count
+    of this process's peak resident memory (VmHWM), so that it covers what follows and not what setup once held."""
     try:
+        ctypes.CDLL('libc.so.6').malloc_trim(0)
         with open('/proc/self/clear_refs', 'w') as f:
             f.write('5')
-    except OSError:
+    except (OSError, AttributeError):
         pass
 
 
-def peak_rss() -> int:
-    """This process's peak resident memory in bytes since reset_peak_rss (Linux), -1 where unknown."""
+def rss(field: str = 'VmHWM') -> int:
+    """This process's resident memory in bytes (Linux), -1 where unknown: now (VmRSS), or at its peak since
+    reset_peak_rss (VmHWM)."""
     try:
         with open('/proc/self/status') as f:
-            return next((int(line.split()[1]) * 1024 for line in f if line.startswith('VmHWM:')), -1)
+            return next((int(line.split()[1]) * 1024 for line in f if line.startswith(field + ':')), -1)
     except OSError:
         return -1
 
@@ -136,6 +140,7 @@ def bench(cfg, runtime) -> dict:
     FSDP), and time train_step on it."""
     device, device_type, ctx = runtime.device, runtime.device_type, runtime.ctx
     fsdp = runtime.ddp and cfg.data_parallel == 'fsdp'
+    base_rss = rss('VmRSS')  # torch and the process group, before the model
     model = GPT(GPTConfig(block_size=cfg.block_size, n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd,
                           dropout=cfg.dropout, bias=cfg.bias, vocab_size=cfg.vocab_size), seed=cfg.seed)
     model.chunked_loss = cfg.chunked_loss
@@ -220,14 +225,14 @@ def bench(cfg, runtime) -> dict:
                                  cfg.peak_flops or device_peak_flops(device))
     # memory per rank over the timed steps, the largest over the ranks: the device's peak (CUDA), the process's
     # peak resident memory (all of it: libraries, activations, buffers; Linux), and the state the optimizer sees
-    memory = [torch.cuda.max_memory_allocated(device) if device_type == 'cuda' else -1, peak_rss(), state_peak]
+    memory = [torch.cuda.max_memory_allocated(device) if device_type == 'cuda' else -1, rss(), state_peak, base_rss]
     if runtime.ddp:
         memory = torch.tensor(memory, dtype=torch.float64, device=device)
         torch.distributed.all_reduce(memory, op=torch.distributed.ReduceOp.MAX)
         memory = memory.tolist()
     gib = [m / 2**30 if m >= 0 else None for m in memory]
     return dict(loss=lossf, ms=dt * 1000, tokens_per_s=tokens_per_iter / dt, mfu=mfu, peak_memory_gib=gib[0],
-                peak_rss_gib=gib[1], state_gib=gib[2], params=raw_model.get_num_params(), ranks=runtime.world_size,
+                peak_rss_gib=gib[1], state_gib=gib[2], base_rss_gib=gib[3], params=raw_model.get_num_params(), ranks=runtime.world_size,
                 data_parallel=(cfg.data_parallel if runtime.ddp else 'none'))
 
 

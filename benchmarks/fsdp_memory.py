@@ -10,9 +10,10 @@ Two figures per rank, the largest over the ranks:
   tensors at the optimizer step (when all three exist). DDP holds all of it on every rank (16 bytes a parameter in
   float32); FSDP a 1/ranks shard. Not counted: FSDP's transient all-gathered copy of the Block it runs, the root's
   weights while the root runs, and DDP's gradient buckets.
-- peak RSS: the whole process at its peak during the timed steps (Linux's VmHWM, reset after the burn-in):
-  everything the step holds, the ~1 GiB of torch's own libraries and gloo's buffers included, so it falls by less
-  than 1/ranks. A CPU figure: what a GPU would hold is bench.py's peak memory on CUDA.
+- peak RSS: the whole process at its peak during the timed steps (Linux's VmHWM, reset after the burn-in, once
+  the memory setup freed is handed back): everything the step holds, activations and buffers included, and also
+  torch's own libraries and the process group, whose share ("before the model") does not shrink with more ranks.
+  A CPU figure: what a GPU would hold is bench.py's peak memory on CUDA.
 """
 import argparse
 import json
@@ -58,8 +59,8 @@ if __name__ == '__main__':
     params = rows[0][2]['params']
     print(f"\nGPT {args.n_layer} layers x {args.n_embd}, {params / 1e6:.1f}M parameters (without wpe), float32, "
           f"B={args.batch_size}, T={args.block_size}; per rank, the largest over the ranks")
-    print("ranks | wrapper | params+grads+optimizer | vs 1 rank | peak RSS")
+    print("ranks | wrapper | params+grads+optimizer | vs 1 rank | peak RSS | RSS before the model")
     for ranks, data_parallel, r in rows:
         one = next(r1 for n, dp, r1 in rows if dp == data_parallel and n == rows[0][0])
         print(f"{ranks} | {data_parallel} | {r['state_gib']:.3f} GiB | {r['state_gib'] / one['state_gib']:.2f} | "
-              f"{r['peak_rss_gib']:.2f} GiB")
+              f"{r['peak_rss_gib']:.2f} GiB | {r['base_rss_gib']:.2f} GiB")
