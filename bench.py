@@ -232,7 +232,8 @@ def bench(cfg, runtime) -> dict:
         memory = memory.tolist()
     gib = [m / 2**30 if m >= 0 else None for m in memory]
     return dict(loss=lossf, ms=dt * 1000, tokens_per_s=tokens_per_iter / dt, mfu=mfu, peak_memory_gib=gib[0],
-                peak_rss_gib=gib[1], state_gib=gib[2], base_rss_gib=gib[3], params=raw_model.get_num_params(), ranks=runtime.world_size,
+                peak_rss_gib=gib[1], state_gib=gib[2], base_rss_gib=gib[3], params=raw_model.get_num_params(),
+                ranks=runtime.world_size,
                 data_parallel=(cfg.data_parallel if runtime.ddp else 'none'))
 
 

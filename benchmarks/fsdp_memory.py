@@ -27,7 +27,8 @@ REPO_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def run(ranks: int, data_parallel: str, args, out: str) -> dict:
     cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', f'--nproc_per_node={ranks}', 'bench.py',
-           '--device=cpu', '--compile=False', '--real_data=False', '--dtype=float32', f'--data_parallel={data_parallel}',
+           '--device=cpu', '--compile=False', '--real_data=False', '--dtype=float32',
+           f'--data_parallel={data_parallel}',
            f'--n_layer={args.n_layer}', f'--n_head={args.n_head}', f'--n_embd={args.n_embd}',
            f'--block_size={args.block_size}', f'--batch_size={args.batch_size}', '--burnin_steps=1',
            f'--benchmark_steps={args.steps}', f'--json={out}']
