@@ -1,11 +1,13 @@
 """Run by tests/test_fsdp.py under torchrun (2 gloo ranks): one float16 FSDP step of train.train_step in which only
 rank 1's shard of one gradient overflows. Every rank must skip the step and halve the scale (no rank may step
-on its finite shards alone), and tied weights must stay one parameter; each rank prints what it saw.
+on its finite shards alone); tied weights must stay one parameter, and every Block be a unit of its own. Each rank
+prints what it saw.
 """
 import os
 import sys
 
 import torch
+from torch.distributed.fsdp import FSDPModule
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from model import GPT, GPTConfig  # noqa: E402
@@ -27,6 +29,8 @@ if __name__ == '__main__':
     model = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=16, block_size=8, vocab_size=16, dropout=0.0), seed=1)
     shard_model(model, 'cpu', 'float16')
     tied = model.transformer.wte.weight is model.lm_head.weight
+    # one unit per Block and the root: only one Block's weights are ever gathered at a time
+    units = sum(isinstance(m, FSDPModule) for m in model.modules())
     optimizer = model.configure_optimizers(0.1, 1e-2, (0.9, 0.95), 'cpu')
     scaler = torch.amp.GradScaler('cpu')  # train.py's, as it makes it for float16
     unscale = scaler.unscale_
@@ -40,7 +44,8 @@ if __name__ == '__main__':
     scale = scaler.get_scale()
     train_step(model, optimizer, scaler, Batches(rank), 2, torch.autocast('cpu', enabled=False), 1.0, 1e-2)
     unchanged = all(torch.equal(a, p.to_local()) for a, p in zip(before, model.parameters()))
-    print(f"rank {rank}: tied {tied}, unchanged {unchanged}, scale {scale} -> {scaler.get_scale()}", flush=True)
+    print(f"rank {rank}: tied {tied}, units {units}, unchanged {unchanged}, scale {scale} -> {scaler.get_scale()}",
+          flush=True)
     # and the next step, without the overflow, trains on every rank
     scaler.unscale_ = unscale
     train_step(model, optimizer, scaler, Batches(rank), 2, torch.autocast('cpu', enabled=False), 1.0, 1e-2)

@@ -140,5 +140,5 @@ def test_fsdp_float16_overflow_on_one_shard_skips_the_step_on_every_rank():
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     for rank in (0, 1):
-        assert f"rank {rank}: tied True, unchanged True, scale 65536.0 -> 32768.0" in proc.stdout, proc.stdout
+        assert f"rank {rank}: tied True, units 3, unchanged True, scale 65536.0 -> 32768.0" in proc.stdout, proc.stdout
         assert f"rank {rank}: next step changed every shard True" in proc.stdout, proc.stdout
