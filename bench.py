@@ -25,7 +25,7 @@ import torch
 from torch.distributed.tensor import DTensor
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from common import dataset_dir, device_peak_flops, print0, setup_runtime
+from common import dataset_dir, device_peak_flops, end_distributed, print0, setup_runtime
 from configurator import config_defaults, configure
 from data.loader import TokenLoader
 from data.tokenfiles import split_files
@@ -307,5 +307,4 @@ if __name__ == '__main__':
             jsonlib.dump({'device': describe(runtime, cfg), 'swept': list(swept), 'results': results}, f, indent=2)
         print0(f"wrote {base.json}")
     if runtime.ddp:
-        torch.distributed.barrier()
-        torch.distributed.destroy_process_group()
+        end_distributed()

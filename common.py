@@ -7,6 +7,7 @@ pretrained name, and the tokenizer that goes with it.
 import os
 import pickle
 import re
+import sys
 from contextlib import nullcontext
 from dataclasses import dataclass
 
@@ -87,6 +88,19 @@ def setup_runtime(device: str = 'auto', dtype: str = 'auto', seed: int = 1337, b
     ctx = nullcontext() if dtype == 'float32' else torch.autocast(device_type=device_type, dtype=PTDTYPES[dtype])
     return Runtime(device, device_type, dtype, ctx, ddp, rank, local_rank, world_size)
 
+
+
+def end_distributed(code: int = 0):
+    """End a torchrun process once its work is done: wait for every rank, free the process group, flush the output
+    and leave without Python's interpreter shutdown. gloo's worker threads can still be releasing the last
+    collective's tensors when the main thread returns; a thread that needs the GIL during interpreter shutdown
+    aborts the whole process ("terminate called without an active exception", a torchrun failure after a run that
+    succeeded)."""
+    torch.distributed.barrier()
+    torch.distributed.destroy_process_group()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 # Peak dense bf16 tensor-core FLOPS, matched against torch.cuda.get_device_name(); first match wins,
 # so the more specific names come first

@@ -22,7 +22,7 @@ from contextlib import nullcontext
 import torch
 from torch.nn import functional as F
 
-from common import REPO_DIR, load_model, print0, setup_runtime
+from common import REPO_DIR, end_distributed, load_model, print0, setup_runtime
 from configurator import config_defaults, configure
 from data.tokenfiles import download
 
@@ -148,7 +148,7 @@ def main(argv: list[str]):
     print0(f"hellaswag {cfg.init_from}: {result['n']} examples, acc_norm {result['acc_norm']:.4f}, "
            f"acc {result['acc']:.4f}")
     if runtime.ddp:
-        torch.distributed.destroy_process_group()
+        end_distributed()
 
 
 if __name__ == '__main__':

@@ -38,7 +38,8 @@ from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 from torch.distributed.tensor import DTensor, distribute_tensor, init_device_mesh
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from common import PTDTYPES, dataset_dir, device_peak_flops, load_model, print0, read_vocab, setup_runtime
+from common import (PTDTYPES, dataset_dir, device_peak_flops, end_distributed, load_model, print0, read_vocab,
+                    setup_runtime)
 from configurator import config_defaults, configure
 from data.loader import TokenLoader
 from data.tokenfiles import atomic_path
@@ -544,10 +545,10 @@ if __name__ == '__main__':
                       f"with --init_from=resume", file=sys.stderr, flush=True)
             break
 
+    if wandb_run is not None:
+        wandb_run.finish()
+    code = 130 if stop_signal == signal.SIGINT else 0  # 130: the shell's code for a run ended by Ctrl-C
     if ddp:
-        # wait for rank 0 to finish the last checkpoint: a rank that exits while the collective it just joined is
-        # still being released by gloo's threads can abort ("terminate called without an active exception")
-        torch.distributed.barrier()
-        torch.distributed.destroy_process_group()
-    if stop_signal == signal.SIGINT:
-        sys.exit(130)  # the shell's code for a run ended by Ctrl-C
+        end_distributed(code)  # after rank 0 has written the last checkpoint
+    if code:
+        sys.exit(code)

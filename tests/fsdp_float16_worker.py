@@ -10,6 +10,7 @@ import torch
 from torch.distributed.fsdp import FSDPModule
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from common import end_distributed  # noqa: E402
 from model import GPT, GPTConfig  # noqa: E402
 from train import shard_model, train_step  # noqa: E402
 
@@ -51,5 +52,4 @@ if __name__ == '__main__':
     train_step(model, optimizer, scaler, Batches(rank), 2, torch.autocast('cpu', enabled=False), 1.0, 1e-2)
     changed = all(not torch.equal(a, p.to_local()) for a, p in zip(before, model.parameters()) if a.numel())
     print(f"rank {rank}: next step changed every shard {changed}", flush=True)
-    torch.distributed.barrier()
-    torch.distributed.destroy_process_group()
+    end_distributed()

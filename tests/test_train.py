@@ -183,6 +183,27 @@ def test_two_node_rendezvous_on_loopback(char_data, tmp_path):
     assert load_model_state(tmp_path)['world_size'] == 2
 
 
+
+def test_end_distributed_leaves_before_interpreter_shutdown(tmp_path):
+    """A gloo thread still releasing the last collective's tensors aborts a process in interpreter shutdown (1 in 4
+    launches on a loaded machine: benchmarks/exit_race.py), so end_distributed must leave before it: atexit
+    handlers, which run first in that shutdown, never run; the exit code goes through; both ranks finish."""
+    script = tmp_path / 'worker.py'
+    script.write_text(f"""import atexit, sys
+sys.path.insert(0, {REPO!r})
+import torch
+from common import end_distributed
+torch.distributed.init_process_group('gloo')
+atexit.register(print, 'interpreter shutdown ran', flush=True)
+print('rank', torch.distributed.get_rank(), 'ending', flush=True)
+end_distributed(3)
+""")
+    proc = subprocess.run(torchrun('--standalone', '--nproc_per_node=2', str(script)), capture_output=True, text=True,
+                          timeout=300)
+    assert 'rank 0 ending' in proc.stdout and 'rank 1 ending' in proc.stdout, proc.stderr[-2000:]
+    assert 'interpreter shutdown ran' not in proc.stdout
+    assert proc.returncode != 0 and re.search(r'exitcode\s*:\s*3\b', proc.stderr), proc.stderr[-2000:]
+
 def test_finetune_pretrained_crops_block_size(hf_gpt2_dir, tmp_path):
     d = tmp_path / 'bpe'
     d.mkdir()
