@@ -89,7 +89,6 @@ def setup_runtime(device: str = 'auto', dtype: str = 'auto', seed: int = 1337, b
     return Runtime(device, device_type, dtype, ctx, ddp, rank, local_rank, world_size)
 
 
-
 def end_distributed(code: int = 0):
     """End a torchrun process once its work is done: wait for every rank, free the process group, flush the output
     and leave without Python's interpreter shutdown. gloo's worker threads can still be releasing the last
@@ -101,6 +100,7 @@ def end_distributed(code: int = 0):
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
+
 
 # Peak dense bf16 tensor-core FLOPS, matched against torch.cuda.get_device_name(); first match wins,
 # so the more specific names come first
