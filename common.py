@@ -1,20 +1,18 @@
 """
-What train.py, sample.py, bench.py and the evaluation scripts share: one runtime setup (device, DDP process group,
-dtype, autocast, seeding), the device's peak FLOPS for MFU, rank-0 printing, loading a model from a checkpoint or a
-pretrained name, and the tokenizer that goes with it.
+The runtime that train.py, sample.py, bench.py and the evaluation scripts share: one setup of the device, the DDP
+process group, dtype, autocast and seeds (setup_runtime), and its end under torchrun (end_distributed); rank-0
+printing; the all-rank guard on stop requests and non-finite steps; the device's peak FLOPS for MFU and its
+description; where a dataset lives.
 """
 
 import os
-import pickle
-import re
+import platform
+import signal
 import sys
 from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
-
-from data.tokenfiles import read_meta
-from model import GPT, GPTConfig
 
 REPO_DIR = os.path.dirname(os.path.abspath(__file__))
 PTDTYPES = {'float32': torch.float32, 'bfloat16': torch.bfloat16, 'float16': torch.float16}
@@ -102,6 +100,43 @@ def end_distributed(code: int = 0):
     os._exit(code)
 
 
+class RunGuard:
+    """What ends a training run early, decided by every rank together after each step: a stop request (SIGTERM,
+    what SLURM and cloud preemption send, or Ctrl-C; caught here so the run ends at a step boundary, with a
+    checkpoint) and a step skipped for a non-finite loss or gradient (printed, recorded through log(iter=...,
+    skipped=...), and the run stops after max_bad_steps in a row). Under DDP or FSDP a rank deciding alone would
+    deadlock or diverge from the others."""
+
+    def __init__(self, runtime: Runtime, max_bad_steps: int, out_dir: str, log):
+        self.runtime, self.max_bad_steps, self.out_dir, self.log = runtime, max_bad_steps, out_dir, log
+        self.signum = 0  # the stop signal received, 0 for none
+        self.bad_steps = 0  # steps in a row skipped for a non-finite loss or gradient
+        signal.signal(signal.SIGTERM, self._catch)
+        signal.signal(signal.SIGINT, self._catch)
+
+    def _catch(self, signum, frame):
+        self.signum = signum
+
+    def check(self, iter_num: int, finite: bool) -> tuple[bool, int]:
+        """(whether the step was skipped on any rank, the stop signal any rank received), through one small
+        all-reduce; SystemExit after max_bad_steps skipped steps in a row."""
+        flags = torch.tensor([float(not finite), float(self.signum)], device=self.runtime.device)
+        if self.runtime.ddp:
+            torch.distributed.all_reduce(flags, op=torch.distributed.ReduceOp.MAX)
+        bad, stop = bool(flags[0]), int(flags[1])
+        self.bad_steps = self.bad_steps + 1 if bad else 0
+        if bad:
+            print0(f"iter {iter_num}: non-finite loss or gradients: step skipped ({self.bad_steps} in a row)")
+            self.log(iter=iter_num, skipped=self.bad_steps)
+        if bad and self.bad_steps >= self.max_bad_steps:
+            raise SystemExit(f"error: {self.bad_steps} steps in a row had a non-finite loss or gradients (iters "
+                             f"{iter_num - self.bad_steps + 1} to {iter_num}), so training stopped; the checkpoint "
+                             f"in {self.out_dir} holds finite weights: resume from it with a lower learning_rate, "
+                             f"or raise max_bad_steps")
+        return bad, stop
+
+
+# -----------------------------------------------------------------------------
 # Peak dense bf16 tensor-core FLOPS, matched against torch.cuda.get_device_name(); first match wins,
 # so the more specific names come first
 PEAK_BF16_FLOPS = [
@@ -126,137 +161,23 @@ def device_peak_flops(device) -> float | None:
     return next((flops for key, flops in PEAK_BF16_FLOPS if key in name), None)
 
 
+def describe_device(runtime, compile: bool, chunked_loss: bool) -> str:
+    """What a person needs to compare GPUs: the device, versions, dtype, compile and attention kernel."""
+    if runtime.device_type == 'cuda':
+        name = torch.cuda.get_device_name(runtime.device)
+        versions = f"torch {torch.__version__}, CUDA {torch.version.cuda}"
+        flash = torch.backends.cuda.flash_sdp_enabled() and torch.cuda.get_device_capability(runtime.device)[0] >= 8
+        attention = 'SDPA, flash kernel' if flash else 'SDPA, memory-efficient or math kernel'
+    else:
+        name = f"{platform.processor() or platform.machine()} ({torch.get_num_threads()} threads)"
+        versions = f"torch {torch.__version__}"
+        attention = 'SDPA (CPU kernel)'
+    return (f"device {runtime.device}: {name}; {versions}; dtype {runtime.dtype}; compile {compile}; "
+            f"attention {attention}; loss {'chunked' if chunked_loss else 'plain'}")
+
+
 def dataset_dir(dataset: str) -> str:
     """data/<dataset> of this repository, or `dataset` itself when it is a path."""
     if os.sep in dataset or os.path.isdir(dataset):
         return dataset
     return os.path.join(REPO_DIR, 'data', dataset)
-
-
-def load_checkpoint(ckpt_path: str, device) -> dict:
-    if not os.path.exists(ckpt_path):
-        raise SystemExit(f"error: no checkpoint at {ckpt_path}: train one with train.py (out_dir sets where), "
-                         f"or pass --init_from=gpt2 for OpenAI's weights")
-    try:
-        # weights_only: tensors and plain data only, so loading a checkpoint never runs code from it
-        checkpoint = torch.load(ckpt_path, map_location=device, weights_only=True)
-    except pickle.UnpicklingError as e:
-        found = re.search(r'GLOBAL (\S+)', str(e))  # torch's message names the class or function it met
-        if found is None:
-            raise SystemExit(f"error: could not read the checkpoint {ckpt_path} (UnpicklingError: {e}): the file is "
-                             f"damaged or not a PyTorch checkpoint") from None
-        reason = f"it refers to {found.group(1)}"
-        raise SystemExit(f"error: refused to load {ckpt_path}: it holds objects other than tensors and plain data, "
-                         f"which could run code when loaded ({reason}); use checkpoints you trust, written by "
-                         f"this project or nanoGPT") from None
-    except Exception as e:
-        raise SystemExit(f"error: could not read the checkpoint {ckpt_path} ({type(e).__name__}: {e}): "
-                         f"the file is damaged or not a PyTorch checkpoint") from None
-    if not isinstance(checkpoint, dict) or 'model' not in checkpoint or 'model_args' not in checkpoint:
-        raise SystemExit(f"error: {ckpt_path} is not a checkpoint of this project (no 'model' and 'model_args')")
-    return checkpoint
-
-
-def model_from_checkpoint(checkpoint: dict, source: str = 'checkpoint') -> GPT:
-    """The GPT described by a checkpoint's model_args, with its weights (nanoGPT's checkpoints included)."""
-    model_args = checkpoint['model_args']
-    known = set(GPTConfig.__dataclass_fields__)
-    if set(model_args) - known:
-        raise SystemExit(f"error: {source} has model arguments {sorted(set(model_args) - known)} that this GPT "
-                         f"does not know: it comes from another architecture")
-    model = GPT(GPTConfig(**model_args))
-    # checkpoints of a torch.compile'd model (nanoGPT's) carry this prefix
-    state_dict = {k.removeprefix('_orig_mod.'): v for k, v in checkpoint['model'].items()}
-    state_dict = {k: v for k, v in state_dict.items() if not k.endswith('.attn.bias')}  # old causal-mask buffers
-    try:
-        model.load_state_dict(state_dict)
-    except RuntimeError as e:
-        raise SystemExit(f"error: the weights in {source} do not fit its model_args {model_args}: {e}") from e
-    return model
-
-
-def load_model(init_from: str, out_dir: str = 'out', device='cpu', dropout: float | None = None):
-    """A model from 'resume' (out_dir/ckpt.pt), a GPT-2 name or a Hugging Face directory, and the checkpoint
-    it came from (None for pretrained weights)."""
-    checkpoint = None
-    if init_from == 'resume':
-        ckpt_path = os.path.join(out_dir, 'ckpt.pt')
-        checkpoint = load_checkpoint(ckpt_path, 'cpu')
-        if dropout is not None:
-            checkpoint['model_args']['dropout'] = dropout
-        model = model_from_checkpoint(checkpoint, ckpt_path)
-    else:
-        try:
-            model = GPT.from_pretrained(init_from, None if dropout is None else dict(dropout=dropout))
-        except (ValueError, RuntimeError, FileNotFoundError) as e:
-            raise SystemExit(f"error: {e}") from e
-    return model.to(device), checkpoint
-
-
-class _PlainUnpickler(pickle.Unpickler):
-    """Unpickles dicts, lists, strings and numbers only: any class or function in the file is refused, so
-    loading cannot run code from it."""
-
-    def find_class(self, module, name):
-        raise pickle.UnpicklingError(f"it refers to {module}.{name}, and only plain data is loaded")
-
-
-def read_vocab(data_dir: str) -> list[str] | None:
-    """The character vocabulary of a dataset (index -> character): meta.json's 'chars', else nanoGPT's meta.pkl
-    read as plain data only. None when the dataset has neither (GPT-2 BPE)."""
-    meta = read_meta(data_dir)
-    if meta is not None:
-        if 'chars' in meta:
-            return list(meta['chars'])
-        if meta.get('tokenizer') != 'char':
-            return None
-        if not os.path.exists(os.path.join(data_dir, 'meta.pkl')):
-            raise SystemExit(f"error: {data_dir} is character-level data, but its vocabulary (meta.pkl) is "
-                             f"missing: prepare the dataset again")
-    pkl_path = os.path.join(data_dir, 'meta.pkl')
-    if not os.path.exists(pkl_path):
-        return None
-    try:
-        with open(pkl_path, 'rb') as f:
-            meta = _PlainUnpickler(f).load()
-        itos = meta['itos']
-        return [itos[i] for i in range(meta['vocab_size'])]
-    except Exception as e:
-        raise SystemExit(f"error: {pkl_path} is refused ({type(e).__name__}: {e}): a character vocabulary is a dict "
-                         f"of plain data; prepare the dataset again") from None
-
-
-def get_tokenizer(checkpoint: dict | None):
-    """encode(str) -> list[int] and decode(list[int]) -> str: the character vocabulary the checkpoint carries (or,
-    for older checkpoints, its dataset's), else GPT-2's BPE."""
-    checkpoint = checkpoint or {}
-    chars, source = checkpoint.get('vocab'), 'the checkpoint'
-    dataset = checkpoint.get('config', {}).get('dataset')
-    if chars is None and dataset:
-        source = dataset_dir(dataset)
-        chars = read_vocab(source)
-    vocab_size = checkpoint.get('model_args', {}).get('vocab_size', 50304)
-    if chars is None and vocab_size < 50257:
-        raise SystemExit(f"error: the checkpoint's model has a vocabulary of {vocab_size} characters, but neither the "
-                         f"checkpoint nor its dataset {dataset!r} holds them: put the dataset's meta.json or meta.pkl "
-                         f"back in data/{dataset}")
-    if chars is not None:
-        print0(f"Loading meta from {source}...")
-        stoi = {c: i for i, c in enumerate(chars)}
-
-        def encode(s: str) -> list[int]:
-            unknown = sorted(set(s) - set(stoi))
-            if unknown:
-                raise SystemExit(f"error: the text has characters outside the model's vocabulary of {len(stoi)} "
-                                 f"characters from {source}: {''.join(unknown)!r}")
-            return [stoi[c] for c in s]
-
-        def decode(ids: list[int]) -> str:
-            return ''.join(chars[i] for i in ids)
-        return encode, decode
-
-    import tiktoken
-    enc = tiktoken.get_encoding('gpt2')
-    # a model trained with the padded vocabulary (50304) may, rarely, emit an id the tokenizer does not have
-    return (lambda s: enc.encode(s, allowed_special={'<|endoftext|>'})), \
-        (lambda ids: enc.decode([i for i in ids if i < enc.n_vocab]))

@@ -1,19 +1,21 @@
 """
-nanoGPT's configurator, with checks. A script declares its defaults as plain globals and calls
+nanoGPT's configurator, with checks. A script declares its defaults as plain globals, the ranges of its keys
+beside them, and calls
 
-    config = configure(defaults, sys.argv[1:])
+    config = configure(defaults, sys.argv[1:], RANGES)
 
 where arguments are either config files or --key=value overrides, e.g.
 
     python train.py config/override_file.py --batch_size=32
 
 The config keys are the script's public lowercase globals bound to an int, float, bool, str or None; module
-constants written in capitals (URL, N_VAL, REPO_DIR) are not config keys.
+constants written in capitals (URL, N_VAL, REPO_DIR) are not config keys. `--help` prints the keys, their defaults
+and their comments.
 
 Config files are plain Python, exec'd over the defaults; --key=value values are parsed with ast.literal_eval
 (and kept as strings when that fails). Unlike nanoGPT's exec'd configurator, an unknown key, in a file or on the
-command line, stops with an error naming the closest known key, and a value of the wrong type is an error
-(an int where a float is expected is fine). Every resolved override is printed.
+command line, stops with an error naming the closest known key, and a value of the wrong type or out of its range
+is an error (an int where a float is expected is fine). Every resolved override is printed.
 
 A config file may compute its values with helper names, as long as they start with an underscore (or are
 modules, functions or classes, e.g. `import math`); every other name it binds must be a config key:
@@ -24,8 +26,8 @@ modules, functions or classes, e.g. `import math`); every other name it binds mu
 
 import ast
 import difflib
-import errno
 import os
+import re
 import sys
 import types
 from types import SimpleNamespace
@@ -63,37 +65,26 @@ def _check_type(key: str, value, default, source: str):
     return value
 
 
-def _one_line_errors(exc_type, exc, tb):
-    """sys.excepthook of the scripts: an error the scripts did not foresee still ends in one line, not a traceback
-    (NANOGPT_DEBUG=1 shows it)."""
-    if issubclass(exc_type, KeyboardInterrupt):
-        print("interrupted", file=sys.stderr)
-        sys.exit(130)
-    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
-        message = f"the disk is full{f' writing {exc.filename}' if exc.filename else ''}: free some space and run again"
-    elif isinstance(exc, OSError) and exc.strerror:
-        message = f"{exc.strerror}{f': {exc.filename}' if exc.filename else ''}"
-    elif isinstance(exc, UnicodeDecodeError):
-        message = f"a file is not UTF-8 text ({exc.reason} at byte {exc.start}): convert it to UTF-8"
-    elif isinstance(exc, ModuleNotFoundError) and exc.name:
-        message = f"the {exc.name} package is not installed: pip install {exc.name.split('.')[0]}"
-    else:
-        message = f"{exc_type.__name__}: {exc}"
-    print(f"error: {message} (NANOGPT_DEBUG=1 shows the traceback)", file=sys.stderr)
-    sys.exit(1)
+def _print_help(defaults: dict):
+    """The script's docstring, then every key with its default and the comment beside it in the script."""
+    main = sys.modules['__main__']
+    print((main.__doc__ or '').strip() + '\n\nconfig keys (config/file.py or --key=value):')
+    comments = {}
+    if getattr(main, '__file__', None):
+        with open(main.__file__, encoding='utf-8') as f:
+            for line in f:
+                found = re.match(r'(\w+) = .*?  # (.*)$', line)
+                if found:
+                    comments.setdefault(found.group(1), found.group(2))
+    for key, value in defaults.items():
+        print(f"  --{key}={value!r}" + (f"  # {comments[key]}" if key in comments else ''))
+    sys.exit(0)
 
 
-def one_line_errors():
-    """From now on an uncaught exception ends the script with one line on stderr (unless NANOGPT_DEBUG is set).
-    configure() calls it; the prepare scripts, which take argparse arguments, call it themselves."""
-    if not os.environ.get('NANOGPT_DEBUG'):
-        sys.excepthook = _one_line_errors
-
-
-def configure(defaults: dict, argv: list[str], verbose: bool | None = None) -> SimpleNamespace:
-    """Apply config files and --key=value arguments to defaults; return the resolved config, checked.
-    A script calls it first: from then on an uncaught exception ends the script with one line on stderr."""
-    one_line_errors()
+def configure(defaults: dict, argv: list[str], ranges: dict | None = None, verbose: bool | None = None):
+    """Apply config files and --key=value arguments to defaults; return the resolved config, checked."""
+    if '--help' in argv or '-h' in argv:
+        _print_help(defaults)
     if verbose is None:
         verbose = int(os.environ.get('RANK', 0)) == 0  # under torchrun only rank 0 prints
     config = dict(defaults)
@@ -137,40 +128,35 @@ def configure(defaults: dict, argv: list[str], verbose: bool | None = None) -> S
             config[key] = _check_type(key, value, default, arg)
             if verbose:
                 print(f"Overriding: {key} = {config[key]!r}")
-    check_ranges(config)
+    check_ranges(config, ranges or {})
     return SimpleNamespace(**config)
 
 
-# The ranges of the config keys the scripts share, checked for whichever of them a script has: a value outside
-# them would train on nothing, on NaN, or sample nonsense, and still exit 0
-POSITIVE = ('batch_size', 'block_size', 'gradient_accumulation_steps', 'eval_interval', 'log_interval', 'eval_iters',
-            'n_layer', 'n_head', 'n_embd', 'vocab_size', 'num_samples', 'benchmark_steps')
-NON_NEGATIVE = ('learning_rate', 'max_iters', 'warmup_iters', 'lr_decay_iters', 'min_lr', 'weight_decay', 'grad_clip',
-                'temperature', 'max_new_tokens', 'burnin_steps', 'hellaswag_interval', 'hellaswag_limit', 'limit')
-
-
-def check_ranges(config: dict):
-    """SystemExit naming the first key whose value is out of range, or two keys that do not fit together."""
-    def fail(what: str, fix: str):
-        raise SystemExit(f"error: {what}: {fix}")
-    for key in POSITIVE:
-        if config.get(key) is not None and config[key] <= 0:
-            fail(f"{key}={config[key]!r}", f"{key} must be greater than 0")
-    for key in NON_NEGATIVE:
-        if config.get(key) is not None and config[key] < 0:
-            fail(f"{key}={config[key]!r}", f"{key} must be 0 or more")
-    if 'dropout' in config and not 0.0 <= config['dropout'] < 1.0:
-        fail(f"dropout={config['dropout']!r}", "dropout is a probability in [0, 1)")
-    for key in ('beta1', 'beta2'):
-        if key in config and not 0.0 <= config[key] < 1.0:
-            fail(f"{key}={config[key]!r}", f"{key} must be in [0, 1)")
-    if config.get('top_k') is not None and config['top_k'] <= 0:
-        fail(f"top_k={config['top_k']!r}", "top_k must be 1 or more, or None for all tokens")
-    if config.get('top_p') is not None and not 0.0 < config['top_p'] <= 1.0:
-        fail(f"top_p={config['top_p']!r}", "top_p must be in (0, 1], or None for all tokens")
+def check_ranges(config: dict, ranges: dict):
+    """SystemExit naming the first key whose value is outside its range, or two keys that do not fit together.
+    A range is '> 0', '>= 0', an interval such as '[0, 1)', or a tuple of the allowed values; None passes."""
+    for key, spec in ranges.items():
+        value = config.get(key)
+        if value is None:
+            continue
+        if isinstance(spec, tuple):  # the values a key may take
+            if value not in spec:
+                raise SystemExit(f"error: {key}={value!r}: use {' or '.join(map(repr, spec))}")
+        elif spec[0] in '[(':
+            low, high = (float(x) for x in spec[1:-1].split(','))
+            above = value > low if spec[0] == '(' else value >= low
+            below = value < high if spec[-1] == ')' else value <= high
+            if not (above and below):
+                raise SystemExit(f"error: {key}={value!r}: {key} must be in {spec}")
+        else:
+            op, bound = spec.split()
+            if not (value > float(bound) if op == '>' else value >= float(bound)):
+                fix = f"greater than {bound}" if op == '>' else f"{bound} or more"
+                raise SystemExit(f"error: {key}={value!r}: {key} must be {fix}")
+    # two keys that must fit together, wherever a script has both
     if config.get('n_embd') and config.get('n_head') and config['n_embd'] % config['n_head']:
-        fail(f"n_embd={config['n_embd']} is not divisible by n_head={config['n_head']}",
-             "each head gets n_embd / n_head dimensions; change one of them")
+        raise SystemExit(f"error: n_embd={config['n_embd']} is not divisible by n_head={config['n_head']}: each "
+                         f"head gets n_embd / n_head dimensions; change one of them")
     if config.get('decay_lr') and config['min_lr'] > config['learning_rate']:
-        fail(f"min_lr={config['min_lr']} is above learning_rate={config['learning_rate']}",
-             "the schedule decays from learning_rate down to min_lr")
+        raise SystemExit(f"error: min_lr={config['min_lr']} is above learning_rate={config['learning_rate']}: the "
+                         f"schedule decays from learning_rate down to min_lr")

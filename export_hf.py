@@ -11,9 +11,10 @@ A model trained with bias=False gets zero biases, which compute the same functio
 import os
 import sys
 
-from common import load_checkpoint, model_from_checkpoint
+from checkpoint import load_checkpoint, model_from_checkpoint
 from configurator import config_defaults, configure
 from hf_gpt2 import GPT2_VOCAB, write_pretrained
+from util import one_line_errors
 
 # -----------------------------------------------------------------------------
 out_dir = 'out'  # the checkpoint to export is out_dir/ckpt.pt
@@ -49,4 +50,5 @@ def main(argv: list[str]):
 
 
 if __name__ == '__main__':
+    one_line_errors()
     main(sys.argv[1:])

@@ -22,9 +22,10 @@ from contextlib import nullcontext
 import torch
 from torch.nn import functional as F
 
-from common import REPO_DIR, end_distributed, load_model, print0, setup_runtime
+from checkpoint import load_model
+from common import REPO_DIR, end_distributed, print0, setup_runtime
 from configurator import config_defaults, configure
-from data.tokenfiles import download
+from util import download, one_line_errors
 
 URL = 'https://raw.githubusercontent.com/rowanz/hellaswag/master/data/hellaswag_val.jsonl'
 N_VAL = 10042
@@ -39,6 +40,7 @@ device = 'auto'  # 'auto' (cuda, else mps, else cpu), or 'cpu', 'cuda', 'cuda:1'
 dtype = 'auto'  # 'auto' (bfloat16 where supported on cuda, else float16; float32 elsewhere), 'float32', ...
 seed = 1337
 # -----------------------------------------------------------------------------
+RANGES = dict(limit='>= 0')
 defaults = config_defaults(globals())
 
 
@@ -138,7 +140,7 @@ def evaluate_hellaswag(model, examples: list[dict], runtime, progress: bool = Tr
 
 
 def main(argv: list[str]):
-    cfg = configure(defaults, argv)
+    cfg = configure(defaults, argv, RANGES)
     runtime = setup_runtime(cfg.device, cfg.dtype, cfg.seed)
     examples = load_examples(cfg.data_file, cfg.limit or None, cfg.cache_dir)
     if not cfg.data_file and not cfg.limit and len(examples) != N_VAL:
@@ -152,4 +154,5 @@ def main(argv: list[str]):
 
 
 if __name__ == '__main__':
+    one_line_errors()
     main(sys.argv[1:])

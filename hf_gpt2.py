@@ -10,7 +10,7 @@ import sys
 
 import torch
 
-from data.tokenfiles import atomic_path
+from util import atomic_path
 
 # The Hugging Face hub repositories of OpenAI's checkpoints, and their shapes
 PRETRAINED = {

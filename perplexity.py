@@ -12,9 +12,11 @@ import sys
 import numpy as np
 import torch
 
-from common import dataset_dir, get_tokenizer, load_model, print0, setup_runtime
+from checkpoint import get_tokenizer, load_model
+from common import dataset_dir, print0, setup_runtime
 from configurator import config_defaults, configure
 from data.tokenfiles import DTYPE, prepare_hint, split_files
+from util import one_line_errors
 
 # -----------------------------------------------------------------------------
 init_from = 'resume'  # 'resume' (from out_dir/ckpt.pt), a GPT-2 name ('gpt2', 'gpt2-xl', ...) or a HF directory
@@ -28,6 +30,7 @@ device = 'auto'  # 'auto' (cuda, else mps, else cpu), or 'cpu', 'cuda', 'cuda:1'
 dtype = 'auto'  # 'auto' (bfloat16 where supported on cuda, else float16; float32 elsewhere), 'float32', ...
 seed = 1337
 # -----------------------------------------------------------------------------
+RANGES = dict(batch_size='> 0', max_tokens='>= 0')
 defaults = config_defaults(globals())
 
 
@@ -53,7 +56,7 @@ def token_loss(model, tokens: np.ndarray, batch_size: int, device, ctx) -> tuple
 
 
 def main(argv: list[str]):
-    cfg = configure(defaults, argv)
+    cfg = configure(defaults, argv, RANGES)
     if bool(cfg.text_file) == bool(cfg.dataset):
         raise SystemExit("error: pass either --text_file=PATH or --dataset=NAME (with --split)")
     runtime = setup_runtime(cfg.device, cfg.dtype, cfg.seed)
@@ -91,4 +94,5 @@ def main(argv: list[str]):
 
 
 if __name__ == '__main__':
+    one_line_errors()
     main(sys.argv[1:])

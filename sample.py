@@ -11,8 +11,10 @@ import time
 
 import torch
 
-from common import get_tokenizer, load_model, setup_runtime
+from checkpoint import get_tokenizer, load_model
+from common import setup_runtime
 from configurator import config_defaults, configure
+from util import one_line_errors
 
 # -----------------------------------------------------------------------------
 init_from = 'resume'  # 'resume' (from out_dir/ckpt.pt), a GPT-2 name ('gpt2', 'gpt2-xl', ...) or a HF directory
@@ -28,12 +30,14 @@ device = 'auto'  # 'auto' (cuda, else mps, else cpu), or e.g. 'cpu', 'cuda', 'cu
 dtype = 'auto'  # 'auto' (bfloat16 where supported on cuda, else float16; float32 elsewhere), 'float32', ...
 compile = False  # kept for nanoGPT's commands; generation with the KV cache is not compiled
 # -----------------------------------------------------------------------------
+RANGES = dict(num_samples='> 0', max_new_tokens='>= 0', temperature='>= 0', top_k='>= 1', top_p='(0, 1]')
 defaults = config_defaults(globals())
 
 
 # -----------------------------------------------------------------------------
 if __name__ == '__main__':
-    globals().update(vars(configure(defaults, sys.argv[1:])))  # overrides from command line or config file
+    one_line_errors()
+    globals().update(vars(configure(defaults, sys.argv[1:], RANGES)))  # overrides from command line or config file
     runtime = setup_runtime(device, dtype, seed)
     device, ctx = runtime.device, runtime.ctx
 

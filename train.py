@@ -19,31 +19,33 @@ $ torchrun --nproc_per_node=8 --nnodes=2 --node_rank=0 --master_addr=123.456.123
 $ torchrun --nproc_per_node=8 --nnodes=2 --node_rank=1 --master_addr=123.456.123.456 --master_port=1234 train.py
 (If your cluster does not have Infiniband interconnect prepend NCCL_IB_DISABLE=1)
 
-The pieces (LR schedule, one optimisation step, loss estimate, checkpoint writing) live at module level so that
-bench.py and the tests import the very same code; the run sits below them under `if __name__ == '__main__':` and
-reads the configuration as plain globals, overridden by config files and --key=value (see configurator.py).
+The pieces (LR schedule, one optimisation step, loss estimate) live at module level so that bench.py and the tests
+import the very same code; the run sits below them under `if __name__ == '__main__':` and reads the configuration
+as plain globals, overridden by config files and --key=value (see configurator.py; --help lists the keys). What is
+not the training story has a small home of its own: parallel.py (DDP/FSDP), checkpoint.py, runlog.py (log.jsonl).
 """
 
-import json
 import math
 import os
 import signal
 import sys
 import time
-from contextlib import nullcontext
 from dataclasses import asdict
 
 import torch
-from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
-from torch.distributed.tensor import DTensor, distribute_tensor, init_device_mesh
+from torch.distributed.fsdp import FSDPModule
+from torch.distributed.tensor import DTensor
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from common import (PTDTYPES, dataset_dir, device_peak_flops, end_distributed, load_model, print0, read_vocab,
-                    setup_runtime)
+from checkpoint import Checkpointer, load_model
+from common import RunGuard, dataset_dir, device_peak_flops, end_distributed, print0, setup_runtime
 from configurator import config_defaults, configure
 from data.loader import TokenLoader
-from data.tokenfiles import atomic_path
+from data.tokenfiles import read_vocab
 from model import GPT, GPTConfig
+from parallel import DATA_PARALLEL, place_model, wrap_model
+from runlog import RunLog
+from util import one_line_errors
 
 # -----------------------------------------------------------------------------
 # default config values designed to train a gpt2 (124M) on OpenWebText
@@ -98,6 +100,13 @@ hellaswag_interval = 0  # HellaSwag acc_norm every this many iterations (0: neve
 hellaswag_limit = 0  # examples per HellaSwag evaluation (0: all 10,042)
 hellaswag_file = ''  # a local hellaswag_val.jsonl; empty: downloaded once into data/hellaswag
 # -----------------------------------------------------------------------------
+# the values each key may take: anything else stops before any work with one line naming the key
+RANGES = dict(eval_interval='> 0', log_interval='> 0', eval_iters='> 0',
+              gradient_accumulation_steps='> 0', batch_size='> 0', block_size='> 0', n_layer='> 0', n_head='> 0',
+              n_embd='> 0', dropout='[0, 1)', learning_rate='>= 0', max_iters='>= 0', weight_decay='>= 0',
+              beta1='[0, 1)', beta2='[0, 1)', grad_clip='>= 0', warmup_iters='>= 0',
+              lr_decay_iters='>= 0', min_lr='>= 0', data_parallel=DATA_PARALLEL, hellaswag_interval='>= 0',
+              hellaswag_limit='>= 0')
 defaults = config_defaults(globals())  # the names above: what config files and --key=value may set
 
 
@@ -156,10 +165,12 @@ def train_step(model, optimizer, scaler, loader, grad_accum: int, ctx, grad_clip
 
 @torch.no_grad()
 def estimate_loss(model, loaders: dict, eval_iters: int, ctx, world_size: int = 1) -> dict:
-    """Mean loss over eval_iters batches of each split, the batches spread over the DDP ranks and averaged."""
+    """Mean loss over eval_iters batches of each split, the batches spread over the DDP ranks and averaged. Each
+    loader restarts from its first batch, so that every evaluation reads the same batches."""
     out = {}
     model.eval()
     for split, loader in loaders.items():
+        loader.reset()
         n = max(1, math.ceil(eval_iters / world_size))
         losses = torch.zeros(n)
         for k in range(n):
@@ -176,82 +187,12 @@ def estimate_loss(model, loaders: dict, eval_iters: int, ctx, world_size: int = 
     return out
 
 
-def shard_model(model, device_type: str, dtype: str):
-    """FSDP2, in place: every Block is one unit of sharding, and the root holds the rest (wte, which is lm_head's
-    weight, so the tying survives as one sharded parameter; wpe; ln_f). A unit's weights are gathered just before it
-    runs and freed after. In bfloat16/float16 the weights are cast for compute and the gradients reduced in float32
-    over float32 master weights: this policy replaces autocast."""
-    mesh = init_device_mesh(device_type, (torch.distributed.get_world_size(),))
-    param_dtype = None if dtype == 'float32' else PTDTYPES[dtype]
-    mp_policy = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32)
-    for block in model.transformer.h:
-        fully_shard(block, mesh=mesh, mp_policy=mp_policy)
-    fully_shard(model, mesh=mesh, mp_policy=mp_policy)
-    return model
-
-
-def full_state_dict(state, master: bool):
-    """A state dict (nested dicts and lists, e.g. the optimizer's) with FSDP's sharded DTensors gathered into whole
-    tensors on the master's CPU, the format DDP and single-GPU runs save. A collective under FSDP: every rank calls
-    it, only the master keeps the tensors (the others get None). A tensor met twice, like the tied wte/lm_head
-    weight, is gathered once and stays shared."""
-    done = {}
-
-    def full(value):
-        if isinstance(value, dict):
-            return {k: full(v) for k, v in value.items()}
-        if isinstance(value, list):
-            return [full(v) for v in value]
-        if not isinstance(value, torch.Tensor):
-            return value
-        if id(value) not in done:
-            if isinstance(value, DTensor):
-                whole = value.full_tensor()  # the all-gather every rank joins
-                done[id(value)] = whole.cpu() if master else None
-            else:
-                done[id(value)] = value.detach()
-        return done[id(value)]
-    return full(state)
-
-
-def load_optimizer_state(optimizer, state: dict):
-    """optimizer.load_state_dict of a whole (unsharded) state, as any checkpoint of this project holds: under FSDP
-    each rank keeps, of every state tensor, the shard that matches its shard of the parameter. So a DDP checkpoint
-    resumes under FSDP and the other way round, on any number of ranks."""
-    for group, saved_group in zip(optimizer.param_groups, state['param_groups']):
-        for param, index in zip(group['params'], saved_group['params']):
-            if isinstance(param, DTensor) and index in state['state']:
-                state['state'][index] = {
-                    # src_data_rank=None: every rank holds the whole tensor and cuts its own shard, no communication
-                    k: distribute_tensor(v.to(param.device), param.device_mesh, param.placements, src_data_rank=None)
-                    if isinstance(v, torch.Tensor) and v.shape == param.shape else v
-                    for k, v in state['state'][index].items()}
-    optimizer.load_state_dict(state)
-
-
-def save_checkpoint(path: str, checkpoint: dict):
-    """torch.save to a temporary file, renamed into place: a crash mid-save never leaves a broken checkpoint."""
-    with atomic_path(path) as tmp:
-        torch.save(checkpoint, tmp)
-
-
-def rng_states(ddp: bool, device) -> dict:
-    """Every rank's RNG states, {rank: {'cpu': ..., 'cuda': ...}}, gathered on all ranks (a collective under DDP)
-    so that rank 0 can save them: after a resume each rank draws the dropout masks it would have drawn."""
-    rng = {'cpu': torch.get_rng_state()}
-    if torch.device(device).type == 'cuda':
-        rng['cuda'] = torch.cuda.get_rng_state(device)
-    rngs = [rng]
-    if ddp:
-        rngs = [None] * torch.distributed.get_world_size()
-        torch.distributed.all_gather_object(rngs, rng)
-    return dict(enumerate(rngs))
-
 
 # -----------------------------------------------------------------------------
 if __name__ == '__main__':
+    one_line_errors()  # an error the script did not foresee still ends in one line (NANOGPT_DEBUG=1: traceback)
     # the checked configurator: config files and --key=value override the globals above
-    globals().update(vars(configure(defaults, sys.argv[1:])))
+    globals().update(vars(configure(defaults, sys.argv[1:], RANGES)))
     config = {k: globals()[k] for k in defaults}  # useful for logging, and saved in checkpoints
 
     # various inits, derived attributes, I/O setup
@@ -259,24 +200,16 @@ if __name__ == '__main__':
     if gradient_accumulation_steps % world_size:
         raise SystemExit(f"error: gradient_accumulation_steps={gradient_accumulation_steps} is not divisible by "
                          f"the {world_size} processes: make it a multiple of {world_size}")
-    if data_parallel not in ('ddp', 'fsdp'):
-        raise SystemExit(f"error: data_parallel={data_parallel!r}: use 'ddp' or 'fsdp'")
     runtime = setup_runtime(device, dtype, seed, backend)  # device, DDP process group, autocast, seeds
     ddp, ddp_rank, ddp_world_size = runtime.ddp, runtime.rank, runtime.world_size
     master_process = runtime.master_process  # this process will do logging, checkpointing etc.
-    fsdp = ddp and data_parallel == 'fsdp'
-    if data_parallel == 'fsdp' and not ddp:
-        print0("note: data_parallel='fsdp' shards over the processes torchrun starts; one process trains unsharded")
-    if fsdp:
-        runtime.ctx = nullcontext()  # FSDP's mixed-precision policy casts the weights instead of autocast
-    device, device_type, dtype, ctx = runtime.device, runtime.device_type, runtime.dtype, runtime.ctx
+    device, device_type, dtype = runtime.device, runtime.device_type, runtime.dtype
     # world_size number of processes will be training simultaneously, so we can scale
     # down the desired gradient accumulation iterations per process proportionally
     gradient_accumulation_steps //= ddp_world_size
-    tokens_per_iter = gradient_accumulation_steps * ddp_world_size * batch_size * block_size
     print0(f"config: {config}")
-    print0(f"tokens per iteration will be: {tokens_per_iter:,} on {ddp_world_size} process(es), "
-           f"device {device}, dtype {dtype}")
+    print0(f"tokens per iteration will be: {gradient_accumulation_steps * ddp_world_size * batch_size * block_size:,}"
+           f" on {ddp_world_size} process(es), device {device}, dtype {dtype}")
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):
         raise SystemExit(f"error: out_dir={out_dir!r} is a file, not a directory: choose another out_dir")
     ckpt_path = os.path.join(out_dir, 'ckpt.pt')
@@ -295,10 +228,8 @@ if __name__ == '__main__':
     # attempt to derive vocab_size from the dataset: a character vocabulary, which checkpoints also carry
     data_dir = dataset_dir(dataset)
     vocab = read_vocab(data_dir)
-    meta_vocab_size = None
     if vocab is not None:
-        meta_vocab_size = len(vocab)
-        print0(f"found vocab_size = {meta_vocab_size} (inside {data_dir})")
+        print0(f"found vocab_size = {len(vocab)} (inside {data_dir})")
 
     # model init
     shape_keys = ('n_layer', 'n_head', 'n_embd', 'block_size', 'bias')
@@ -310,7 +241,7 @@ if __name__ == '__main__':
     if init_from == 'scratch':
         print0("Initializing a new model from scratch")
         # GPT-2's 50257 rounded up to 50304 for efficiency, unless the dataset has its own vocabulary
-        model_args['vocab_size'] = meta_vocab_size if meta_vocab_size is not None else 50304
+        model_args['vocab_size'] = len(vocab) if vocab is not None else 50304
         model = GPT(GPTConfig(**model_args), seed=seed)
     elif init_from == 'resume':
         print0(f"Resuming training from {out_dir}")
@@ -339,8 +270,6 @@ if __name__ == '__main__':
     n_layer, n_head, n_embd, block_size, bias = (model_args[k] for k in shape_keys)
     config.update({k: model_args[k] for k in shape_keys})
     tokens_per_iter = gradient_accumulation_steps * ddp_world_size * batch_size * block_size
-    if not fsdp:
-        model.to(device)  # FSDP moves each rank's shards there instead: the whole model never sits on one GPU
     print0(f"number of parameters: {model.get_num_params() / 1e6:.2f}M")
     if chunked_loss:
         if not hasattr(torch.nn, 'LinearCrossEntropyOptions'):
@@ -359,195 +288,106 @@ if __name__ == '__main__':
     # gradients all-reduces the overflow flag, so every rank skips a step when any rank's shard overflowed
     scaler = torch.amp.GradScaler(device_type, enabled=(dtype == 'float16'))
 
-    # FSDP shards the model before the optimizer is made, so that the optimizer holds this rank's shards only
-    if fsdp:
-        shard_model(model, device_type, dtype)
-
-    # optimizer
+    # the model on its device (sharded under FSDP), then the optimizer over what this rank holds
+    ctx = place_model(model, runtime, data_parallel)
     optimizer = model.configure_optimizers(weight_decay, learning_rate, (beta1, beta2), device_type)
+    checkpointer = Checkpointer(out_dir, runtime, model, optimizer, scaler, train_loader, model_args, config, vocab)
     if checkpoint is not None:
-        load_optimizer_state(optimizer, checkpoint['optimizer'])
-        if 'scaler' in checkpoint:
-            scaler.load_state_dict(checkpoint['scaler'])
-        if 'loader' in checkpoint:  # continue the batch stream instead of replaying it
-            train_loader.load_state_dict(checkpoint['loader'])
-        rng = checkpoint.get('rng', {}).get(ddp_rank)
-        if rng is not None:  # dropout continues with the masks it would have drawn
-            torch.set_rng_state(rng['cpu'])
-            if 'cuda' in rng and device_type == 'cuda':
-                torch.cuda.set_rng_state(rng['cuda'], device)
+        checkpointer.restore(checkpoint)  # optimizer, scaler, data position, RNG: continue exactly
     checkpoint = None  # free up memory
 
     # compile the model, and wrap it into DDP; checkpoints save raw_model, without the _orig_mod. prefix
     raw_model = model
-    if compile:
-        print0("compiling the model... (takes a ~minute)")
-        model = torch.compile(model)
-    if ddp and not fsdp:
-        model = DDP(model, device_ids=[runtime.local_rank] if device_type == 'cuda' else None)
+    model = wrap_model(model, runtime, data_parallel, compile)
 
     # logging: out_dir/log.jsonl always (plot.py draws it), wandb when asked
-    log_path = os.path.join(out_dir, 'log.jsonl')
-    wandb_run = None
-    if master_process:
-        if os.path.exists(log_path):
-            # a resumed or restarted run replays the iterations after its checkpoint: their records go
-            with open(log_path, encoding='utf-8') as f:
-                records = [json.loads(line) for line in f if line.strip()]
-            kept = [r for r in records if r['iter'] < iter_num or (r['iter'] == iter_num and 'loss' in r)]
-            with atomic_path(log_path) as tmp, open(tmp, 'w', encoding='utf-8') as f:
-                f.writelines(json.dumps(r) + '\n' for r in kept)
-        if wandb_log:
-            import wandb
-            wandb_run = wandb.init(project=wandb_project, name=wandb_run_name, config=config)
-
-    def log_metrics(**record):
-        if master_process:
-            with open(log_path, 'a', encoding='utf-8') as f:
-                f.write(json.dumps(record) + '\n')
-            if wandb_run is not None:
-                wandb_run.log(record)
-
-    log_metrics(iter=iter_num, params=raw_model.get_num_params(), n_layer=n_layer, n_head=n_head, n_embd=n_embd,
-                block_size=block_size, dataset=dataset, tokens_per_iter=tokens_per_iter, init_from=init_from,
-                time=time.time())
+    runlog = RunLog(out_dir, master_process, iter_num, wandb_log, wandb_project, wandb_run_name, config)
+    runlog.log(iter=iter_num, params=raw_model.get_num_params(), n_layer=n_layer, n_head=n_head, n_embd=n_embd,
+               block_size=block_size, dataset=dataset, tokens_per_iter=tokens_per_iter, init_from=init_from,
+               time=time.time())
     hellaswag = None
     if hellaswag_interval > 0:
         from hellaswag import evaluate_hellaswag, load_examples
         hellaswag = load_examples(hellaswag_file, hellaswag_limit or None)
     peak_flops = peak_flops or device_peak_flops(device)  # for MFU; None: unknown, MFU is not printed
-
-    def write_checkpoint():
-        rng = rng_states(ddp, device)  # a collective under DDP: every rank takes part
-        # under FSDP the shards are gathered into one whole checkpoint on rank 0's CPU, as DDP would save it
-        model_state = full_state_dict(raw_model.state_dict(keep_vars=True), master_process)
-        optimizer_state = full_state_dict(optimizer.state_dict(), master_process)
-        if master_process:
-            checkpoint = {
-                'model': model_state,
-                'optimizer': optimizer_state,
-                'scaler': scaler.state_dict(),
-                'model_args': model_args,
-                'iter_num': iter_num,
-                'best_val_loss': best_val_loss,
-                'config': config,
-                'loader': train_loader.state_dict(),
-                'rng': rng,
-                'world_size': ddp_world_size,
-                'vocab': vocab,  # the characters of a character-level model, so sampling needs no dataset
-            }
-            print(f"saving checkpoint to {out_dir}")
-            save_checkpoint(ckpt_path, checkpoint)
-
-    # preemption: SIGTERM (what SLURM and cloud preemption send) or Ctrl-C ends the run at the next step boundary,
-    # with a checkpoint that --init_from=resume continues from
-    stop_signal = 0
-
-    def request_stop(signum, frame):
-        global stop_signal
-        stop_signal = signum
-
-    signal.signal(signal.SIGTERM, request_stop)
-    signal.signal(signal.SIGINT, request_stop)
+    # preemption (SIGTERM, Ctrl-C) and non-finite steps, acted on by every rank together after each step
+    guard = RunGuard(runtime, max_bad_steps, out_dir, runlog.log)
 
     # training loop
     t_start = t0 = time.time()
     local_iter_num = 0  # number of iterations in the lifetime of this process
     t0_iter = iter_num  # the iteration at which t0 was taken
     running_mfu = -1.0
-    bad_steps = 0  # steps in a row skipped for a non-finite loss or gradient
     while True:
-
         # determine and set the learning rate for this iteration
         lr = get_lr(iter_num, learning_rate, warmup_iters, lr_decay_iters, min_lr) if decay_lr else learning_rate
         last = iter_num >= max_iters or eval_only
 
-        # evaluate the loss on train/val sets and write checkpoints, and at the very end
+        # once in a while: evaluate the loss on train/val sets and write checkpoints, and at the very end
         saved = False
         if iter_num % eval_interval == 0 or last:
-            for loader in eval_loaders.values():
-                loader.reset()
             losses = estimate_loss(model, eval_loaders, eval_iters, ctx, ddp_world_size)
             print0(f"step {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
-            log_metrics(iter=iter_num, train_loss=losses['train'], val_loss=losses['val'], lr=lr)
+            runlog.log(iter=iter_num, train_loss=losses['train'], val_loss=losses['val'], lr=lr)
             # unlike nanoGPT, best_val_loss is never overwritten by a worse loss
             improved = losses['val'] < best_val_loss
             best_val_loss = min(best_val_loss, losses['val'])
             if not math.isfinite(losses['val']):
                 print0(f"step {iter_num}: the val loss is not finite: no checkpoint saved")
             elif (improved or always_save_checkpoint) and iter_num > 0 and not eval_only:
-                write_checkpoint()
+                checkpointer.save(iter_num, best_val_loss)
                 saved = True
             t0, t0_iter = time.time(), iter_num  # evaluation time is not training time
-        # checkpoints between evaluations too, so that a restart loses at most checkpoint_interval iterations
-        if checkpoint_interval > 0 and iter_num % checkpoint_interval == 0 and iter_num > 0 and not saved \
-                and not eval_only:
-            write_checkpoint()
+
+        # once in a while: a checkpoint between evaluations, so that a restart loses at most checkpoint_interval
+        if checkpoint_interval and iter_num % checkpoint_interval == 0 and iter_num > 0 and not (saved or eval_only):
+            checkpointer.save(iter_num, best_val_loss)
             t0, t0_iter = time.time(), iter_num
 
-        # HellaSwag on its own schedule, every hellaswag_interval iterations and at the end
+        # once in a while: HellaSwag, every hellaswag_interval iterations and at the end
         if hellaswag is not None and (iter_num % hellaswag_interval == 0 or last):
             acc = evaluate_hellaswag(raw_model, hellaswag, runtime, progress=False)
             print0(f"step {iter_num}: hellaswag acc_norm {acc['acc_norm']:.4f}, acc {acc['acc']:.4f}")
-            log_metrics(iter=iter_num, hellaswag=acc['acc_norm'], hellaswag_acc=acc['acc'])
+            runlog.log(iter=iter_num, hellaswag=acc['acc_norm'], hellaswag_acc=acc['acc'])
             t0, t0_iter = time.time(), iter_num
         if last:
             break
 
-        # forward backward update, with optional gradient accumulation to simulate larger batch size
+        # the training step: forward backward update, with gradient accumulation to simulate larger batch size
         loss, grad_norm = train_step(model, optimizer, scaler, train_loader, gradient_accumulation_steps, ctx,
                                      grad_clip, lr)
         iter_num += 1
         local_iter_num += 1
 
-        # a step with a non-finite loss or gradient was skipped (in float16 the scaler skips overflowing steps
-        # by itself: those are normal, only a non-finite loss counts); every rank agrees on that and on a stop
-        # request, through one small all-reduce per step
-        flags = torch.tensor([float(not torch.isfinite(loss if scaler.is_enabled() else grad_norm)),
-                              float(stop_signal)], device=device)
-        if ddp:
-            torch.distributed.all_reduce(flags, op=torch.distributed.ReduceOp.MAX)
-        bad, stop = bool(flags[0]), int(flags[1])
-        if bad:
-            bad_steps += 1
-            print0(f"iter {iter_num}: non-finite loss or gradients: step skipped ({bad_steps} in a row)")
-            log_metrics(iter=iter_num, skipped=bad_steps)
-            if bad_steps >= max_bad_steps:
-                raise SystemExit(f"error: {bad_steps} steps in a row had a non-finite loss or gradients (iters "
-                                 f"{iter_num - bad_steps + 1} to {iter_num}), so training stopped; the checkpoint in "
-                                 f"{out_dir} holds finite weights: resume from it with a lower learning_rate, or "
-                                 f"raise max_bad_steps")
-        else:
-            bad_steps = 0
+        # everything below is bookkeeping. A step with a non-finite loss or gradient was skipped (in float16 the
+        # scaler skips overflowing steps by itself: those are normal, only a non-finite loss counts)
+        bad, stop = guard.check(iter_num, bool(torch.isfinite(loss if scaler.is_enabled() else grad_norm)))
 
         # timing and logging
         if iter_num % log_interval == 0 and master_process and not bad:
-            # get loss as float: a CPU-GPU sync point, only every log_interval
-            lossf = loss.item()
+            lossf = loss.item()  # a CPU-GPU sync point, only every log_interval
             t1 = time.time()
             dt = (t1 - t0) / (iter_num - t0_iter)
             t0, t0_iter = t1, iter_num
-            if local_iter_num >= 5 * log_interval:  # let the training loop settle a bit
+            if local_iter_num >= 5 * log_interval and peak_flops:  # let the training loop settle a bit
                 mfu = raw_model.estimate_mfu(batch_size * gradient_accumulation_steps, dt, peak_flops)
-                if mfu is not None:
-                    running_mfu = mfu if running_mfu == -1.0 else 0.9 * running_mfu + 0.1 * mfu
+                running_mfu = mfu if running_mfu == -1.0 else 0.9 * running_mfu + 0.1 * mfu
             eta = (max_iters - iter_num) * (time.time() - t_start) / local_iter_num
             mfu_text = f"{running_mfu * 100:.2f}%" if running_mfu >= 0 else "n/a"
             print(f"iter {iter_num}: loss {lossf:.4f}, lr {lr:.3e}, time {dt * 1000:.2f}ms, "
                   f"{tokens_per_iter / dt:,.0f} tok/s, mfu {mfu_text}, eta {eta / 60:.1f}min", flush=True)
-            log_metrics(iter=iter_num, loss=lossf, lr=lr, grad_norm=grad_norm.item(), ms=dt * 1000,
-                        tok_per_s=tokens_per_iter / dt, mfu=running_mfu if running_mfu >= 0 else None)
+            runlog.log(iter=iter_num, loss=lossf, lr=lr, grad_norm=grad_norm.item(), ms=dt * 1000,
+                       tok_per_s=tokens_per_iter / dt, mfu=running_mfu if running_mfu >= 0 else None)
 
+        # a stop request: save where the run stands, and leave
         if stop:
-            write_checkpoint()
-            if master_process:
-                print(f"interrupted by {signal.Signals(stop).name} at iter {iter_num}: saved {ckpt_path}; continue "
-                      f"with --init_from=resume", file=sys.stderr, flush=True)
+            checkpointer.save(iter_num, best_val_loss)
+            print0(f"interrupted by {signal.Signals(stop).name} at iter {iter_num}: saved {ckpt_path}; continue with "
+                   f"--init_from=resume", file=sys.stderr, flush=True)
             break
 
-    if wandb_run is not None:
-        wandb_run.finish()
-    code = 130 if stop_signal == signal.SIGINT else 0  # 130: the shell's code for a run ended by Ctrl-C
+    runlog.finish()
+    code = 130 if guard.signum == signal.SIGINT else 0  # 130: the shell's code for a run ended by Ctrl-C
     if ddp:
         end_distributed(code)  # after rank 0 has written the last checkpoint
     if code:

@@ -1,6 +1,7 @@
 """
 TokenLoader: the reader of the token files data/<name>/prepare.py writes (see data/tokenfiles.py), used by
 train.py and bench.py. It checks what it opens and draws batches from a numbered stream whose position it saves.
+SyntheticLoader: random tokens, for bench.py without prepared data.
 """
 
 import os
@@ -89,3 +90,15 @@ class TokenLoader:
 
     def load_state_dict(self, state: dict):
         self.next, self.seed = state['next'], state['seed']
+
+
+class SyntheticLoader:
+    """Random tokens, the same (B, T) batch every step: times the model alone (bench.py)."""
+
+    def __init__(self, batch_size: int, block_size: int, vocab_size: int, device):
+        g = torch.Generator().manual_seed(0)
+        self.x = torch.randint(vocab_size, (batch_size, block_size), generator=g).to(device)
+        self.y = torch.randint(vocab_size, (batch_size, block_size), generator=g).to(device)
+
+    def next_batch(self):
+        return self.x, self.y

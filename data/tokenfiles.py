@@ -11,63 +11,27 @@ np.memmap(path, dtype=np.uint16, mode='r'). Beside them, optionally:
 Every file is written under a temporary name and renamed once complete, so a run that dies never leaves a
 truncated file where a later run would read it.
 
-The writer (TokenWriter, tokenize_to_files) serves the prepare scripts, which need numpy and tiktoken only: this
-module imports no torch. The reader, TokenLoader in data/loader.py, serves train.py and bench.py.
+Here: the writer (TokenWriter), meta.json (begin_prepare, write_meta, read_meta, read_vocab), the fingerprints that
+tell one prepare's files from a mix (check_dataset), and the files of a split (split_files). This module imports no
+torch: the prepare scripts need numpy only. What the prepare scripts share beyond the contract (the Shakespeare
+command line, `datasets` loading, parallel tokenization) is in data/prepare_helpers.py; the reader, TokenLoader in
+data/loader.py, serves train.py and bench.py.
 """
 
 import glob
 import json
 import os
+import pickle
 import re
-from contextlib import contextmanager
-from multiprocessing import Pool
 
 import numpy as np
+
+from util import atomic_path
 
 REPO_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 DTYPE = np.uint16
 SHARD_RE = re.compile(r'^(train|val)_(\d{6})\.bin$')
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's process
-        return True
-    return True
-
-
-@contextmanager
-def atomic_path(path: str):
-    """Yield a temporary path beside `path`, renamed to `path` only when the block completes, so an
-    interrupted write never leaves a truncated file under the final name. Temporary files of `path` that a killed
-    process left behind (its pid no longer running) are removed first: at GPT-2 size each is gigabytes."""
-    for stale in glob.glob(glob.escape(path) + '.tmp*'):
-        pid = stale[len(path) + 4:]
-        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
-            os.remove(stale)
-    tmp = f"{path}.tmp{os.getpid()}"
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
-def download(url: str, path: str, offline_hint: str):
-    """Fetch url into path (atomically); offline, one clear message ending with offline_hint."""
-    import urllib.request
-    print(f"downloading {url} to {path}")
-    try:
-        with urllib.request.urlopen(url, timeout=60) as response, atomic_path(path) as tmp:
-            with open(tmp, 'wb') as f:
-                f.write(response.read())
-    except OSError as e:
-        raise SystemExit(f"error: could not download {url} ({e}).\n{offline_hint}") from None
 
 
 class TokenWriter:
@@ -208,105 +172,6 @@ def check_dataset(data_dir: str):
                          f"prepare it again ({prepare_hint(data_dir)})")
 
 
-SHAKESPEARE_URL = 'https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt'
-
-
-def shakespeare_splits(doc: str, script: str, argv=None) -> tuple[str, dict]:
-    """The command line of the Shakespeare prepare scripts (--input, --out_dir) and nanoGPT's 90/10 split of the
-    text: --input, else input.txt beside the script, downloaded from char-rnn when missing."""
-    import argparse
-    script_dir = os.path.join(REPO_DIR, os.path.dirname(script))
-    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('--input', help='a text file to use instead of Tiny Shakespeare')
-    parser.add_argument('--out_dir', default=script_dir, help='where to write the token files')
-    args = parser.parse_args(argv)
-    os.makedirs(args.out_dir, exist_ok=True)
-    path = args.input or os.path.join(args.out_dir, 'input.txt')
-    if args.input is None and not os.path.exists(path):
-        download(SHAKESPEARE_URL, path, f"Offline, pass a local copy: python {script} --input PATH")
-    if not os.path.exists(path):
-        raise SystemExit(f"error: input file {path} not found")
-    try:
-        with open(path, 'r', encoding='utf-8') as f:
-            text = f.read()
-    except UnicodeDecodeError as e:
-        raise SystemExit(f"error: {path} is not UTF-8 text ({e.reason} at byte {e.start}): convert it, e.g. with "
-                         f"iconv -t utf-8") from None
-    if len(text) < 10:
-        raise SystemExit(f"error: {path} holds {len(text)} characters, too few to split into train and val: "
-                         f"pass a larger text (the dataset in {args.out_dir} is left as it was)")
-    n = len(text)
-    begin_prepare(args.out_dir)
-    return args.out_dir, {'train': text[:int(n * 0.9)], 'val': text[int(n * 0.9):]}
-
-
-# -----------------------------------------------------------------------------
-# GPT-2 BPE tokenization of many documents, in parallel, in order
-
-_enc = None
-
-
-def _tokenize(text: str) -> np.ndarray:
-    global _enc
-    if _enc is None:
-        import tiktoken
-        _enc = tiktoken.get_encoding('gpt2')
-    ids = _enc.encode_ordinary(text)  # special tokens in the text are plain text
-    ids.append(_enc.eot_token)  # <|endoftext|> ends every document
-    return np.array(ids, dtype=DTYPE)
-
-
-def tokenize_to_files(texts, writer: TokenWriter, num_proc: int, total: int | None = None, desc: str = 'tokenizing'):
-    """GPT-2 BPE of each text followed by <|endoftext|>, written in order through writer; returns tokens written."""
-    import time
-    from tqdm import tqdm
-    written = 0
-    t0 = time.time()
-    with Pool(num_proc) as pool, tqdm(total=total, unit='docs', desc=desc) as bar:
-        for ids in pool.imap(_tokenize, texts, chunksize=16):
-            writer.write(ids)
-            written += ids.size
-            bar.update(1)
-    dt = time.time() - t0
-    print(f"{desc}: {written:,} tokens in {dt:.1f}s ({written / dt:,.0f} tokens/s with {num_proc} processes)")
-    return written
-
-
-def load_text_dataset(hub_name: str, inputs: list[str], num_proc: int, prepare_script: str, **hub_kwargs):
-    """A datasets.Dataset with a 'text' column: from local json/jsonl/txt/parquet files when given, else the hub."""
-    import datasets
-    if inputs:
-        exts = {os.path.splitext(p)[1].lower() for p in inputs}
-        builders = {'.json': 'json', '.jsonl': 'json', '.txt': 'text', '.parquet': 'parquet'}
-        if len(exts) != 1 or next(iter(exts)) not in builders:
-            raise SystemExit(f"error: --input takes files of one kind: .json/.jsonl, .txt or .parquet, got {sorted(exts)}")
-        missing = [p for p in inputs if not os.path.exists(p)]
-        if missing:
-            raise SystemExit(f"error: input files not found: {missing}")
-        builder = builders[exts.pop()]
-        kwargs = dict(sample_by='paragraph') if builder == 'text' else {}  # blank lines separate documents
-        try:
-            ds = datasets.load_dataset(builder, data_files=inputs, split='train', **kwargs)
-        except Exception as e:  # malformed JSON, a parquet file that is not one, non-UTF-8 text
-            reason = str(e).strip().splitlines()[0] if str(e).strip() else ''
-            raise SystemExit(f"error: could not read {', '.join(inputs)} as {builder} ({type(e).__name__}: "
-                             f"{reason[:200]}): check the files") from None
-        if 'text' not in ds.column_names:
-            raise SystemExit(f"error: {inputs[0]} has no 'text' field (its fields: {ds.column_names})")
-        if len(ds) == 0:
-            raise SystemExit(f"error: {', '.join(inputs)} hold no documents: nothing to prepare")
-        return ds
-    try:
-        return datasets.load_dataset(hub_name, split='train', num_proc=num_proc, **hub_kwargs)
-    except Exception as e:  # offline, hub errors, a dataset layout this `datasets` cannot read
-        raise SystemExit(f"error: could not load {hub_name} from the Hugging Face hub ({type(e).__name__}: {e}).\n"
-                         f"To prepare local files instead: python {prepare_script} --input FILE [FILE ...] "
-                         f"(.jsonl/.json/.parquet with a 'text' field, or .txt)") from None
-
-
-# -----------------------------------------------------------------------------
-# the files of a split, for the loader
-
 def split_files(data_dir: str, split: str) -> list[str]:
     """The token files of a split: <split>.bin, else its numbered shards in order."""
     single = os.path.join(data_dir, f'{split}.bin')
@@ -322,3 +187,36 @@ def prepare_hint(data_dir: str) -> str:
         inside = os.path.abspath(script).startswith(REPO_DIR + os.sep)
         return f"run python {os.path.relpath(script, REPO_DIR) if inside else script}"
     return f"write {data_dir}/train.bin and val.bin (uint16 token ids) or shards, see data/tokenfiles.py"
+
+
+class _PlainUnpickler(pickle.Unpickler):
+    """Unpickles dicts, lists, strings and numbers only: any class or function in the file is refused, so
+    loading cannot run code from it."""
+
+    def find_class(self, module, name):
+        raise pickle.UnpicklingError(f"it refers to {module}.{name}, and only plain data is loaded")
+
+
+def read_vocab(data_dir: str) -> list[str] | None:
+    """The character vocabulary of a dataset (index -> character): meta.json's 'chars', else nanoGPT's meta.pkl
+    read as plain data only. None when the dataset has neither (GPT-2 BPE)."""
+    meta = read_meta(data_dir)
+    if meta is not None:
+        if 'chars' in meta:
+            return list(meta['chars'])
+        if meta.get('tokenizer') != 'char':
+            return None
+        if not os.path.exists(os.path.join(data_dir, 'meta.pkl')):
+            raise SystemExit(f"error: {data_dir} is character-level data, but its vocabulary (meta.pkl) is "
+                             f"missing: prepare the dataset again")
+    pkl_path = os.path.join(data_dir, 'meta.pkl')
+    if not os.path.exists(pkl_path):
+        return None
+    try:
+        with open(pkl_path, 'rb') as f:
+            meta = _PlainUnpickler(f).load()
+        itos = meta['itos']
+        return [itos[i] for i in range(meta['vocab_size'])]
+    except Exception as e:
+        raise SystemExit(f"error: {pkl_path} is refused ({type(e).__name__}: {e}): a character vocabulary is a dict "
+                         f"of plain data; prepare the dataset again") from None

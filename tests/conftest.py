@@ -1,5 +1,16 @@
+"""
+What the tests share: running the scripts (run_script, train, torchrun, ddp_train), the tiny training config, reading
+what a run left (log.jsonl records, checkpoints), the checks of a refused input, and the fixtures (a tiny random
+GPT-2 in Hugging Face format, GPT-2's tokenizer, a small character dataset). Test modules import from here only.
+
+Tests marked slow (torchrun launches, torch.compile) are left out by `python -m pytest -m "not slow"`, a loop of a
+couple of minutes while developing; CI runs them all.
+"""
+import hashlib
+import json
 import os
 import re
+import socket
 import subprocess
 import sys
 
@@ -7,6 +18,11 @@ import pytest
 import torch
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# a model and run small enough for a CPU to train in a few seconds
+TINY = ['--device=cpu', '--compile=False', '--n_layer=2', '--n_head=2', '--n_embd=32', '--block_size=32',
+        '--batch_size=8', '--gradient_accumulation_steps=1', '--eval_iters=4', '--log_interval=1',
+        '--learning_rate=3e-3', '--warmup_iters=5', '--min_lr=3e-4', '--wandb_log=False']
 
 
 def after_meta(stdout: str) -> str:
@@ -32,6 +48,75 @@ def run_script(*args, cwd=REPO, env=None, check=True, timeout=600):
     if check and proc.returncode != 0:
         raise AssertionError(f"{' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     return proc
+
+
+def train(data, out_dir, *args, env=None, check=True):
+    """train.py in one process, TINY, on data into out_dir."""
+    return run_script('train.py', *TINY, f'--dataset={data}', f'--out_dir={out_dir}', *args, env=env, check=check)
+
+
+def torchrun(*args):
+    return [sys.executable, '-m', 'torch.distributed.run', *args]
+
+
+def ddp_train(data, out_dir, *args, nproc=2):
+    """train.py under torchrun with nproc gloo processes on this machine."""
+    cmd = torchrun('--standalone', f'--nproc_per_node={nproc}', 'train.py', *TINY, f'--dataset={data}',
+                   f'--out_dir={out_dir}', *args)
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    return proc
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+
+def read_log(out_dir, last_run: bool = False) -> list[dict]:
+    """The records of out_dir/log.jsonl; with last_run, those of the latest run only (from its start record)."""
+    with open(os.path.join(out_dir, 'log.jsonl')) as f:
+        records = [json.loads(line) for line in f]
+    if last_run:
+        start = max(i for i, r in enumerate(records) if 'params' in r)
+        records = records[start:]
+    return records
+
+
+def iter_losses(out_dir) -> dict:
+    """{iter: training loss} that the latest run in out_dir logged."""
+    return {r['iter']: r['loss'] for r in read_log(out_dir, last_run=True) if 'loss' in r}
+
+
+def eval_losses(out_dir, key: str = 'val_loss') -> dict:
+    """{iter: val loss} (or train_loss) of the evaluations of the latest run in out_dir."""
+    return {r['iter']: r[key] for r in read_log(out_dir, last_run=True) if key in r}
+
+
+def load_model_state(out_dir):
+    return torch.load(os.path.join(out_dir, 'ckpt.pt'), map_location='cpu', weights_only=True)
+
+
+def load_init_weights(char_data):
+    """lm_head's weights of TINY's model before any training (char_data's 16 characters)."""
+    from model import GPT, GPTConfig
+    return GPT(GPTConfig(n_layer=2, n_head=2, n_embd=32, block_size=32, vocab_size=16, bias=False)).lm_head.weight
+
+
+def snapshot(folder) -> dict:
+    """name -> sha256 of every file in folder: compared before and after a run that must change nothing."""
+    return {name: hashlib.sha256((folder / name).read_bytes()).hexdigest() for name in sorted(os.listdir(folder))}
+
+
+def one_line_error(proc, *fragments):
+    """A refused input: a non-zero exit, no traceback, one `error: ...` line on stderr holding each fragment."""
+    assert proc.returncode != 0, proc.stdout[-1000:]
+    assert 'Traceback' not in proc.stderr, proc.stderr[-3000:]
+    lines = [line for line in proc.stderr.splitlines() if line.startswith('error:')]
+    assert len(lines) == 1, proc.stderr[-2000:]
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
 
 
 @pytest.fixture(scope='session')

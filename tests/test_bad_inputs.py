@@ -2,7 +2,6 @@
 Bad inputs and faults, each through a real process: the exit code, a one-line message, and that nothing an earlier
 run left was lost or changed. Nothing in a file the project reads may run code.
 """
-import hashlib
 import os
 import pickle
 import shutil
@@ -14,22 +13,7 @@ import time
 import pytest
 import torch
 
-from conftest import REPO, run_script, watchdog
-from test_train import TINY, train
-
-
-def snapshot(folder) -> dict:
-    """name -> sha256 of every file in folder: compared before and after a run that must change nothing."""
-    return {name: hashlib.sha256((folder / name).read_bytes()).hexdigest() for name in sorted(os.listdir(folder))}
-
-
-def one_line_error(proc, *fragments):
-    assert proc.returncode != 0, proc.stdout[-1000:]
-    assert 'Traceback' not in proc.stderr, proc.stderr[-3000:]
-    lines = [line for line in proc.stderr.splitlines() if line.startswith('error:')]
-    assert len(lines) == 1, proc.stderr[-2000:]
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
+from conftest import REPO, TINY, one_line_error, run_script, snapshot, train, watchdog
 
 
 class RunsCode:

@@ -1,6 +1,16 @@
+"""
+bench.py: it times train.py's step on synthetic and real data, sweeps and saves, profiles, picks a small model on a
+fresh CPU, and runs the DDP and FSDP steps under torchrun; benchmarks/fsdp_memory.py counts each rank's state.
+"""
+import json
 import re
+import subprocess
+import sys
 
-from conftest import run_script
+import pytest
+
+from conftest import REPO, run_script
+from model import GPT, GPTConfig
 
 SMALL = ['--device=cpu', '--compile=False', '--n_layer=2', '--n_head=2', '--n_embd=32', '--block_size=32',
          '--batch_size=4', '--burnin_steps=2', '--benchmark_steps=3']
@@ -31,7 +41,6 @@ def test_bench_sweeps_and_writes_json(tmp_path):
     assert len(lines) == 4, proc.stdout  # every combination
     assert 'batch_size | gradient_accumulation_steps | ms/iter | tokens/s | MFU | peak memory' in proc.stdout
     assert 'torch ' in proc.stdout and 'attention SDPA' in proc.stdout  # what a person compares GPUs by
-    import json
     saved = json.load(open(out))
     settings = [(r['batch_size'], r['gradient_accumulation_steps']) for r in saved['results']]
     assert settings == [('2', '1'), ('2', '2'), ('4', '1'), ('4', '2')]
@@ -49,13 +58,8 @@ def test_bench_on_a_fresh_machine_times_a_small_model_on_synthetic_tokens(tmp_pa
     assert 'ms/iter | tokens/s | MFU | peak memory' in proc.stdout  # the table, of one setting here
 
 
+@pytest.mark.slow
 def test_bench_times_the_ddp_and_fsdp_steps_under_torchrun(tmp_path):
-    # the memory benchmark's figure: params+grads+AdamW per rank, halved by FSDP on 2 ranks, whole under DDP
-    import json
-    import subprocess
-    import sys
-    from conftest import REPO
-    state = {}
     for data_parallel in ('ddp', 'fsdp'):
         out = tmp_path / f'{data_parallel}.json'
         cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2', 'bench.py', *SMALL,
@@ -66,8 +70,16 @@ def test_bench_times_the_ddp_and_fsdp_steps_under_torchrun(tmp_path):
         assert proc.stdout.count('ms/iter,') == 1  # rank 0 prints
         result = json.load(open(out))['results'][0]
         assert result['ranks'] == 2 and result['data_parallel'] == data_parallel
-        state[data_parallel] = result['state_gib'] * 2**30
-    from model import GPT, GPTConfig
+
+
+@pytest.mark.slow
+def test_the_memory_benchmark_counts_what_each_rank_holds(tmp_path):
+    # benchmarks/fsdp_memory.py's figure: params+grads+AdamW per rank, halved by FSDP on 2 ranks, whole under DDP
+    out = tmp_path / 'memory.json'
+    run_script('benchmarks/fsdp_memory.py', '--ranks=2', '--n_layer=2', '--n_head=2', '--n_embd=32', '--block_size=32',
+               '--batch_size=4', '--vocab_size=64', f'--json={out}', timeout=300)
+    state = {r['data_parallel']: r['state_gib'] * 2**30 for r in json.load(open(out))}
+    assert sorted(state) == ['ddp', 'fsdp']
     model = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=32, block_size=32, vocab_size=64, bias=False))
     params = list(model.parameters())
     # float32 weights, gradients and AdamW's two moments, and AdamW's step count (a float32) per parameter tensor

@@ -26,7 +26,7 @@ def write_docs(path, n=40, seed=0):
 
 
 def read_plain_pickle(path):
-    from common import _PlainUnpickler  # nanoGPT's meta.pkl, read as plain data only
+    from data.tokenfiles import _PlainUnpickler  # nanoGPT's meta.pkl, read as plain data only
     with open(path, 'rb') as f:
         return _PlainUnpickler(f).load()
 

@@ -1,6 +1,5 @@
 """FSDP2 (data_parallel='fsdp') against DDP, on the CPU with gloo ranks launched by torchrun: the same training,
 one whole nanoGPT-format checkpoint, exact resumes, and resumes across the two wrappers and rank counts."""
-import json
 import os
 import shutil
 import subprocess
@@ -8,8 +7,8 @@ import subprocess
 import pytest
 import torch
 
-from conftest import REPO, after_meta, run_script
-from test_train import ddp_train, eval_losses, load_init_weights, load_model_state, torchrun, train
+from conftest import (REPO, after_meta, ddp_train, eval_losses, load_init_weights, load_model_state, read_log,
+                      run_script, torchrun, train)
 
 # 4 micro-steps (2 per rank) so that the gradient sync is held back on the first; a clip that binds
 ARGS = ['--eval_interval=3', '--gradient_accumulation_steps=4', '--eval_iters=4', '--grad_clip=0.1', '--dropout=0.0',
@@ -17,8 +16,7 @@ ARGS = ['--eval_interval=3', '--gradient_accumulation_steps=4', '--eval_iters=4'
 
 
 def step_records(out_dir) -> dict:
-    with open(os.path.join(out_dir, 'log.jsonl')) as f:
-        return {r['iter']: r for r in map(json.loads, f) if 'loss' in r}
+    return {r['iter']: r for r in read_log(out_dir) if 'loss' in r}
 
 
 def assert_same_training(a, b, atol=1e-6):
@@ -47,9 +45,10 @@ def runs(char_data, tmp_path_factory):
     return root, procs
 
 
+@pytest.mark.slow
 def test_fsdp_trains_like_ddp(runs, char_data):
     root, procs = runs
-    a, b = eval_losses(procs['ddp'].stdout), eval_losses(procs['fsdp'].stdout)
+    a, b = eval_losses(root / 'ddp'), eval_losses(root / 'fsdp')
     assert sorted(a) == sorted(b) == [0, 3, 6]
     assert all(abs(a[i] - b[i]) <= 1e-4 for i in a), (a, b)
     ddp, fsdp = load_model_state(root / 'ddp'), load_model_state(root / 'fsdp')
@@ -62,6 +61,7 @@ def test_fsdp_trains_like_ddp(runs, char_data):
     assert min(norms_fsdp) > 0.1
 
 
+@pytest.mark.slow
 def test_fsdp_checkpoint_is_one_whole_checkpoint(runs):
     root, _ = runs
     ckpt, ddp = load_model_state(root / 'fsdp'), load_model_state(root / 'ddp')
@@ -80,17 +80,19 @@ def test_fsdp_checkpoint_is_one_whole_checkpoint(runs):
     assert after_meta(proc.stdout).startswith('to') and len(after_meta(proc.stdout)) >= 22
 
 
+@pytest.mark.slow
 def test_fsdp_resume_is_exact(runs):
-    root, procs = runs
+    root, _ = runs
     whole, resumed = load_model_state(root / 'fsdp'), load_model_state(root / 'cut')
     assert resumed['iter_num'] == 6
     for k, v in whole['model'].items():
         assert torch.equal(v, resumed['model'][k]), k
     for i, state in whole['optimizer']['state'].items():
         assert all(torch.equal(v, resumed['optimizer']['state'][i][k]) for k, v in state.items()), i
-    assert eval_losses(procs['resumed'].stdout)[6] == eval_losses(procs['fsdp'].stdout)[6]
+    assert eval_losses(root / 'cut')[6] == eval_losses(root / 'fsdp')[6]
 
 
+@pytest.mark.slow
 def test_fsdp_checkpoint_resumes_under_ddp_and_one_process(runs, char_data, tmp_path):
     root, _ = runs
     ddp = load_model_state(root / 'ddp')
@@ -102,23 +104,23 @@ def test_fsdp_checkpoint_resumes_under_ddp_and_one_process(runs, char_data, tmp_
     assert_same_training(ddp, load_model_state(tmp_path / 'single'))
 
 
+@pytest.mark.slow
 def test_ddp_checkpoint_resumes_under_fsdp_on_more_ranks(runs, char_data, tmp_path):
     root, _ = runs
     ddp_train(char_data, tmp_path, '--max_iters=3', *ARGS)
-    proc = ddp_train(char_data, tmp_path, '--max_iters=6', '--init_from=resume', '--data_parallel=fsdp', *ARGS,
-                     nproc=4)
+    ddp_train(char_data, tmp_path, '--max_iters=6', '--init_from=resume', '--data_parallel=fsdp', *ARGS, nproc=4)
     resumed = load_model_state(tmp_path)
     assert resumed['world_size'] == 4 and resumed['config']['data_parallel'] == 'fsdp'
     assert_same_training(load_model_state(root / 'fsdp'), resumed)
-    assert eval_losses(proc.stdout)[6] == pytest.approx(eval_losses(runs[1]['fsdp'].stdout)[6], abs=1e-4)
+    assert eval_losses(tmp_path)[6] == pytest.approx(eval_losses(root / 'fsdp')[6], abs=1e-4)
 
 
+@pytest.mark.slow
 def test_fsdp_bfloat16_compiled(runs, char_data, tmp_path):
     # bfloat16 weights for compute under the mixed-precision policy, float32 master weights, torch.compile
-    proc = ddp_train(char_data, tmp_path, '--max_iters=3', '--data_parallel=fsdp', '--dtype=bfloat16',
-                     '--compile=True', *ARGS)
-    root, procs = runs
-    a, b = eval_losses(procs['ddp'].stdout), eval_losses(proc.stdout)
+    ddp_train(char_data, tmp_path, '--max_iters=3', '--data_parallel=fsdp', '--dtype=bfloat16', '--compile=True', *ARGS)
+    root, _ = runs
+    a, b = eval_losses(root / 'ddp'), eval_losses(tmp_path)
     assert abs(a[3] - b[3]) < 0.02 and b[3] < b[0] - 0.05, (a, b)
     ckpt = load_model_state(tmp_path)
     assert all(v.dtype == torch.float32 for v in ckpt['model'].values())
@@ -135,6 +137,7 @@ def test_fsdp_needs_torchrun_and_a_known_wrapper(char_data, tmp_path):
     assert 'Traceback' not in proc.stderr and not os.path.exists(tmp_path / 'bad')
 
 
+@pytest.mark.slow
 def test_fsdp_float16_overflow_on_one_shard_skips_the_step_on_every_rank():
     cmd = torchrun('--standalone', '--nproc_per_node=2', 'tests/fsdp_float16_worker.py')
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)

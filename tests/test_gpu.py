@@ -89,15 +89,14 @@ def test_fsdp_on_one_gpu_trains_and_saves_a_whole_checkpoint(char_data, tmp_path
     # mixed-precision policy in bfloat16/float16 on the GPU, compiled
     import subprocess
     import sys
-    from conftest import REPO
-    from test_train import TINY, eval_losses
+    from conftest import REPO, TINY, eval_losses
     args = [a for a in TINY if a not in ('--device=cpu', '--compile=False')]
     cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=1', 'train.py', *args,
            '--device=cuda', f'--dtype={dtype}', '--compile=True', '--data_parallel=fsdp', f'--dataset={char_data}',
            f'--out_dir={tmp_path}', '--max_iters=40', '--eval_interval=20', '--lr_decay_iters=40']
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    val = eval_losses(proc.stdout)
+    val = eval_losses(tmp_path)
     assert val[40] < val[0] - 0.5, val
     ckpt = torch.load(tmp_path / 'ckpt.pt', map_location='cpu', weights_only=True)
     assert all(v.dtype == torch.float32 and v.device.type == 'cpu' for v in ckpt['model'].values())

@@ -7,17 +7,17 @@ import subprocess
 import pytest
 import torch
 
-from conftest import REPO
-from test_train import eval_losses, iter_losses, load_model_state, torchrun, train, TINY
+from conftest import REPO, TINY, eval_losses, iter_losses, load_model_state, torchrun, train
 
 COMPILED = ['--compile=True', '--eval_interval=2', '--max_iters=4', '--lr_decay_iters=4', '--dropout=0.0']
 
 
+@pytest.mark.slow
 def test_compiled_training_matches_eager_and_resumes(char_data, tmp_path):
-    eager = train(char_data, tmp_path / 'eager', *COMPILED[1:], '--compile=False')
+    train(char_data, tmp_path / 'eager', *COMPILED[1:], '--compile=False')
     compiled = train(char_data, tmp_path / 'compiled', *COMPILED)
     assert 'compiling the model' in compiled.stdout
-    a, b = iter_losses(eager.stdout), iter_losses(compiled.stdout)
+    a, b = iter_losses(tmp_path / 'eager'), iter_losses(tmp_path / 'compiled')
     assert sorted(b) == [1, 2, 3, 4] and all(abs(a[i] - b[i]) < 1e-4 for i in a), (a, b)
     ckpt = load_model_state(tmp_path / 'compiled')
     assert not any(k.startswith('_orig_mod.') for k in ckpt['model'])  # nanoGPT's keys: the uncompiled module's
@@ -25,18 +25,19 @@ def test_compiled_training_matches_eager_and_resumes(char_data, tmp_path):
     assert set(ckpt['model']) == set(eager_ckpt['model'])
     for k, v in eager_ckpt['model'].items():
         assert torch.allclose(v, ckpt['model'][k], atol=1e-4), k
-    resumed = train(char_data, tmp_path / 'compiled', '--compile=True', '--eval_interval=2', '--max_iters=6',
-                    '--lr_decay_iters=4', '--init_from=resume')
-    assert sorted(iter_losses(resumed.stdout)) == [5, 6] and load_model_state(tmp_path / 'compiled')['iter_num'] == 6
+    train(char_data, tmp_path / 'compiled', '--compile=True', '--eval_interval=2', '--max_iters=6',
+          '--lr_decay_iters=4', '--init_from=resume')
+    assert sorted(iter_losses(tmp_path / 'compiled')) == [5, 6] and load_model_state(tmp_path / 'compiled')['iter_num'] == 6
 
 
+@pytest.mark.slow
 def test_compiled_model_inside_ddp(char_data, tmp_path):
-    single = train(char_data, tmp_path / 'single', *COMPILED[1:], '--compile=False', '--gradient_accumulation_steps=2')
+    train(char_data, tmp_path / 'single', *COMPILED[1:], '--compile=False', '--gradient_accumulation_steps=2')
     proc = subprocess.run(torchrun('--standalone', '--nproc_per_node=2', 'train.py', *TINY, f'--dataset={char_data}',
                                    f'--out_dir={tmp_path / "ddp"}', *COMPILED, '--gradient_accumulation_steps=2'),
                           cwd=REPO, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    a, b = eval_losses(single.stdout), eval_losses(proc.stdout)
+    a, b = eval_losses(tmp_path / 'single'), eval_losses(tmp_path / 'ddp')
     assert sorted(b) == [0, 2, 4] and all(abs(a[i] - b[i]) < 1e-3 for i in a), (a, b)
     assert not any(k.startswith(('_orig_mod.', 'module.')) for k in load_model_state(tmp_path / 'ddp')['model'])
 
@@ -46,7 +47,7 @@ def test_mixed_precision_trains(char_data, tmp_path, dtype):
     proc = train(char_data, tmp_path, f'--dtype={dtype}', '--max_iters=30', '--eval_interval=30',
                  '--lr_decay_iters=30')
     assert f'dtype {dtype}' in proc.stdout
-    val = eval_losses(proc.stdout)
+    val = eval_losses(tmp_path)
     assert val[30] < val[0] - 0.3, val
     scaler = load_model_state(tmp_path)['scaler']
     if dtype == 'float16':  # the GradScaler ran: its state is saved, with the scale it settled on

@@ -3,18 +3,17 @@ Long runs: a new run never overwrites an earlier one's checkpoint, torchrun rest
 non-finite steps are skipped and stop the run without touching the checkpoint, log.jsonl records each iteration
 once across resumes, and plot.py draws it.
 """
-import json
 import os
 import signal
 import struct
 import subprocess
 import sys
 
+import pytest
 import torch
 
-from conftest import REPO, run_script, watchdog
-from test_bad_inputs import one_line_error, snapshot
-from test_train import TINY, iter_losses, load_model_state, torchrun, train
+from conftest import (REPO, TINY, iter_losses, load_model_state, one_line_error, read_log, run_script, snapshot,
+                      torchrun, train, watchdog)
 
 
 def assert_same_weights(a, b):
@@ -22,11 +21,6 @@ def assert_same_weights(a, b):
     assert sa['iter_num'] == sb['iter_num']
     for k, v in sa['model'].items():
         assert torch.equal(v, sb['model'][k]), k
-
-
-def read_log(out_dir) -> list[dict]:
-    with open(os.path.join(out_dir, 'log.jsonl')) as f:
-        return [json.loads(line) for line in f]
 
 
 def test_a_new_run_does_not_overwrite_a_checkpoint(char_data, tmp_path):
@@ -39,6 +33,7 @@ def test_a_new_run_does_not_overwrite_a_checkpoint(char_data, tmp_path):
     assert load_model_state(tmp_path)['iter_num'] == 4
 
 
+@pytest.mark.slow
 def test_torchrun_restart_continues_exactly(char_data, tmp_path):
     # two gloo ranks, a worker killed with SIGKILL mid-run: torchrun restarts both, and they resume from the
     # last checkpoint (every 2 iterations) to the very weights of a run that was never interrupted
@@ -72,7 +67,7 @@ def test_torchrun_restart_continues_exactly(char_data, tmp_path):
 
 def test_sigterm_saves_and_resume_continues_exactly(char_data, tmp_path):
     args = ['--max_iters=12', '--eval_interval=100', '--dropout=0.1', '--lr_decay_iters=12']
-    whole = train(char_data, tmp_path / 'whole', *args)
+    train(char_data, tmp_path / 'whole', *args)
     proc = subprocess.Popen([sys.executable, os.path.join(REPO, 'train.py'), *TINY, f'--dataset={char_data}',
                              f'--out_dir={tmp_path / "stopped"}', *args], cwd=REPO, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=dict(os.environ, PYTHONUNBUFFERED='1'))
@@ -85,8 +80,8 @@ def test_sigterm_saves_and_resume_continues_exactly(char_data, tmp_path):
     assert proc.returncode == 0 and 'Traceback' not in stderr, stderr[-2000:]
     stopped_at = load_model_state(tmp_path / 'stopped')['iter_num']
     assert 3 <= stopped_at < 12 and f'interrupted by SIGTERM at iter {stopped_at}' in stderr
-    resumed = train(char_data, tmp_path / 'stopped', *args, '--init_from=resume')
-    a, b = iter_losses(whole.stdout), iter_losses(resumed.stdout)
+    train(char_data, tmp_path / 'stopped', *args, '--init_from=resume')
+    a, b = iter_losses(tmp_path / 'whole'), iter_losses(tmp_path / 'stopped')
     assert sorted(b) == list(range(stopped_at + 1, 13)) and all(a[i] == b[i] for i in b)
     assert_same_weights(tmp_path / 'whole', tmp_path / 'stopped')
 

@@ -1,37 +1,23 @@
+"""
+train.py end to end on the CPU: the LR schedule, the loss falling and a complete checkpoint, exact resumes, the
+checkpoint's shape winning on resume, best_val_loss only lowered, DDP over two gloo processes equal to one process
+with twice the accumulation, per-rank dropout across resumes, every evaluation reading the same batches, a two-node
+rendezvous on loopback, torchrun processes leaving before interpreter shutdown (end_distributed), finetuning a
+Hugging Face GPT-2 with a cropped block_size, missing-data and config errors, and the chunked loss. Losses are read
+from the run's log.jsonl.
+"""
 import os
 import re
-import socket
 import subprocess
-import sys
 
 import numpy as np
 import pytest
 import torch
 
-from conftest import REPO, after_meta, run_script
+from conftest import (REPO, TINY, after_meta, ddp_train, eval_losses, free_port, iter_losses, load_init_weights,
+                      load_model_state, run_script, torchrun, train)
 from data.tokenfiles import TokenWriter
 from train import get_lr
-
-TINY = ['--device=cpu', '--compile=False', '--n_layer=2', '--n_head=2', '--n_embd=32', '--block_size=32',
-        '--batch_size=8', '--gradient_accumulation_steps=1', '--eval_iters=4', '--log_interval=1',
-        '--learning_rate=3e-3', '--warmup_iters=5', '--min_lr=3e-4', '--wandb_log=False']
-
-
-def train(data, out_dir, *args, env=None, check=True):
-    return run_script('train.py', *TINY, f'--dataset={data}', f'--out_dir={out_dir}', *args, env=env, check=check)
-
-
-def iter_losses(stdout: str) -> dict:
-    return {int(i): float(v) for i, v in re.findall(r'iter (\d+): loss ([\d.]+)', stdout)}
-
-
-def eval_losses(stdout: str) -> dict:
-    return {int(i): float(v) for i, v in re.findall(r'step (\d+): train loss [\d.]+, val loss ([\d.]+)', stdout)}
-
-
-def load_model_state(out_dir):
-    return torch.load(os.path.join(out_dir, 'ckpt.pt'), map_location='cpu', weights_only=True)
-
 
 def test_lr_schedule():
     lrs = [get_lr(it, 1.0, 10, 100, 0.1) for it in range(120)]
@@ -43,7 +29,7 @@ def test_lr_schedule():
 
 def test_loss_falls_and_checkpoint_is_complete(char_data, tmp_path):
     proc = train(char_data, tmp_path, '--max_iters=60', '--lr_decay_iters=60', '--eval_interval=30')
-    val = eval_losses(proc.stdout)
+    val = eval_losses(tmp_path)
     assert sorted(val) == [0, 30, 60]
     assert val[60] < val[0] - 1.0, val
     assert 'tok/s' in proc.stdout and 'eta' in proc.stdout and "config: {" in proc.stdout
@@ -63,10 +49,10 @@ def test_loss_falls_and_checkpoint_is_complete(char_data, tmp_path):
 def test_resume_continues_exactly(char_data, tmp_path):
     # dropout on, so the restored RNG state matters as much as the data position
     args = ['--dropout=0.1', '--eval_interval=5', '--lr_decay_iters=10']
-    whole = train(char_data, tmp_path / 'a', '--max_iters=10', *args)
+    train(char_data, tmp_path / 'a', '--max_iters=10', *args)
     train(char_data, tmp_path / 'b', '--max_iters=5', *args)
-    resumed = train(char_data, tmp_path / 'b', '--max_iters=10', '--init_from=resume', *args)
-    a, b = iter_losses(whole.stdout), iter_losses(resumed.stdout)
+    train(char_data, tmp_path / 'b', '--max_iters=10', '--init_from=resume', *args)
+    a, b = iter_losses(tmp_path / 'a'), iter_losses(tmp_path / 'b')
     assert sorted(b) == [6, 7, 8, 9, 10]
     assert all(a[i] == b[i] for i in b), (a, b)
     sa, sb = load_model_state(tmp_path / 'a'), load_model_state(tmp_path / 'b')
@@ -78,13 +64,13 @@ def test_resume_continues_exactly(char_data, tmp_path):
 def test_resume_keeps_the_checkpoints_model_shape(char_data, tmp_path):
     # as in nanoGPT, the checkpoint's shape wins over the config's; the run says what it ignored
     args = ['--eval_interval=3', '--lr_decay_iters=6']
-    whole = train(char_data, tmp_path / 'a', '--max_iters=6', *args)
+    train(char_data, tmp_path / 'a', '--max_iters=6', *args)
     train(char_data, tmp_path / 'b', '--max_iters=3', *args)
     resumed = train(char_data, tmp_path / 'b', '--max_iters=6', '--init_from=resume', '--n_layer=3', '--n_embd=48',
                     '--block_size=16', *args)
     assert ("note: resuming with the checkpoint's model shape: n_layer=2 (config: 3), n_embd=32 (config: 48), "
             "block_size=32 (config: 16)") in resumed.stdout
-    a, b = iter_losses(whole.stdout), iter_losses(resumed.stdout)
+    a, b = iter_losses(tmp_path / 'a'), iter_losses(tmp_path / 'b')
     assert sorted(b) == [4, 5, 6] and all(a[i] == b[i] for i in b), (a, b)
     ckpt = load_model_state(tmp_path / 'b')
     assert ckpt['model_args']['n_layer'] == ckpt['config']['n_layer'] == 2
@@ -93,44 +79,26 @@ def test_resume_keeps_the_checkpoints_model_shape(char_data, tmp_path):
 
 def test_best_val_loss_is_only_lowered(char_data, tmp_path):
     # a learning rate this high makes the val loss climb after the first steps
-    proc = train(char_data, tmp_path, '--max_iters=12', '--eval_interval=3', '--learning_rate=0.5',
-                 '--warmup_iters=0', '--decay_lr=False', '--always_save_checkpoint=True')
-    val = eval_losses(proc.stdout)
+    train(char_data, tmp_path, '--max_iters=12', '--eval_interval=3', '--learning_rate=0.5',
+          '--warmup_iters=0', '--decay_lr=False', '--always_save_checkpoint=True')
+    val = eval_losses(tmp_path)
     assert load_model_state(tmp_path)['best_val_loss'] == pytest.approx(min(val.values()), abs=1e-4)
     assert max(val.values()) > min(val.values())
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
-
-
-def torchrun(*args):
-    return [sys.executable, '-m', 'torch.distributed.run', *args]
-
-
-def ddp_train(data, out_dir, *args, nproc=2):
-    """train.py under torchrun with nproc gloo processes on this machine."""
-    cmd = torchrun('--standalone', f'--nproc_per_node={nproc}', 'train.py', *TINY, f'--dataset={data}',
-                   f'--out_dir={out_dir}', *args)
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
-    return proc
 
 
 def ranks_rng_differ(ckpt) -> bool:
     return not torch.equal(ckpt['rng'][0]['cpu'], ckpt['rng'][1]['cpu'])
 
 
+@pytest.mark.slow
 def test_ddp_equals_single_process_with_twice_the_accumulation(char_data, tmp_path):
     # 4 micro-steps: 2 per rank under DDP, so the gradients of the first one must wait for the second (no_sync)
     common = ['--max_iters=4', '--eval_interval=2', '--dropout=0.0', '--gradient_accumulation_steps=4',
               '--eval_iters=4']
-    single = train(char_data, tmp_path / 'single', *common)
-    ddp = ddp_train(char_data, tmp_path / 'ddp', *common)
+    train(char_data, tmp_path / 'single', *common)
+    ddp_train(char_data, tmp_path / 'ddp', *common)
     # the eval batches are spread over the ranks and the rank means averaged: the same figures as one process
-    a, b = eval_losses(single.stdout), eval_losses(ddp.stdout)
+    a, b = eval_losses(tmp_path / 'single'), eval_losses(tmp_path / 'ddp')
     assert sorted(a) == sorted(b) == [0, 2, 4]
     assert all(abs(a[i] - b[i]) <= 1e-4 for i in a), (a, b)
     ss, sd = load_model_state(tmp_path / 'single'), load_model_state(tmp_path / 'ddp')
@@ -140,6 +108,7 @@ def test_ddp_equals_single_process_with_twice_the_accumulation(char_data, tmp_pa
     assert not torch.equal(ss['model']['lm_head.weight'], load_init_weights(char_data)), 'nothing trained'
 
 
+@pytest.mark.slow
 def test_ddp_ranks_draw_their_own_dropout_and_resume_exactly(char_data, tmp_path):
     args = ['--dropout=0.1', '--eval_interval=3', '--gradient_accumulation_steps=4', '--eval_iters=2']
     ddp_train(char_data, tmp_path / 'whole', '--max_iters=6', *args)
@@ -156,19 +125,15 @@ def test_ddp_ranks_draw_their_own_dropout_and_resume_exactly(char_data, tmp_path
 
 def test_every_evaluation_reads_the_same_batches(char_data, tmp_path):
     # with the weights held still (learning rate 0), each evaluation must report the very same losses
-    proc = train(char_data, tmp_path, '--max_iters=6', '--eval_interval=2', '--learning_rate=0', '--min_lr=0',
-                 '--dropout=0.1')
-    val = eval_losses(proc.stdout)
-    train_losses = re.findall(r'step \d+: train loss ([\d.]+)', proc.stdout)
+    train(char_data, tmp_path, '--max_iters=6', '--eval_interval=2', '--learning_rate=0', '--min_lr=0',
+          '--dropout=0.1')
+    val = eval_losses(tmp_path)
+    train_losses = list(eval_losses(tmp_path, 'train_loss').values())
     assert sorted(val) == [0, 2, 4, 6] and len(set(val.values())) == 1, val
     assert len(train_losses) == 4 and len(set(train_losses)) == 1, train_losses
 
 
-def load_init_weights(char_data):
-    from model import GPT, GPTConfig
-    return GPT(GPTConfig(n_layer=2, n_head=2, n_embd=32, block_size=32, vocab_size=16, bias=False)).lm_head.weight
-
-
+@pytest.mark.slow
 def test_two_node_rendezvous_on_loopback(char_data, tmp_path):
     port = free_port()
     procs = []
@@ -183,6 +148,7 @@ def test_two_node_rendezvous_on_loopback(char_data, tmp_path):
     assert load_model_state(tmp_path)['world_size'] == 2
 
 
+@pytest.mark.slow
 def test_end_distributed_leaves_before_interpreter_shutdown(tmp_path):
     """A gloo thread still releasing the last collective's tensors aborts a process in interpreter shutdown (2 to 8
     of 25 launches on a loaded machine: benchmarks/exit_race.py), so end_distributed must leave before it: atexit
@@ -241,8 +207,8 @@ def test_error_messages(char_data, tmp_path):
 @pytest.mark.skipif(not hasattr(torch.nn, 'LinearCrossEntropyOptions'), reason='chunked_loss needs torch >= 2.13')
 def test_chunked_loss_trains_like_the_plain_loss(char_data, tmp_path):
     args = ['--max_iters=4', '--eval_interval=4', '--lr_decay_iters=4']
-    plain = train(char_data, tmp_path / 'plain', *args)
-    chunked = train(char_data, tmp_path / 'chunked', *args, '--chunked_loss=True')
-    a, b = iter_losses(plain.stdout), iter_losses(chunked.stdout)
+    train(char_data, tmp_path / 'plain', *args)
+    train(char_data, tmp_path / 'chunked', *args, '--chunked_loss=True')
+    a, b = iter_losses(tmp_path / 'plain'), iter_losses(tmp_path / 'chunked')
     assert sorted(b) == [1, 2, 3, 4] and all(abs(a[i] - b[i]) < 1e-4 for i in a), (a, b)
-    assert abs(eval_losses(plain.stdout)[4] - eval_losses(chunked.stdout)[4]) < 1e-4
+    assert abs(eval_losses(tmp_path / 'plain')[4] - eval_losses(tmp_path / 'chunked')[4]) < 1e-4

@@ -12,7 +12,8 @@ import torch
 
 from conftest import REPO
 from model import GPT, GPTConfig
-from train import estimate_loss, save_checkpoint, train_step
+from checkpoint import save_checkpoint
+from train import estimate_loss, train_step
 
 VOCAB, T = 50, 16
 
@@ -22,9 +23,15 @@ class Batches:
 
     def __init__(self, batches):
         self.batches = list(batches)
+        self.next = 0
 
     def next_batch(self):
-        return self.batches.pop(0)
+        batch = self.batches[self.next]  # an IndexError when asked for more
+        self.next += 1
+        return batch
+
+    def reset(self):
+        self.next = 0
 
 
 def tiny_model(dtype=torch.float64):
@@ -48,7 +55,7 @@ def sgd_step(model, batches, grad_accum, grad_clip=0.0, lr=0.1, scaler=None, ctx
     loader = Batches(batches)
     before = flat(model)
     loss, _ = train_step(model, optimizer, scaler, loader, grad_accum, ctx or nullcontext(), grad_clip, lr)
-    assert not loader.batches, 'train_step read fewer micro-batches than grad_accum'
+    assert loader.next == len(loader.batches), 'train_step read fewer micro-batches than grad_accum'
     return loss.item(), flat(model) - before
 
 
@@ -160,7 +167,7 @@ def test_failed_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
 
 KILLED_SAVE = """
 import sys, time, torch
-from train import save_checkpoint
+from checkpoint import save_checkpoint
 path, ready = sys.argv[1], sys.argv[2]
 def slow_save(obj, f, *args, **kwargs):
     with open(f, 'wb') as out:

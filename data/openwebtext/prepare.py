@@ -12,8 +12,9 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-from configurator import one_line_errors  # noqa: E402
-from data.tokenfiles import TokenWriter, begin_prepare, load_text_dataset, tokenize_to_files, write_meta  # noqa: E402
+from data.prepare_helpers import load_text_dataset, tokenize_to_files  # noqa: E402
+from data.tokenfiles import TokenWriter, begin_prepare, write_meta  # noqa: E402
+from util import one_line_errors  # noqa: E402
 
 HUB_NAME = 'Skylion007/openwebtext'
 N_DOCUMENTS = 8_013_769

@@ -11,8 +11,9 @@ import sys
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-from configurator import one_line_errors  # noqa: E402
-from data.tokenfiles import TokenWriter, shakespeare_splits, write_meta  # noqa: E402
+from data.prepare_helpers import shakespeare_splits  # noqa: E402
+from data.tokenfiles import TokenWriter, write_meta  # noqa: E402
+from util import one_line_errors  # noqa: E402
 
 
 def main(argv=None):

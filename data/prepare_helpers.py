@@ -1,0 +1,105 @@
+"""
+What the prepare scripts share beyond the token-file contract (data/tokenfiles.py): the command line and the
+90/10 split of the two Shakespeare scripts, loading a corpus with `datasets` (the hub, or local files), and GPT-2
+BPE tokenization of many documents in parallel, in order. Torch-free, like the prepare scripts.
+"""
+
+import os
+from multiprocessing import Pool
+
+import numpy as np
+
+from data.tokenfiles import DTYPE, REPO_DIR, TokenWriter, begin_prepare
+from util import download
+
+SHAKESPEARE_URL = 'https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt'
+
+
+def shakespeare_splits(doc: str, script: str, argv=None) -> tuple[str, dict]:
+    """The command line of the Shakespeare prepare scripts (--input, --out_dir) and nanoGPT's 90/10 split of the
+    text: --input, else input.txt beside the script, downloaded from char-rnn when missing."""
+    import argparse
+    script_dir = os.path.join(REPO_DIR, os.path.dirname(script))
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--input', help='a text file to use instead of Tiny Shakespeare')
+    parser.add_argument('--out_dir', default=script_dir, help='where to write the token files')
+    args = parser.parse_args(argv)
+    os.makedirs(args.out_dir, exist_ok=True)
+    path = args.input or os.path.join(args.out_dir, 'input.txt')
+    if args.input is None and not os.path.exists(path):
+        download(SHAKESPEARE_URL, path, f"Offline, pass a local copy: python {script} --input PATH")
+    if not os.path.exists(path):
+        raise SystemExit(f"error: input file {path} not found")
+    try:
+        with open(path, 'r', encoding='utf-8') as f:
+            text = f.read()
+    except UnicodeDecodeError as e:
+        raise SystemExit(f"error: {path} is not UTF-8 text ({e.reason} at byte {e.start}): convert it, e.g. with "
+                         f"iconv -t utf-8") from None
+    if len(text) < 10:
+        raise SystemExit(f"error: {path} holds {len(text)} characters, too few to split into train and val: "
+                         f"pass a larger text (the dataset in {args.out_dir} is left as it was)")
+    n = len(text)
+    begin_prepare(args.out_dir)
+    return args.out_dir, {'train': text[:int(n * 0.9)], 'val': text[int(n * 0.9):]}
+
+
+_enc = None
+
+
+def _tokenize(text: str) -> np.ndarray:
+    global _enc
+    if _enc is None:
+        import tiktoken
+        _enc = tiktoken.get_encoding('gpt2')
+    ids = _enc.encode_ordinary(text)  # special tokens in the text are plain text
+    ids.append(_enc.eot_token)  # <|endoftext|> ends every document
+    return np.array(ids, dtype=DTYPE)
+
+
+def tokenize_to_files(texts, writer: TokenWriter, num_proc: int, total: int | None = None, desc: str = 'tokenizing'):
+    """GPT-2 BPE of each text followed by <|endoftext|>, written in order through writer; returns tokens written."""
+    import time
+    from tqdm import tqdm
+    written = 0
+    t0 = time.time()
+    with Pool(num_proc) as pool, tqdm(total=total, unit='docs', desc=desc) as bar:
+        for ids in pool.imap(_tokenize, texts, chunksize=16):
+            writer.write(ids)
+            written += ids.size
+            bar.update(1)
+    dt = time.time() - t0
+    print(f"{desc}: {written:,} tokens in {dt:.1f}s ({written / dt:,.0f} tokens/s with {num_proc} processes)")
+    return written
+
+
+def load_text_dataset(hub_name: str, inputs: list[str], num_proc: int, prepare_script: str, **hub_kwargs):
+    """A datasets.Dataset with a 'text' column: from local json/jsonl/txt/parquet files when given, else the hub."""
+    import datasets
+    if inputs:
+        exts = {os.path.splitext(p)[1].lower() for p in inputs}
+        builders = {'.json': 'json', '.jsonl': 'json', '.txt': 'text', '.parquet': 'parquet'}
+        if len(exts) != 1 or next(iter(exts)) not in builders:
+            raise SystemExit(f"error: --input takes files of one kind: .json/.jsonl, .txt or .parquet, got {sorted(exts)}")
+        missing = [p for p in inputs if not os.path.exists(p)]
+        if missing:
+            raise SystemExit(f"error: input files not found: {missing}")
+        builder = builders[exts.pop()]
+        kwargs = dict(sample_by='paragraph') if builder == 'text' else {}  # blank lines separate documents
+        try:
+            ds = datasets.load_dataset(builder, data_files=inputs, split='train', **kwargs)
+        except Exception as e:  # malformed JSON, a parquet file that is not one, non-UTF-8 text
+            reason = str(e).strip().splitlines()[0] if str(e).strip() else ''
+            raise SystemExit(f"error: could not read {', '.join(inputs)} as {builder} ({type(e).__name__}: "
+                             f"{reason[:200]}): check the files") from None
+        if 'text' not in ds.column_names:
+            raise SystemExit(f"error: {inputs[0]} has no 'text' field (its fields: {ds.column_names})")
+        if len(ds) == 0:
+            raise SystemExit(f"error: {', '.join(inputs)} hold no documents: nothing to prepare")
+        return ds
+    try:
+        return datasets.load_dataset(hub_name, split='train', num_proc=num_proc, **hub_kwargs)
+    except Exception as e:  # offline, hub errors, a dataset layout this `datasets` cannot read
+        raise SystemExit(f"error: could not load {hub_name} from the Hugging Face hub ({type(e).__name__}: {e}).\n"
+                         f"To prepare local files instead: python {prepare_script} --input FILE [FILE ...] "
+                         f"(.jsonl/.json/.parquet with a 'text' field, or .txt)") from None
