@@ -61,7 +61,6 @@ RANGES = dict(batch_size='> 0', block_size='> 0', gradient_accumulation_steps='>
               learning_rate='>= 0', weight_decay='>= 0', burnin_steps='>= 0', benchmark_steps='> 0')
 defaults = config_defaults(globals())
 
-SHAPE_KEYS = ('n_layer', 'n_head', 'n_embd', 'block_size', 'batch_size')
 CPU_SHAPE = dict(n_layer=4, n_head=4, n_embd=128, block_size=128, batch_size=8)  # a CPU times it in under a minute
 
 
@@ -159,11 +158,12 @@ if __name__ == '__main__':
     base = configure(defaults, argv, RANGES)
     runtime = setup_runtime(base.device, base.dtype, base.seed)
     given = {arg[2:].partition('=')[0] for arg in sys.argv[1:] if arg.startswith('--')}
-    if runtime.device_type == 'cpu' and not given & {*SHAPE_KEYS, 'compile'}:
-        # GPT-2 124M compiled on a CPU would print nothing for many minutes
-        argv = [*(f'--{k}={v}' for k, v in CPU_SHAPE.items()), '--compile=False', *argv]
-        print0(f"note: on a CPU bench.py times a small GPT ({', '.join(f'{k}={v}' for k, v in CPU_SHAPE.items())}), "
-               f"uncompiled, unless you give any of {', '.join(SHAPE_KEYS)} or compile")
+    small = {k: v for k, v in {**CPU_SHAPE, 'compile': False}.items() if k not in given}
+    if runtime.device_type == 'cpu' and small:
+        # GPT-2 124M compiled on a CPU would print nothing for many minutes: the keys not given take a small GPT's
+        argv = [*(f'--{k}={v}' for k, v in small.items()), *argv]
+        print0(f"note: on a CPU bench.py times a small GPT: {', '.join(f'{k}={v}' for k, v in small.items())} "
+               f"(give a key to set it yourself)")
     if base.real_data and not split_files(dataset_dir(base.dataset), 'train'):
         argv.append('--real_data=False')
         print0(f"note: no prepared data in {dataset_dir(base.dataset)}: timing synthetic tokens (prepare the dataset, "

@@ -1,27 +1,14 @@
 """
-nanoGPT's configurator, with checks. A script declares its defaults as plain globals, the ranges of its keys
-beside them, and calls
-
-    config = configure(defaults, sys.argv[1:], RANGES)
-
-where arguments are either config files or --key=value overrides, e.g.
+nanoGPT's configurator, with checks. A script declares its defaults as plain globals, the ranges of its keys beside
+them, and calls `config = configure(defaults, sys.argv[1:], RANGES)`; arguments are config files or --key=value:
 
     python train.py config/override_file.py --batch_size=32
 
-The config keys are the script's public lowercase globals bound to an int, float, bool, str or None; module
-constants written in capitals (URL, N_VAL, REPO_DIR) are not config keys. `--help` prints the keys, their defaults
-and their comments.
-
-Config files are plain Python, exec'd over the defaults; --key=value values are parsed with ast.literal_eval
-(and kept as strings when that fails). Unlike nanoGPT's exec'd configurator, an unknown key, in a file or on the
-command line, stops with an error naming the closest known key, and a value of the wrong type or out of its range
-is an error (an int where a float is expected is fine). Every resolved override is printed.
-
-A config file may compute its values with helper names, as long as they start with an underscore (or are
-modules, functions or classes, e.g. `import math`); every other name it binds must be a config key:
-
-    _tokens_per_step = 8 * 1024 * 64
-    gradient_accumulation_steps = _tokens_per_step // (batch_size * block_size)
+Config keys are a script's public lowercase globals bound to an int, float, bool, str or None (capitalised module
+constants are not). Config files are plain Python exec'd over the defaults, and may compute values through helper
+names that start with an underscore, or modules and functions (`import math`); --key=value is parsed with
+ast.literal_eval (a string when that fails). An unknown key stops with the closest known one named; a value of the
+wrong type or outside its range stops too (an int for a float is fine). `--help` lists the keys and their comments.
 """
 
 import ast
@@ -52,14 +39,9 @@ def _check_type(key: str, value, default, source: str):
     """value converted to the type of default, or SystemExit when it does not fit."""
     if default is None or value is None:
         return value
-    if isinstance(default, bool) or isinstance(value, bool):
-        ok = isinstance(default, bool) and isinstance(value, bool)
-    elif isinstance(default, float):
-        ok = isinstance(value, (int, float))
-        value = float(value) if ok else value
-    else:
-        ok = isinstance(value, type(default))
-    if not ok:
+    if isinstance(default, float) and type(value) in (int, float):
+        return float(value)  # an int where a float is expected is fine
+    if type(value) is not type(default):  # exactly: a bool is no int here, nor an int a bool
         raise SystemExit(f"error: {source}: {key} must be a {type(default).__name__} "
                          f"(default {default!r}), got {value!r} of type {type(value).__name__}")
     return value
@@ -68,14 +50,9 @@ def _check_type(key: str, value, default, source: str):
 def _print_help(defaults: dict):
     """The script's docstring, then every key with its default and the comment beside it in the script."""
     main = sys.modules['__main__']
+    with open(main.__file__, encoding='utf-8') as f:
+        comments = dict(re.findall(r'^(\w+) = .*?  # (.*)$', f.read(), re.M))
     print((main.__doc__ or '').strip() + '\n\nconfig keys (config/file.py or --key=value):')
-    comments = {}
-    if getattr(main, '__file__', None):
-        with open(main.__file__, encoding='utf-8') as f:
-            for line in f:
-                found = re.match(r'(\w+) = .*?  # (.*)$', line)
-                if found:
-                    comments.setdefault(found.group(1), found.group(2))
     for key, value in defaults.items():
         print(f"  --{key}={value!r}" + (f"  # {comments[key]}" if key in comments else ''))
     sys.exit(0)
@@ -106,8 +83,8 @@ def configure(defaults: dict, argv: list[str], ranges: dict | None = None, verbo
                 raise SystemExit(f"error: config file {arg} failed when run ({type(e).__name__}: {e}): "
                                  f"fix the Python there") from None
             for key, value in namespace.items():
-                if key.startswith('_') or isinstance(value, (types.ModuleType, types.FunctionType, type)):
-                    continue  # imports and helpers inside the config file
+                if key.startswith('_') or isinstance(value, types.ModuleType) or callable(value):
+                    continue  # imports and helpers inside the config file (import math, from math import sqrt)
                 if key not in defaults:
                     raise _unknown_key(key, defaults)
                 config[key] = _check_type(key, value, defaults[key], arg)
@@ -137,22 +114,18 @@ def check_ranges(config: dict, ranges: dict):
     A range is '> 0', '>= 0', an interval such as '[0, 1)', or a tuple of the allowed values; None passes."""
     for key, spec in ranges.items():
         value = config.get(key)
-        if value is None:
+        if isinstance(spec, tuple) and value not in spec:
+            raise SystemExit(f"error: {key}={value!r}: use {' or '.join(map(repr, spec))}")
+        if value is None or isinstance(spec, tuple):
             continue
-        if isinstance(spec, tuple):  # the values a key may take
-            if value not in spec:
-                raise SystemExit(f"error: {key}={value!r}: use {' or '.join(map(repr, spec))}")
-        elif spec[0] in '[(':
-            low, high = (float(x) for x in spec[1:-1].split(','))
-            above = value > low if spec[0] == '(' else value >= low
-            below = value < high if spec[-1] == ')' else value <= high
-            if not (above and below):
-                raise SystemExit(f"error: {key}={value!r}: {key} must be in {spec}")
-        else:
-            op, bound = spec.split()
-            if not (value > float(bound) if op == '>' else value >= float(bound)):
-                fix = f"greater than {bound}" if op == '>' else f"{bound} or more"
-                raise SystemExit(f"error: {key}={value!r}: {key} must be {fix}")
+        if spec.startswith('>'):  # '> 0' is the interval (0, inf), '>= 0' is [0, inf)
+            spec = f"{'[' if spec.startswith('>=') else '('}{spec.split()[1]}, inf)"
+        low, high = (float(x) for x in spec[1:-1].split(','))
+        above = low < value if spec[0] == '(' else low <= value
+        below = value < high if spec[-1] == ')' else value <= high
+        if not (above and below):
+            fix = f"greater than {low:g}" if spec[0] == '(' else f"{low:g} or more"
+            raise SystemExit(f"error: {key}={value!r}: {key} must be {fix if high == float('inf') else 'in ' + spec}")
     # two keys that must fit together, wherever a script has both
     if config.get('n_embd') and config.get('n_head') and config['n_embd'] % config['n_head']:
         raise SystemExit(f"error: n_embd={config['n_embd']} is not divisible by n_head={config['n_head']}: each "
