@@ -1,3 +1,7 @@
+"""
+configurator.py: defaults are the plain globals, command-line and config-file overrides, the closest key named for
+a typo, wrong types refused, module constants not keys, and --help listing every key with its default and comment.
+"""
 import pytest
 
 from configurator import config_defaults, configure
@@ -70,3 +74,15 @@ def test_module_constants_are_not_config_keys(script, arg):
     proc = run_script(script, arg, check=False)
     assert proc.returncode != 0 and f"unknown config key {arg[2:].split('=')[0]!r}" in proc.stderr, proc.stderr
     assert 'Traceback' not in proc.stderr
+
+
+@pytest.mark.parametrize('script, key, comment', [
+    ('train.py', "--batch_size=12", 'if gradient_accumulation_steps > 1, this is the micro-batch size'),
+    ('sample.py', "--top_p=None", 'nucleus sampling'),
+    ('bench.py', "--burnin_steps=10", 'not timed'),
+])
+def test_help_lists_the_keys_with_defaults_and_comments(script, key, comment):
+    from conftest import run_script
+    proc = run_script(script, '--help')
+    line = next(line for line in proc.stdout.splitlines() if line.strip().startswith(key))
+    assert comment in line and 'error' not in proc.stderr

@@ -1,3 +1,8 @@
+"""
+The token files: every prepare script on small inputs (counts, round trips, shards, local corpora, an offline
+download that fails in one line), interrupted writes leaving no final file, and TokenLoader (windows of the data,
+resumable batch stream, ranks splitting one stream, shards read in proportion, its refusals).
+"""
 import json
 import os
 

@@ -1,3 +1,8 @@
+"""
+Evaluation and export: HellaSwag scores equal a direct computation, HellaSwag inside training (also under FSDP with
+an uneven split, and on its own interval), its errors; export to Hugging Face format round-trips through
+transformers; perplexity on a text and a split; every config file parses.
+"""
 import json
 import math
 import os

@@ -1,3 +1,8 @@
+"""
+model.py against Hugging Face transformers on a tiny random GPT-2 (logits within 1e-5, identical greedy
+continuations), the attention paths and the KV cache equal, GPT-2 124M's parameter count, from_pretrained's errors,
+MFU on the GPU's own peak, and the loss in float32 under bfloat16 weights.
+"""
 import math
 
 import pytest

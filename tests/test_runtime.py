@@ -1,3 +1,4 @@
+"""common.setup_runtime: the device and dtype chosen by 'auto', and one-line refusals of devices and dtypes."""
 import contextlib
 
 import pytest

@@ -1,3 +1,4 @@
+"""sample.py: samples from a checkpoint and a Hugging Face folder, prompts from files, long prompts cropped, errors."""
 import pickle
 
 import torch
