@@ -178,8 +178,8 @@ if __name__ == '__main__':
             print0(f"setting {', '.join(f'{k}={v}' for k, v in setting.items())}:")
         if 'dtype' in setting or 'device' in setting:
             runtime = setup_runtime(cfg.device, cfg.dtype, cfg.seed)
-        if describe_device(runtime, cfg.compile, cfg.chunked_loss) != described:
-            described = describe_device(runtime, cfg.compile, cfg.chunked_loss)
+        line, described = described, describe_device(runtime, cfg.compile, cfg.chunked_loss)
+        if described != line:  # printed once, and again when a swept key changes it
             print0(described)
         try:
             result = bench(cfg, runtime)

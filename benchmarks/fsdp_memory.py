@@ -57,6 +57,7 @@ class HostMemory:
     def __init__(self):
         self.base_rss = rss('VmRSS')
         self.state_peak = 0
+        self.steps = 0  # optimizer steps seen: the burn-in ends after cfg.burnin_steps
 
     def watch(self, model, optimizer, cfg):
         from torch.distributed.tensor import DTensor
@@ -71,7 +72,6 @@ class HostMemory:
             self.steps += 1
             if self.steps == cfg.burnin_steps:
                 reset_peak_rss()  # the burn-in is over: the peak covers the timed steps only
-        self.steps = 0
         optimizer.register_step_post_hook(after_step)
 
     def read(self) -> dict:
