@@ -10,11 +10,12 @@ command to check a GPU.
     torchrun --standalone --nproc_per_node=8 bench.py --data_parallel=fsdp   # the DDP or FSDP step on 8 GPUs
 
 Any key given as a comma-separated list is swept; every setting is checked before the first one runs, and a
-setting that runs out of memory is reported as such while the sweep goes on. Without prepared data
+setting that fails when it runs (out of memory, say) is reported in its row while the sweep goes on. Without prepared data
 (data/<dataset>/train.bin) it times synthetic tokens and says so.
 """
 import itertools
 import json as jsonlib
+import os
 import sys
 import time
 
@@ -143,8 +144,8 @@ def bench(cfg, runtime, probe=None) -> dict:
 
 def result_cells(result: dict) -> list[str]:
     """ms/iter, tokens/s, MFU and peak memory of a result, as printed."""
-    if result.get('oom'):
-        return ['out of memory', '', '', '']
+    if result.get('failed'):
+        return [f"failed: {result['failed']}", '', '', '']
     memory = result['peak_memory_gib']
     return [f"{result['ms']:.2f}", f"{result['tokens_per_s']:,.0f}",
             f"{result['mfu'] * 100:.2f}%" if result['mfu'] is not None else 'n/a',
@@ -168,7 +169,9 @@ if __name__ == '__main__':
         argv.append('--real_data=False')
         print0(f"note: no prepared data in {dataset_dir(base.dataset)}: timing synthetic tokens (prepare the dataset, "
                f"or pass --real_data=False to silence this)")
-    # every setting checked before the first one runs, so a bad one cannot cost the results of the others
+    # every setting and the output path checked before the first one runs: a bad one costs no results
+    if base.json and not os.path.isdir(os.path.dirname(os.path.abspath(base.json))):
+        raise SystemExit(f"error: --json={base.json}: its folder does not exist: create it, or choose another path")
     settings = [dict(zip(swept, values)) for values in itertools.product(*swept.values())]
     configs = [configure(defaults, argv + [f'--{k}={v}' for k, v in setting.items()], RANGES, verbose=False)
                for setting in settings]
@@ -184,11 +187,17 @@ if __name__ == '__main__':
         try:
             result = bench(cfg, runtime)
         except torch.OutOfMemoryError:
-            result = {'oom': True}  # the memory it held is free again for the next setting
+            result = {'failed': 'out of memory'}  # the memory it held is free again for the next setting
+        except (Exception, SystemExit) as e:
+            if not swept:
+                raise
+            # reported in its row; the other settings still run
+            result = {'failed': str(e).removeprefix('error: ') if isinstance(e, SystemExit) else
+                      f"{type(e).__name__}: {e}"}
         if cfg.profile:
             break
         ms, tokens, mfu, peak = result_cells(result)
-        print0(ms if result.get('oom') else f"loss {result['loss']:.4f}: {ms} ms/iter, {tokens} tokens/s, MFU {mfu}"
+        print0(ms if result.get('failed') else f"loss {result['loss']:.4f}: {ms} ms/iter, {tokens} tokens/s, MFU {mfu}"
                f"{' (unknown peak FLOPS: pass --peak_flops)' * (mfu == 'n/a')}, peak memory {peak}", flush=True)
         results.append({**setting, **result})
     if results:

@@ -1,11 +1,13 @@
 """
 The run log: one JSON object per line in out_dir/log.jsonl (what plot.py draws), and the same records to wandb when
-asked. Its record kinds, each with 'iter':
-    start   params, n_layer, n_head, n_embd, block_size, dataset, tokens_per_iter, init_from, time
-    step    loss, lr, grad_norm, ms, tok_per_s, mfu
-    eval    train_loss, val_loss, lr
-    skipped skipped (the count of non-finite steps in a row)
+asked. Its record kinds, each with 'iter', are defined here once (KINDS) for the writer and every reader:
+    start      params, n_layer, n_head, n_embd, block_size, dataset, tokens_per_iter, init_from, time
+    step       loss, lr, grad_norm, ms, tok_per_s, mfu
+    eval       train_loss, val_loss, lr
+    skipped    skipped (the count of non-finite steps in a row; the step changed nothing)
     hellaswag  hellaswag (acc_norm), hellaswag_acc
+read_records reads them back, dropping with a note what is not a record (a torn last line, left by a kill or a full
+disk during an append), so that neither a resume nor plot.py fails on it.
 """
 
 import json
@@ -13,22 +15,57 @@ import os
 
 from util import atomic_path
 
+# each kind by the key that only its records have
+KINDS = {'start': 'params', 'step': 'loss', 'eval': 'val_loss', 'skipped': 'skipped', 'hellaswag': 'hellaswag'}
+
+
+def kind_of(record: dict) -> str | None:
+    """The kind of a record (see KINDS), None for what no version of train.py writes."""
+    if isinstance(record, dict) and isinstance(record.get('iter'), int):
+        for kind, key in KINDS.items():
+            if key in record:
+                return kind
+    return None
+
+
+def read_records(path: str, note=print) -> list[dict]:
+    """The records of a log.jsonl, in order. A line that is not a record (torn by a kill mid-append, or garbage) is
+    dropped, and note() says which lines were."""
+    records, dropped = [], []
+    with open(path, 'rb') as f:
+        for line_no, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except ValueError:
+                record = None
+            if kind_of(record) is None:
+                dropped.append(line_no)
+                continue
+            records.append(record)
+    if dropped:
+        lines = ', '.join(map(str, dropped[:5])) + (f" and {len(dropped) - 5} more" if len(dropped) > 5 else '')
+        note(f"note: {path}: skipped line(s) {lines}, not records of a run (a write cut short by a kill or a "
+             f"full disk)")
+    return records
+
 
 class RunLog:
     """Appends records on the master process (the others' log() does nothing). A resumed or restarted run replays the
     iterations after its checkpoint: opening the log at iter_num drops their records, so each iteration appears
-    once."""
+    once. An eval-only run (write=False) writes nothing to the folder."""
 
     def __init__(self, out_dir: str, master: bool, iter_num: int, wandb_log: bool = False, wandb_project: str = '',
-                 wandb_run_name: str = '', config: dict | None = None):
+                 wandb_run_name: str = '', config: dict | None = None, write: bool = True):
         self.path = os.path.join(out_dir, 'log.jsonl')
         self.master = master
+        self.write = write and master
         self.wandb = None
         if not master:
             return
-        if os.path.exists(self.path):
-            with open(self.path, encoding='utf-8') as f:
-                records = [json.loads(line) for line in f if line.strip()]
+        if self.write and os.path.exists(self.path):
+            records = read_records(self.path)
             kept = [r for r in records if r['iter'] < iter_num or (r['iter'] == iter_num and 'loss' in r)]
             with atomic_path(self.path) as tmp, open(tmp, 'w', encoding='utf-8') as f:
                 f.writelines(json.dumps(r) + '\n' for r in kept)
@@ -37,11 +74,12 @@ class RunLog:
             self.wandb = wandb.init(project=wandb_project, name=wandb_run_name, config=config)
 
     def log(self, **record):
-        if self.master:
+        assert kind_of(record), f"not a record kind of runlog.KINDS: {record}"
+        if self.write:
             with open(self.path, 'a', encoding='utf-8') as f:
                 f.write(json.dumps(record) + '\n')
-            if self.wandb is not None:
-                self.wandb.log(record)
+        if self.master and self.wandb is not None:
+            self.wandb.log(record)
 
     def finish(self):
         if self.wandb is not None:

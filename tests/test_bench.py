@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from conftest import REPO, run_script
+from conftest import REPO, one_line_error, run_script
 from model import GPT, GPTConfig
 
 SMALL = ['--device=cpu', '--compile=False', '--n_layer=2', '--n_head=2', '--n_embd=32', '--block_size=32',
@@ -85,3 +85,19 @@ def test_the_memory_benchmark_counts_what_each_rank_holds(tmp_path):
     # float32 weights, gradients and AdamW's two moments, and AdamW's step count (a float32) per parameter tensor
     assert state['ddp'] == 16 * sum(p.numel() for p in params) + 4 * len(params)
     assert 0.45 < state['fsdp'] / state['ddp'] < 0.6  # the larger of the two ranks' shards
+
+
+def test_a_sweep_checks_every_setting_first_and_reports_a_failing_one_in_its_row(tmp_path, char_data):
+    # settings the configurator refuses, an empty value, and a --json in a missing folder: refused before any runs
+    for bad, fragment in [(['--n_embd=64,100', '--n_head=8'], 'n_embd=100'), (['--batch_size=4,'], 'batch_size'),
+                          ([f'--json={tmp_path}/missing/b.json', '--batch_size=2,4'], 'folder does not exist')]:
+        proc = run_script('bench.py', *SMALL, '--real_data=False', *bad, check=False)
+        one_line_error(proc, fragment)
+        assert 'ms/iter' not in proc.stdout and 'burn-in' not in proc.stdout  # nothing ran
+    # a setting that fails only when it runs (its vocabulary is too small for the data): its row says why, and the
+    # settings after it still run and are saved
+    out = tmp_path / 'bench.json'
+    proc = run_script('bench.py', *SMALL, f'--dataset={char_data}', '--vocab_size=8,16', f'--json={out}')
+    assert re.search(r"^8 \| failed: .*outside the model's vocabulary of 8", proc.stdout, re.M), proc.stdout
+    assert re.search(r'^16 \| [\d.]+ \| ', proc.stdout, re.M), proc.stdout
+    assert [r['vocab_size'] for r in json.load(open(out))['results']] == ['8', '16']
