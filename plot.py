@@ -1,37 +1,46 @@
 """
 Training curves from the log.jsonl that train.py appends to in its out_dir: training loss (raw and smoothed) and
 val loss against iterations (tokens on the top axis), HellaSwag accuracy on its own axis when the run measured it,
-and the learning rate schedule in a small panel below.
+the steps skipped for a non-finite loss as crosses along the bottom, and the learning rate schedule in a small panel.
 
     python plot.py out-shakespeare-char                    # writes out-shakespeare-char/loss.png
     python plot.py out-a out-b --output=compare.png        # several runs on one figure
 
+With several runs each run has its own colour (named in the legend, right of the plots) and the line style says
+what a line is. Runs that used different tokens per iteration are drawn against tokens seen, so that they are
+compared at equal data, and iterations, which mean different amounts of data for each, are not shown; when some
+run's log does not say its tokens per iteration, all are drawn against iterations with no tokens axis.
+
 Needs matplotlib: pip install -e ".[plot]".
 """
 import argparse
-import json
 import os
 
+import runlog
+
 WIDTH, HEIGHT, DPI = 10, 7, 120  # a 1200 x 840 pixel figure
+TITLE_RUNS = 3  # a title line per run up to this many; beyond, the legend names them
+SKIPPED = 'skipped step (non-finite loss)'
+STYLES = {  # what each line of a run is; the run's colour says which run
+    'train loss (per step)': dict(alpha=0.25, linewidth=0.8),
+    'train loss (smoothed)': dict(linewidth=1.8),
+    'val loss': dict(linestyle='--', marker='o', markersize=4, linewidth=1.2),
+    'HellaSwag acc_norm (right axis)': dict(linestyle=':', marker='s', markersize=4),
+    SKIPPED: dict(linestyle='none', marker='x', markersize=6, clip_on=False),
+}
 
 
 def read_log(out_dir: str) -> dict:
-    """The records of out_dir/log.jsonl, split by kind: the run's start records, training steps, evaluations."""
+    """The records of out_dir/log.jsonl grouped by runlog's kinds: {'start': [...], 'step': [...], ...}."""
     path = os.path.join(out_dir, 'log.jsonl')
     if not os.path.exists(path):
         raise SystemExit(f"error: no {path}: train.py writes it; pass the out_dir of a run")
-    run = {'start': [], 'steps': [], 'evals': []}
-    with open(path, encoding='utf-8') as f:
-        for line_no, line in enumerate(f, 1):
-            try:
-                record = json.loads(line)
-            except ValueError:
-                raise SystemExit(f"error: {path}:{line_no} is not a JSON line") from None
-            kind = 'start' if 'params' in record else 'evals' if 'val_loss' in record or 'hellaswag' in record \
-                else 'steps'
-            run[kind].append(record)
-    if not run['steps'] and not run['evals']:
-        raise SystemExit(f"error: {path} holds no training steps yet")
+    run = {kind: [] for kind in runlog.KINDS}
+    for record in runlog.read_records(path):
+        run[runlog.kind_of(record)].append(record)
+    if not run['step'] and not run['eval']:
+        raise SystemExit(f"error: {path} holds no training steps or evaluations yet: plot it once train.py has "
+                         f"logged some")
     return run
 
 
@@ -44,67 +53,92 @@ def smooth(values: list[float], beta: float = 0.9) -> list[float]:
     return out
 
 
+def name_of(out_dir: str) -> str:
+    return os.path.basename(os.path.normpath(out_dir))
+
+
 def title_of(out_dir: str, run: dict) -> str:
     if not run['start']:
         return out_dir
     start = run['start'][-1]
     shape = f"{start['n_layer']} layers, {start['n_embd']} wide" if 'n_layer' in start else ''
-    return f"{os.path.basename(os.path.normpath(out_dir))}: {start['params'] / 1e6:.2f}M parameters, {shape}, " \
-           f"{start.get('dataset', '')}"
+    return ', '.join(filter(None, [f"{name_of(out_dir)}: {start['params'] / 1e6:.2f}M parameters", shape,
+                                   start.get('dataset')]))
 
 
-def plot(out_dirs: list[str], output: str):
+def tokens_per_iter(run: dict) -> int | None:
+    """The run's tokens per iteration; None when its log does not say, or a restart changed it."""
+    values = {start.get('tokens_per_iter') for start in run['start']}
+    return values.pop() if len(values) == 1 else None
+
+
+def run_colors(n: int) -> list:
+    """n distinct colours: tab20's up to 20 (its darker ten, tab10's, first), beyond that spread along turbo."""
+    from matplotlib import colormaps
+    if n <= 20:
+        return [colormaps['tab20'](i) for i in (*range(0, 20, 2), *range(1, 20, 2))][:n]
+    return [colormaps['turbo'](i / (n - 1)) for i in range(n)]
+
+
+def figure(out_dirs: list[str]):
+    """The figure of the runs in out_dirs (a matplotlib Figure)."""
     try:
         import matplotlib
         matplotlib.use('Agg')  # files only, no display needed
         import matplotlib.pyplot as plt
+        from matplotlib.lines import Line2D
     except ImportError:
         raise SystemExit('error: plot.py needs matplotlib: pip install -e ".[plot]"') from None
     runs = [read_log(d) for d in out_dirs]
-    fig, (ax, ax_lr) = plt.subplots(2, 1, figsize=(WIDTH, HEIGHT), dpi=DPI, sharex=True,
+    per_iter = [tokens_per_iter(run) for run in runs]
+    differ = len(set(per_iter)) > 1
+    on_tokens = differ and None not in per_iter  # see the docstring
+    fig, (ax, ax_lr) = plt.subplots(2, 1, figsize=(WIDTH, HEIGHT), dpi=DPI, sharex=True, layout='constrained',
                                     gridspec_kw={'height_ratios': [4, 1]})
-    ax_hs = None
-    colors = plt.rcParams['axes.prop_cycle'].by_key()['color']
-    for k, (out_dir, run) in enumerate(zip(out_dirs, runs)):
-        color = colors[k % len(colors)]
-        name = os.path.basename(os.path.normpath(out_dir)) if len(runs) > 1 else ''
-        label = (lambda what: f"{name} {what}".strip())
-        steps = run['steps']
-        if steps:
-            iters, losses = [r['iter'] for r in steps], [r['loss'] for r in steps]
-            ax.plot(iters, losses, color=color, alpha=0.25, linewidth=0.8, label=label('train loss (per step)'))
-            ax.plot(iters, smooth(losses), color=color, linewidth=1.8, label=label('train loss (smoothed)'))
-            ax_lr.plot(iters, [r['lr'] for r in steps], color=color, linewidth=1.2)
-        evals = [r for r in run['evals'] if 'val_loss' in r]
-        if evals:
-            ax.plot([r['iter'] for r in evals], [r['val_loss'] for r in evals], color=color, linestyle='--',
-                    marker='o', markersize=4, linewidth=1.2, label=label('val loss'))
-        hellaswag = [r for r in run['evals'] if 'hellaswag' in r]
-        if hellaswag:
-            ax_hs = ax_hs or ax.twinx()
-            ax_hs.plot([r['iter'] for r in hellaswag], [r['hellaswag'] for r in hellaswag], color=color,
-                       linestyle=':', marker='s', markersize=4, label=label('HellaSwag acc_norm'))
+    ax_hs = ax.twinx() if any(run['hellaswag'] for run in runs) else None
+    drawn, colors = set(), run_colors(len(runs))
+    for run, color, tokens in zip(runs, colors, per_iter):
+        scale = tokens / 1e6 if on_tokens else 1  # x in tokens (millions) or in iterations
+        losses = [r['loss'] for r in run['step']]
+        lines = {'train loss (per step)': (ax, run['step'], losses),
+                 'train loss (smoothed)': (ax, run['step'], smooth(losses)),
+                 'val loss': (ax, run['eval'], [r['val_loss'] for r in run['eval']]),
+                 'HellaSwag acc_norm (right axis)': (ax_hs, run['hellaswag'],
+                                                     [r['hellaswag'] for r in run['hellaswag']])}
+        for kind, (on, records, y) in lines.items():
+            if records:
+                on.plot([r['iter'] * scale for r in records], y, color=color, **STYLES[kind])
+                drawn.add(kind)
+        ax_lr.plot([r['iter'] * scale for r in run['step']], [r['lr'] for r in run['step']], color=color, linewidth=1.2)
+        if run['skipped']:  # crosses along the bottom edge of the loss axes, whatever their y range
+            ax.plot([r['iter'] * scale for r in run['skipped']], [0] * len(run['skipped']), color=color,
+                    transform=ax.get_xaxis_transform(), **STYLES[SKIPPED])
+            drawn.add(SKIPPED)
     ax.set_ylabel('loss (cross-entropy, nats)')
     ax.grid(True, alpha=0.3)
-    handles, labels = ax.get_legend_handles_labels()
     if ax_hs is not None:
         ax_hs.set_ylabel('HellaSwag acc_norm')
-        more_handles, more_labels = ax_hs.get_legend_handles_labels()
-        handles, labels = handles + more_handles, labels + more_labels
-    ax.legend(handles, labels, loc='upper right', fontsize=8)
-    # tokens seen on the top axis, from the first run's tokens per iteration
-    start = runs[0]['start'][-1] if runs[0]['start'] else None
-    if start and start.get('tokens_per_iter'):
-        per_iter = start['tokens_per_iter']
-        top = ax.secondary_xaxis('top', functions=(lambda i: i * per_iter / 1e6, lambda t: t * 1e6 / per_iter))
+    # the legend, outside the plots: what each line style means, then (several runs) the colour of each run
+    kind_color = colors[0] if len(runs) == 1 else 'dimgrey'
+    handles = [Line2D([], [], color=kind_color, label=kind, **STYLES[kind]) for kind in STYLES if kind in drawn]
+    if len(runs) > 1:
+        handles += [Line2D([], [], color=c, linewidth=3, label=name_of(d)) for d, c in zip(out_dirs, colors)]
+    fig.legend(handles=handles, loc='outside right upper', fontsize=8, ncols=1 + len(handles) // 30)
+    if not differ and per_iter[0]:
+        top = ax.secondary_xaxis('top', functions=(lambda i: i * per_iter[0] / 1e6, lambda t: t * 1e6 / per_iter[0]))
         top.set_xlabel('tokens (millions)')
     ax_lr.set_ylabel('learning rate')
-    ax_lr.set_xlabel('iteration')
+    ax_lr.set_xlabel('tokens (millions)' if on_tokens else 'iteration' if not differ else
+                     "iteration (no tokens axis: the runs differ, and not every log gives one tokens per iteration)")
     ax_lr.grid(True, alpha=0.3)
     ax_lr.ticklabel_format(axis='y', style='sci', scilimits=(-2, 2))
-    fig.suptitle('\n'.join(title_of(d, r) for d, r in zip(out_dirs, runs)), fontsize=11)
-    fig.tight_layout()
-    fig.savefig(output)
+    title = '\n'.join(map(title_of, out_dirs, runs)) if len(runs) <= TITLE_RUNS else f"{len(runs)} runs"
+    ax.set_title(title, fontsize=11)  # over the plots, clear of the legend
+    return fig
+
+
+def plot(out_dirs: list[str], output: str):
+    figure(out_dirs).savefig(output)
     print(f"wrote {output}")
 
 

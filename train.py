@@ -44,6 +44,7 @@ from data.loader import TokenLoader
 from data.tokenfiles import read_vocab
 from model import GPT, GPTConfig
 from parallel import DATA_PARALLEL, place_model, wrap_model
+import rundir
 from runlog import RunLog
 from util import one_line_errors
 
@@ -210,20 +211,9 @@ if __name__ == '__main__':
     print0(f"config: {config}")
     print0(f"tokens per iteration will be: {gradient_accumulation_steps * ddp_world_size * batch_size * block_size:,}"
            f" on {ddp_world_size} process(es), device {device}, dtype {dtype}")
-    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
-        raise SystemExit(f"error: out_dir={out_dir!r} is a file, not a directory: choose another out_dir")
+    # the run folder: this run's to write (a new run never overwrites another's files), and held while it runs
+    init_from = rundir.claim(out_dir, init_from, eval_only, master_process)
     ckpt_path = os.path.join(out_dir, 'ckpt.pt')
-    if init_from != 'resume' and os.path.exists(ckpt_path) and not eval_only:
-        # a new run would overwrite the checkpoint of an earlier one at its first save
-        if int(os.environ.get('TORCHELASTIC_RESTART_COUNT', 0)) > 0:
-            print0(f"restarted by torchrun: resuming from {ckpt_path}")
-            init_from = 'resume'
-        else:
-            raise SystemExit(f"error: {ckpt_path} holds the checkpoint of an earlier run, which this one would "
-                             f"overwrite: continue it with --init_from=resume, or start over in another out_dir "
-                             f"(or remove the file)")
-    if master_process:
-        os.makedirs(out_dir, exist_ok=True)
 
     # attempt to derive vocab_size from the dataset: a character vocabulary, which checkpoints also carry
     data_dir = dataset_dir(dataset)
@@ -301,7 +291,8 @@ if __name__ == '__main__':
     model = wrap_model(model, runtime, data_parallel, compile)
 
     # logging: out_dir/log.jsonl always (plot.py draws it), wandb when asked
-    runlog = RunLog(out_dir, master_process, iter_num, wandb_log, wandb_project, wandb_run_name, config)
+    runlog = RunLog(out_dir, master_process, iter_num, wandb_log, wandb_project, wandb_run_name, config,
+                    write=not eval_only)
     runlog.log(iter=iter_num, params=raw_model.get_num_params(), n_layer=n_layer, n_head=n_head, n_embd=n_embd,
                block_size=block_size, dataset=dataset, tokens_per_iter=tokens_per_iter, init_from=init_from,
                time=time.time())
@@ -362,6 +353,12 @@ if __name__ == '__main__':
         # everything below is bookkeeping. A step with a non-finite loss or gradient was skipped (in float16 the
         # scaler skips overflowing steps by itself: those are normal, only a non-finite loss counts)
         bad, stop = guard.check(iter_num, bool(torch.isfinite(loss if scaler.is_enabled() else grad_norm)))
+        # a stop request: save where the run stands before printing anything (the terminal may be gone), and leave
+        if stop:
+            checkpointer.save(iter_num, best_val_loss)
+            print0(f"interrupted by {signal.Signals(stop).name} at iter {iter_num}: saved {ckpt_path}; continue with "
+                   f"--init_from=resume", file=sys.stderr, flush=True)
+            break
 
         # timing and logging
         if iter_num % log_interval == 0 and master_process and not bad:
@@ -379,14 +376,9 @@ if __name__ == '__main__':
             runlog.log(iter=iter_num, loss=lossf, lr=lr, grad_norm=grad_norm.item(), ms=dt * 1000,
                        tok_per_s=tokens_per_iter / dt, mfu=running_mfu if running_mfu >= 0 else None)
 
-        # a stop request: save where the run stands, and leave
-        if stop:
-            checkpointer.save(iter_num, best_val_loss)
-            print0(f"interrupted by {signal.Signals(stop).name} at iter {iter_num}: saved {ckpt_path}; continue with "
-                   f"--init_from=resume", file=sys.stderr, flush=True)
-            break
 
     runlog.finish()
+    rundir.release()
     code = 130 if guard.signum == signal.SIGINT else 0  # 130: the shell's code for a run ended by Ctrl-C
     if ddp:
         end_distributed(code)  # after rank 0 has written the last checkpoint

@@ -10,31 +10,90 @@ import sys
 from contextlib import contextmanager
 
 
+def _where(tb) -> str:
+    """'file.py:line' of the innermost frame of this project's code in a traceback ('' when none is)."""
+    repo = os.path.dirname(os.path.abspath(__file__))
+    where = ''
+    while tb is not None:
+        path = os.path.abspath(tb.tb_frame.f_code.co_filename)
+        if path.startswith(repo + os.sep) and os.sep + 'site-packages' + os.sep not in path:
+            where = f"{os.path.relpath(path, repo)}:{tb.tb_lineno}"
+        tb = tb.tb_next
+    return where
+
+
 def _one_line_errors(exc_type, exc, tb):
     """sys.excepthook of the scripts: an error the scripts did not foresee still ends in one line, not a traceback
-    (NANOGPT_DEBUG=1 shows it)."""
+    (NANOGPT_DEBUG=1 shows it). The line goes straight to the process's stderr: under torchrun, torch's own hook
+    calls this one with sys.stderr swapped for a buffer that it would print only after this hook returned."""
     if issubclass(exc_type, KeyboardInterrupt):
-        print("interrupted", file=sys.stderr)
-        sys.exit(130)
-    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
-        message = f"the disk is full{f' writing {exc.filename}' if exc.filename else ''}: free some space and run again"
-    elif isinstance(exc, OSError) and exc.strerror:
-        message = f"{exc.strerror}{f': {exc.filename}' if exc.filename else ''}"
-    elif isinstance(exc, UnicodeDecodeError):
-        message = f"a file is not UTF-8 text ({exc.reason} at byte {exc.start}): convert it to UTF-8"
-    elif isinstance(exc, ModuleNotFoundError) and exc.name:
-        message = f"the {exc.name} package is not installed: pip install {exc.name.split('.')[0]}"
+        message, code = "interrupted", 130
     else:
-        message = f"{exc_type.__name__}: {exc}"
-    print(f"error: {message} (NANOGPT_DEBUG=1 shows the traceback)", file=sys.stderr)
-    sys.exit(1)
+        code = 1
+        if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+            message = f"the disk is full{f' writing {exc.filename}' if exc.filename else ''}: free some space and " \
+                      f"run again"
+        elif isinstance(exc, OSError) and exc.strerror:
+            message = f"{exc.strerror}{f': {exc.filename}' if exc.filename else ''}"
+        elif isinstance(exc, UnicodeDecodeError):
+            message = f"a file is not UTF-8 text ({exc.reason} at byte {exc.start}): convert it to UTF-8"
+        elif 'RANK' in os.environ and any(s in str(exc) for s in ('closed by peer', 'reset by peer', 'remote worker')):
+            message = f"rank {os.environ['RANK']} lost the other ranks: one of them failed, its error is above"
+        elif isinstance(exc, ModuleNotFoundError) and exc.name:
+            message = f"the {exc.name} package is not installed: pip install {exc.name.split('.')[0]}"
+        else:  # the last resort: at least where it happened
+            where = _where(tb)
+            message = f"{exc_type.__name__}{f': {exc}' if str(exc) else ''}{f' (at {where})' if where else ''}" \
+                      f"; this is a bug if your input looks right: please report it"
+        message = f"error: {message} (NANOGPT_DEBUG=1 shows the traceback)"
+    stderr = sys.__stderr__ or sys.stderr
+    try:
+        sys.stdout.flush()
+    except (OSError, ValueError):
+        pass
+    try:
+        print(message, file=stderr, flush=True)
+    except (OSError, ValueError):  # stderr closed too (a pipe whose reader died): the exit code still says it
+        pass
+    sys.exit(code)
+
+
+class _SturdyStream:
+    """A stdout or stderr whose reader may go away (`python train.py | tee log`, then tee killed by Ctrl-C): once a
+    write meets the closed pipe, the stream's descriptor is pointed at /dev/null and the run goes on, so printing
+    never stands between a run and its checkpoint."""
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def _sturdy(self, method, *args):
+        try:
+            return getattr(self._stream, method)(*args)
+        except BrokenPipeError:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, self._stream.fileno())  # what is still buffered goes there too
+            os.close(devnull)
+            return getattr(self._stream, method)(*args)
+
+    def write(self, text):
+        return self._sturdy('write', text)
+
+    def flush(self):
+        return self._sturdy('flush')
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
 
 
 def one_line_errors():
-    """From now on an uncaught exception ends the script with one line on stderr (unless NANOGPT_DEBUG is set).
-    Every script calls it first thing under `if __name__ == '__main__':`."""
+    """From now on an uncaught exception ends the script with one line on stderr (unless NANOGPT_DEBUG is set), and
+    a closed stdout or stderr does not end it. Every script calls it first thing under `if __name__ == '__main__':`."""
     if not os.environ.get('NANOGPT_DEBUG'):
         sys.excepthook = _one_line_errors
+    for name in ('stdout', 'stderr'):
+        stream = getattr(sys, name)
+        if stream is not None and not isinstance(stream, _SturdyStream) and hasattr(stream, 'fileno'):
+            setattr(sys, name, _SturdyStream(stream))
 
 
 def _alive(pid: int) -> bool:
@@ -59,10 +118,32 @@ def atomic_path(path: str):
     tmp = f"{path}.tmp{os.getpid()}"
     try:
         yield tmp
+        # writers that create their files 0600 (safetensors) would keep them from a teammate: the umask decides
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
+    except Exception as e:
+        if not (isinstance(e, OSError) and e.errno == errno.ENOSPC) and _full(tmp):
+            # a full disk as the writer reports it (torch.save: "RuntimeError: ... unexpected pos"), said plainly
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path) from e
+        raise
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _full(path: str, margin: int = 1 << 20) -> bool:
+    """Whether the filesystem of path has less than margin bytes left (a write that failed there filled it)."""
+    try:
+        fs = os.statvfs(os.path.dirname(os.path.abspath(path)))
+    except (OSError, AttributeError):  # no statvfs on Windows
+        return False
+    return fs.f_bavail * fs.f_frsize < margin
 
 
 def download(url: str, path: str, offline_hint: str):

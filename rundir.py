@@ -1,0 +1,120 @@
+"""
+out_dir as a unit: what a run may do with the folder another run left, and who holds it while a run writes there.
+
+    ckpt.pt    the checkpoint (checkpoint.py)
+    log.jsonl  the run log (runlog.py)
+    run.lock   the host and pid of the run that holds the folder
+
+A run that does not continue the folder's run (--init_from other than resume) refuses a folder that holds a
+checkpoint or a log, since it would overwrite them; a torchrun restart of the same job continues from the checkpoint.
+While a run writes in the folder its master process holds run.lock (an flock, which the system releases when the
+process dies however it dies): a second run into the same folder refuses, naming the holder. An eval-only run
+writes nothing to the folder, so it neither checks nor holds it.
+"""
+
+import atexit
+import json
+import os
+import socket
+import time
+
+try:
+    import fcntl
+except ImportError:
+    fcntl = None
+
+LOCK = 'run.lock'
+
+
+def claim(out_dir: str, init_from: str, eval_only: bool, master: bool) -> str:
+    """Check that this run may write in out_dir, and hold it (master process): the init_from to use, 'resume' for
+    a torchrun restart of a run that saved a checkpoint. SystemExit, with the folder untouched, when it is not this
+    run's to write."""
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise SystemExit(f"error: out_dir={out_dir!r} is a file, not a directory: choose another out_dir")
+    if eval_only:
+        return init_from
+    lock_path = os.path.join(out_dir, LOCK)
+    lock = _lock(lock_path) if master and os.path.exists(lock_path) else None  # a live holder first: it explains
+    init_from = _check_files(out_dir, init_from, master)
+    if master:
+        os.makedirs(out_dir, exist_ok=True)
+        _hold(lock or _lock(lock_path))
+    return init_from
+
+
+def _check_files(out_dir: str, init_from: str, master: bool) -> str:
+    ckpt_path, log_path = os.path.join(out_dir, 'ckpt.pt'), os.path.join(out_dir, 'log.jsonl')
+    if init_from == 'resume' or not (os.path.exists(ckpt_path) or os.path.exists(log_path)):
+        return init_from
+    restarted = int(os.environ.get('TORCHELASTIC_RESTART_COUNT', 0)) > 0
+    if restarted and os.path.exists(ckpt_path):
+        if master:
+            print(f"restarted by torchrun: resuming from {ckpt_path}")
+        return 'resume'
+    if restarted:  # the job's first attempt died before its first checkpoint: its log is this job's to redo
+        return init_from
+    if os.path.exists(ckpt_path):
+        raise SystemExit(f"error: {ckpt_path} holds the checkpoint of an earlier run, which this one would "
+                         f"overwrite: continue it with --init_from=resume, or start over in another out_dir "
+                         f"(or remove the file)")
+    raise SystemExit(f"error: {log_path} holds the log of an earlier run (which saved no checkpoint), which this "
+                     f"one would overwrite: start in another out_dir, or remove the file to start over here")
+
+
+_held = []  # the open lock file of the folder this process holds (the flock lives as long as it is open)
+
+
+def _lock(path: str):
+    """The lock file, opened and flocked by this process (created if missing, left unchanged otherwise); SystemExit
+    while another process holds it."""
+    f = open(path, 'a+', encoding='utf-8')
+    if fcntl is None:  # Windows: no flock, the folder is not held
+        return f
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        holder = _read_holder(f)
+        f.close()
+        raise SystemExit(f"error: {os.path.dirname(path) or '.'} is in use by another run ({holder or 'starting'}), "
+                         f"whose files this one would overwrite: wait for it to end, or choose another out_dir") \
+            from None
+    return f
+
+
+def _hold(f):
+    """Write this process into the flocked lock file: it holds the folder until it exits or calls release(). A lock
+    left by a process that died is taken over, with a note."""
+    previous = _read_holder(f)
+    if previous:
+        print(f"note: {f.name} was left by a run that did not end ({previous}, no longer running): taken over")
+    f.seek(0)
+    f.truncate()
+    f.write(json.dumps({'host': socket.gethostname(), 'pid': os.getpid(), 'since': time.strftime('%Y-%m-%d %H:%M:%S'),
+                        'run_id': os.environ.get('TORCHELASTIC_RUN_ID')}) + '\n')
+    f.flush()
+    _held.append(f)
+    atexit.register(release)
+
+
+def _read_holder(f) -> str:
+    """'pid P on host H since T' from an open lock file, '' for an empty one (released cleanly)."""
+    f.seek(0)
+    text = f.read().strip()
+    if not text:
+        return ''
+    try:
+        h = json.loads(text)
+        return f"pid {h['pid']} on host {h['host']} since {h['since']}"
+    except (ValueError, KeyError, TypeError):
+        return f"{f.name} says {text[:80]!r}"
+
+
+def release():
+    """Let go of the folder this process holds: the lock file is emptied, so the next run takes it without a
+    note."""
+    while _held:
+        f = _held.pop()
+        f.seek(0)
+        f.truncate()
+        f.close()

@@ -1,0 +1,110 @@
+"""
+plot.py on hand-written log.jsonl files, run as the real script: the record kinds of runlog.py (skipped steps
+included), lines that are not records, logs with nothing to draw, and fourteen runs on one figure.
+"""
+import json
+import struct
+
+import pytest
+
+from conftest import one_line_error, run_script
+
+pytest.importorskip('matplotlib')
+
+
+def start(tokens_per_iter: int = 8192) -> dict:
+    return dict(iter=0, params=10_650_000, n_layer=6, n_head=6, n_embd=384, block_size=256,
+                dataset='shakespeare_char', tokens_per_iter=tokens_per_iter, init_from='scratch', time=0.0)
+
+
+def records(iters: int = 20, tokens_per_iter: int = 8192, skipped=()) -> list[dict]:
+    """What train.py logs for a run of iters steps, evaluating every 10; the steps in skipped were non-finite."""
+    out = [start(tokens_per_iter)]
+    for i in range(iters + 1):
+        if i % 10 == 0:
+            out.append(dict(iter=i, train_loss=4 - i / 10, val_loss=4.1 - i / 10, lr=1e-3))
+        if i in skipped:
+            out.append(dict(iter=i, skipped=skipped.index(i) + 1))
+        elif i > 0:
+            out.append(dict(iter=i, loss=4 - i / 10, lr=1e-3, grad_norm=1.0, ms=10.0, tok_per_s=1e5, mfu=None))
+    return out
+
+
+def write_log(out_dir, lines: list) -> str:
+    """out_dir/log.jsonl holding lines: records (dicts) and raw text, as they come."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    text = ''.join(json.dumps(line) + '\n' if isinstance(line, dict) else line for line in lines)
+    (out_dir / 'log.jsonl').write_text(text)
+    return str(out_dir)
+
+
+def assert_png(path):
+    header = path.read_bytes()[:24]
+    assert header[:8] == b'\x89PNG\r\n\x1a\n'
+    assert struct.unpack('>II', header[16:24]) == (1200, 840)
+
+
+def test_plot_draws_a_run_with_skipped_steps(tmp_path):
+    out = write_log(tmp_path / 'run', records(skipped=(7, 8, 9)))
+    proc = run_script('plot.py', out)
+    assert 'wrote' in proc.stdout
+    assert_png(tmp_path / 'run' / 'loss.png')
+
+    import plot
+    ax = plot.figure([out]).axes[0]
+    marked = [list(line.get_xdata()) for line in ax.get_lines() if line.get_marker() == 'x']
+    assert marked == [[7, 8, 9]]  # the skipped steps are marked, and no curve runs through them
+    assert all(7 not in line.get_xdata() for line in ax.get_lines() if line.get_marker() != 'x')
+
+
+def test_plot_drops_garbage_and_a_torn_last_line(tmp_path):
+    lines = records()
+    lines.insert(3, 'not json at all\n')  # line 4
+    lines.append('{"iter": 21, "loss": 2.0, "lr"')  # line 26: the append cut short by a kill
+    out = write_log(tmp_path / 'run', lines)
+    proc = run_script('plot.py', out, f'--output={tmp_path / "run.png"}')
+    assert 'line(s) 4, 26' in proc.stdout + proc.stderr
+    assert_png(tmp_path / 'run.png')
+
+
+@pytest.mark.parametrize('lines', [
+    [],  # created, never written to
+    [start(), '{"iter": 1, "lo'],  # killed during its first append
+    [start(), *({'iter': i, 'skipped': i} for i in range(1, 5))],  # every step non-finite
+], ids=['empty', 'start-and-torn-line', 'only-skipped-steps'])
+def test_plot_refuses_a_log_with_nothing_to_draw(tmp_path, lines):
+    out = write_log(tmp_path / 'run', lines)
+    proc = run_script('plot.py', out, check=False)
+    one_line_error(proc, str(tmp_path / 'run' / 'log.jsonl'), 'no training steps or evaluations', 'train.py')
+
+
+def test_plot_fourteen_runs_with_different_tokens_per_iter(tmp_path):
+    tokens = [1024 * (k + 1) for k in range(14)]
+    out_dirs = [write_log(tmp_path / f'run-{k:02d}', records(10 + k, t))
+                for k, t in enumerate(tokens)]
+    run_script('plot.py', *out_dirs, f'--output={tmp_path / "all.png"}')
+    assert_png(tmp_path / 'all.png')
+
+    import plot
+    colors = plot.run_colors(14)
+    assert len(set(colors)) == 14
+    fig = plot.figure(out_dirs)
+    fig.canvas.draw()
+    ax, ax_lr = fig.axes[:2]
+    # runs of different tokens per iteration are drawn against tokens, each with its own; no top axis from one run
+    assert ax_lr.get_xlabel() == 'tokens (millions)' and not ax.child_axes
+    ends = [line.get_xdata()[-1] for line in ax_lr.get_lines()]
+    assert ends == pytest.approx([(10 + k) * t / 1e6 for k, t in enumerate(tokens)])
+    assert [line.get_color() for line in ax_lr.get_lines()] == colors
+    # the legend names every run, outside the plots and whole inside the figure; the title clear of the plots
+    (legend,) = fig.legends
+    assert {text.get_text() for text in legend.get_texts()} >= {f'run-{k:02d}' for k in range(14)}
+    figure_box = fig.bbox
+    legend_box = legend.get_window_extent()
+    assert figure_box.x0 <= legend_box.x0 and legend_box.x1 <= figure_box.x1
+    assert figure_box.y0 <= legend_box.y0 and legend_box.y1 <= figure_box.y1
+    title_box = ax.title.get_window_extent()
+    assert ax.get_title() == '14 runs'  # not fourteen lines
+    assert ax.get_window_extent().y1 <= title_box.y0 and title_box.y1 <= figure_box.y1
+    for box in [title_box, *(a.get_window_extent() for a in fig.axes)]:
+        assert not box.overlaps(legend_box)
