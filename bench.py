@@ -24,7 +24,7 @@ import torch
 from common import dataset_dir, describe_device, device_peak_flops, end_distributed, print0, setup_runtime
 from configurator import config_defaults, configure
 from data.loader import SyntheticLoader, TokenLoader
-from data.tokenfiles import split_files
+from data.tokenfiles import Dataset, split_files
 from model import GPT, GPTConfig
 from parallel import DATA_PARALLEL, place_model, wrap_model
 from train import train_step
@@ -90,8 +90,9 @@ def bench(cfg, runtime, probe=None) -> dict:
     model.chunked_loss = cfg.chunked_loss
     ctx = place_model(model, runtime, cfg.data_parallel)
     if cfg.real_data:
-        loader = TokenLoader(dataset_dir(cfg.dataset), 'train', cfg.batch_size, cfg.block_size, cfg.vocab_size,
-                             runtime.device, cfg.seed, runtime.rank, runtime.world_size)
+        data = Dataset(dataset_dir(cfg.dataset), splits=('train',), note=print0)
+        loader = TokenLoader(data, 'train', cfg.batch_size, cfg.block_size, cfg.vocab_size, runtime.device, cfg.seed,
+                             runtime.rank, runtime.world_size)
     else:
         loader = SyntheticLoader(cfg.batch_size, cfg.block_size, cfg.vocab_size, runtime.device)
     optimizer = model.configure_optimizers(cfg.weight_decay, cfg.learning_rate, (0.9, 0.95), runtime.device_type)

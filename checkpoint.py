@@ -17,6 +17,7 @@ rank's RNG states), world_size; and vocab, the characters of a character-level m
 import os
 import pickle
 import re
+from dataclasses import asdict
 
 import torch
 
@@ -69,25 +70,45 @@ class Checkpointer:
         restore_rng(checkpoint.get('rng', {}), self.runtime)
 
 
-def load_checkpoint(ckpt_path: str, device) -> dict:
-    if not os.path.exists(ckpt_path):
-        raise SystemExit(f"error: no checkpoint at {ckpt_path}: train one with train.py (out_dir sets where), "
-                         f"or pass --init_from=gpt2 for OpenAI's weights")
+def torch_load(path: str, what: str):
+    """torch.load of a file from outside, as tensors and plain data only (weights_only), so that loading never runs
+    code from it; SystemExit naming the file when it holds anything else or is damaged."""
     try:
-        # weights_only: tensors and plain data only, so loading a checkpoint never runs code from it
-        checkpoint = torch.load(ckpt_path, map_location=device, weights_only=True)
+        return torch.load(path, map_location='cpu', weights_only=True)
     except pickle.UnpicklingError as e:
         found = re.search(r'GLOBAL (\S+)', str(e))  # torch's message names the class or function it met
         if found is None:
-            raise SystemExit(f"error: could not read the checkpoint {ckpt_path} (UnpicklingError: {e}): the file is "
-                             f"damaged or not a PyTorch checkpoint") from None
-        reason = f"it refers to {found.group(1)}"
-        raise SystemExit(f"error: refused to load {ckpt_path}: it holds objects other than tensors and plain data, "
-                         f"which could run code when loaded ({reason}); use checkpoints you trust, written by "
-                         f"this project or nanoGPT") from None
+            raise SystemExit(f"error: could not read the {what} {path} (UnpicklingError: {e}): the file is "
+                             f"damaged or not a PyTorch {what}") from None
+        raise SystemExit(f"error: refused to load {path}: it holds objects other than tensors and plain data, "
+                         f"which could run code when loaded (it refers to {found.group(1)}); use {what}s you trust, "
+                         f"written by this project, nanoGPT or transformers") from None
     except Exception as e:
-        raise SystemExit(f"error: could not read the checkpoint {ckpt_path} ({type(e).__name__}: {e}): "
-                         f"the file is damaged or not a PyTorch checkpoint") from None
+        raise SystemExit(f"error: could not read the {what} {path} ({type(e).__name__}: {e}): the file is "
+                         f"damaged or not a PyTorch {what}") from None
+
+
+def check_shapes(model_args: dict, shapes: dict, source: str):
+    """SystemExit unless the sizes model_args describe (layers, vocabulary, context, width) are those of the
+    weights, whose shapes (name -> shape, this model's names) are read before anything is built: a config.json or
+    model_args that disagrees with its weights would otherwise allocate what it says first."""
+    layers = {int(k.split('.')[2]) for k in shapes if k.startswith('transformer.h.') and k.split('.')[2].isdigit()}
+    found = {'n_layer': len(layers)}
+    if 'transformer.wte.weight' in shapes:
+        found['vocab_size'], found['n_embd'] = shapes['transformer.wte.weight']
+    if 'transformer.wpe.weight' in shapes:
+        found['block_size'] = shapes['transformer.wpe.weight'][0]
+    differ = [f"{k}={model_args.get(k)} (the weights: {v})" for k, v in found.items() if model_args.get(k) != v]
+    if differ:
+        raise SystemExit(f"error: {source} describes a model its weights are not: {', '.join(differ)}; the files do "
+                         f"not belong together: export or download the model again")
+
+
+def load_checkpoint(ckpt_path: str) -> dict:
+    if not os.path.exists(ckpt_path):
+        raise SystemExit(f"error: no checkpoint at {ckpt_path}: train one with train.py (out_dir sets where), "
+                         f"or pass --init_from=gpt2 for OpenAI's weights")
+    checkpoint = torch_load(ckpt_path, 'checkpoint')
     if not isinstance(checkpoint, dict) or 'model' not in checkpoint or 'model_args' not in checkpoint:
         raise SystemExit(f"error: {ckpt_path} is not a checkpoint of this project (no 'model' and 'model_args')")
     return checkpoint
@@ -100,10 +121,11 @@ def model_from_checkpoint(checkpoint: dict, source: str = 'checkpoint') -> GPT:
     if set(model_args) - known:
         raise SystemExit(f"error: {source} has model arguments {sorted(set(model_args) - known)} that this GPT "
                          f"does not know: it comes from another architecture")
-    model = GPT(GPTConfig(**model_args))
     # checkpoints of a torch.compile'd model (nanoGPT's) carry this prefix
     state_dict = {k.removeprefix('_orig_mod.'): v for k, v in checkpoint['model'].items()}
     state_dict = {k: v for k, v in state_dict.items() if not k.endswith('.attn.bias')}  # old causal-mask buffers
+    check_shapes(model_args, {k: tuple(v.shape) for k, v in state_dict.items()}, source)
+    model = GPT(GPTConfig(**model_args))
     try:
         model.load_state_dict(state_dict)
     except RuntimeError as e:
@@ -113,11 +135,11 @@ def model_from_checkpoint(checkpoint: dict, source: str = 'checkpoint') -> GPT:
 
 def load_model(init_from: str, out_dir: str = 'out', device='cpu', dropout: float | None = None):
     """A model from 'resume' (out_dir/ckpt.pt), a GPT-2 name or a Hugging Face directory, and the checkpoint
-    it came from (None for pretrained weights)."""
-    checkpoint = None
+    it came from; for pretrained weights, what get_tokenizer and check_tokens need of one (model_args, and vocab:
+    the characters an exported character-level model carries in its meta.json)."""
     if init_from == 'resume':
         ckpt_path = os.path.join(out_dir, 'ckpt.pt')
-        checkpoint = load_checkpoint(ckpt_path, 'cpu')
+        checkpoint = load_checkpoint(ckpt_path)
         if dropout is not None:
             checkpoint['model_args']['dropout'] = dropout
         model = model_from_checkpoint(checkpoint, ckpt_path)
@@ -126,19 +148,49 @@ def load_model(init_from: str, out_dir: str = 'out', device='cpu', dropout: floa
             model = GPT.from_pretrained(init_from, None if dropout is None else dict(dropout=dropout))
         except (ValueError, RuntimeError, FileNotFoundError) as e:
             raise SystemExit(f"error: {e}") from e
+        vocab = read_vocab(init_from) if os.path.isdir(init_from) else None
+        checkpoint = {'model_args': asdict(model.config), 'vocab': vocab, 'source': init_from}
     return model.to(device), checkpoint
+
+
+def describe_tokens(vocab: list[str] | None, vocab_size: int) -> str:
+    if vocab is not None:
+        return f"a vocabulary of {len(vocab)} characters ({''.join(vocab)[:20]!r}...)"
+    return "GPT-2's BPE tokens" if vocab_size >= 50257 else f"{vocab_size} character ids (characters unknown)"
+
+
+def check_tokens(checkpoint: dict, source: str, data):
+    """SystemExit unless a model's token ids mean what the dataset's ids mean (the same characters in the same
+    order, or both GPT-2 BPE): training on ids that mean other characters would exit 0 and ruin the model."""
+    vocab, vocab_size = checkpoint.get('vocab'), checkpoint['model_args']['vocab_size']
+    model_char = vocab is not None or vocab_size < 50257
+    if model_char != (data.tokenizer == 'char'):
+        same = False
+    elif vocab is not None and data.vocab is not None:
+        same = list(vocab) == list(data.vocab)
+    else:  # a character model without its characters (nanoGPT's checkpoints): the sizes must agree
+        same = data.vocab is None or vocab_size == len(data.vocab)
+    if not same:
+        raise SystemExit(f"error: {source} was trained on {describe_tokens(vocab, vocab_size)}, but {data.dir} holds "
+                         f"{describe_tokens(data.vocab, 50257 if data.vocab is None else len(data.vocab))} (prepared "
+                         f"again, or another dataset): its ids would mean other tokens; use the dataset the model "
+                         f"was trained on, or start a new run")
 
 
 def get_tokenizer(checkpoint: dict | None):
     """encode(str) -> list[int] and decode(list[int]) -> str: the character vocabulary the checkpoint carries (or,
     for older checkpoints, its dataset's), else GPT-2's BPE."""
     checkpoint = checkpoint or {}
-    chars, source = checkpoint.get('vocab'), 'the checkpoint'
+    chars, source = checkpoint.get('vocab'), checkpoint.get('source', 'the checkpoint')
     dataset = checkpoint.get('config', {}).get('dataset')
     if chars is None and dataset:
         source = dataset_dir(dataset)
         chars = read_vocab(source)
     vocab_size = checkpoint.get('model_args', {}).get('vocab_size', 50304)
+    if chars is None and vocab_size < 50257 and 'source' in checkpoint:
+        raise SystemExit(f"error: {checkpoint['source']} is a model of {vocab_size} characters, but its folder has "
+                         f"no meta.json naming them: export it again with export_hf.py, or copy the meta.json of the "
+                         f"dataset it was trained on into the folder")
     if chars is None and vocab_size < 50257:
         raise SystemExit(f"error: the checkpoint's model has a vocabulary of {vocab_size} characters, but neither the "
                          f"checkpoint nor its dataset {dataset!r} holds them: put the dataset's meta.json or meta.pkl "

@@ -1,6 +1,6 @@
 """
 Export a checkpoint of this project as a Hugging Face GPT-2 folder (config.json, model.safetensors and, for GPT-2
-BPE models, the tokenizer files), which transformers.GPT2LMHeadModel.from_pretrained(dest) loads with the same
+BPE models, the tokenizer files; for character-level models, meta.json with the characters, as a dataset's), which transformers.GPT2LMHeadModel.from_pretrained(dest) loads with the same
 logits, and which GPT.from_pretrained(dest) and sample.py --init_from=dest read back.
 
     python export_hf.py --out_dir=out --dest=gpt2-mine
@@ -13,7 +13,7 @@ import sys
 
 from checkpoint import load_checkpoint, model_from_checkpoint
 from configurator import config_defaults, configure
-from hf_gpt2 import GPT2_VOCAB, write_pretrained
+from hf_gpt2 import GPT2_VOCAB, write_json, write_pretrained
 from util import one_line_errors
 
 # -----------------------------------------------------------------------------
@@ -25,7 +25,7 @@ defaults = config_defaults(globals())
 
 
 def export(ckpt_path: str, dest: str, trim_vocab: bool = False):
-    checkpoint = load_checkpoint(ckpt_path, 'cpu')
+    checkpoint = load_checkpoint(ckpt_path)
     model = model_from_checkpoint(checkpoint, ckpt_path)
     vocab_size = model.config.vocab_size
     if trim_vocab:
@@ -38,6 +38,9 @@ def export(ckpt_path: str, dest: str, trim_vocab: bool = False):
         raise SystemExit(f"error: --dest={dest} already exists and is not an empty folder: choose a new folder, "
                          f"or remove it first")
     tokenizer = write_pretrained(model, dest, vocab_size)
+    if checkpoint.get('vocab') is not None:  # a character-level model: its characters, read as a dataset's are
+        write_json(os.path.join(dest, 'meta.json'), {'tokenizer': 'char', 'vocab_size': vocab_size,
+                                                     'chars': ''.join(checkpoint['vocab'])})
     print(f"exported {ckpt_path} ({model.get_num_params() / 1e6:.2f}M parameters, vocabulary {vocab_size}) "
           f"to {dest}{' with the GPT-2 tokenizer' if tokenizer else ''}")
 

@@ -10,6 +10,7 @@ import sys
 
 import torch
 
+from checkpoint import check_shapes, torch_load
 from util import atomic_path
 
 # The Hugging Face hub repositories of OpenAI's checkpoints, and their shapes
@@ -22,6 +23,7 @@ PRETRAINED = {
 # OpenAI's checkpoints use a Conv1D module, whose weights are the transpose of a Linear's
 TRANSPOSED = ('attn.c_attn.weight', 'attn.c_proj.weight', 'mlp.c_fc.weight', 'mlp.c_proj.weight')
 GPT2_VOCAB = 50257  # GPT-2's BPE vocabulary; <|endoftext|> is its last id
+HF_REQUIRED = ('n_layer', 'n_head', 'n_embd', 'n_positions', 'vocab_size')  # the config.json keys read
 BPE_URL = 'https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/'  # tiktoken's source of GPT-2's files
 
 
@@ -62,21 +64,43 @@ def hf_config_from(config, vocab_size: int) -> dict:
 # -----------------------------------------------------------------------------
 # reading
 
-def read_weights(weights_path: str) -> dict:
-    """A Hugging Face GPT-2 weights file as a state_dict of this model: its keys, Linear (not Conv1D) layout."""
-    if weights_path.endswith('.safetensors'):
+def our_name(k: str) -> str:
+    """This model's name of a Hugging Face GPT-2 weight (GPT2Model checkpoints lack the 'transformer.' prefix)."""
+    return k if k.startswith(('transformer.', 'lm_head.')) else 'transformer.' + k
+
+
+def read_weights(weights_path: str, raw: dict | None = None) -> dict:
+    """A Hugging Face GPT-2 weights file (or its tensors, raw) as a state_dict of this model: its keys, Linear (not
+    Conv1D) layout."""
+    if raw is None and weights_path.endswith('.safetensors'):
         from safetensors.torch import load_file
         raw = load_file(weights_path)
-    else:
-        raw = torch.load(weights_path, map_location='cpu', weights_only=True)
+    elif raw is None:
+        raw = torch_load(weights_path, 'weights file')
     state_dict = {}
     for k, v in raw.items():
         if k.endswith(('.attn.bias', '.attn.masked_bias')):  # causal-mask buffers, not parameters
             continue
-        if not k.startswith(('transformer.', 'lm_head.')):  # GPT2Model checkpoints lack the prefix
-            k = 'transformer.' + k
+        k = our_name(k)
         state_dict[k] = v.t() if k.endswith(TRANSPOSED) else v
     return state_dict
+
+
+def weights_and_shapes(weights_path: str) -> tuple[dict | None, dict]:
+    """(the tensors if they had to be loaded to be seen, else None; this model's name -> shape), from a
+    safetensors header alone where it can: nothing is allocated before the shapes are checked."""
+    if weights_path.endswith('.safetensors'):
+        from safetensors import safe_open
+        try:
+            with safe_open(weights_path, 'pt') as f:
+                return None, {our_name(k): tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+        except Exception as e:
+            raise SystemExit(f"error: could not read {weights_path} ({type(e).__name__}: {e}): the file is damaged "
+                             f"or not a safetensors file: download or export the model again") from None
+    raw = torch_load(weights_path, 'weights file')
+    if not isinstance(raw, dict) or not all(isinstance(v, torch.Tensor) for v in raw.values()):
+        raise SystemExit(f"error: {weights_path} is not a state_dict of tensors: download or export the model again")
+    return raw, {our_name(k): tuple(v.shape) for k, v in raw.items()}
 
 
 def read_folder(path: str) -> tuple[dict, dict]:
@@ -84,10 +108,22 @@ def read_folder(path: str) -> tuple[dict, dict]:
     if not os.path.exists(config_path):
         raise FileNotFoundError(f"{path} has no config.json: it is not a Hugging Face GPT-2 checkpoint")
     with open(config_path) as f:
-        config_args = config_args_from_hf(json.load(f), path)
+        try:
+            hf_config = json.load(f)
+        except ValueError as e:
+            raise SystemExit(f"error: {config_path} is not valid JSON ({e}): export or download the model again") \
+                from None
+    if not isinstance(hf_config, dict) or set(HF_REQUIRED) - set(hf_config):
+        missing = sorted(set(HF_REQUIRED) - set(hf_config)) if isinstance(hf_config, dict) else list(HF_REQUIRED)
+        raise SystemExit(f"error: {config_path} lacks {', '.join(missing)}, which a GPT-2 config.json holds: "
+                         f"export or download the model again")
+    config_args = config_args_from_hf(hf_config, path)
     for name in ('model.safetensors', 'pytorch_model.bin'):
-        if os.path.exists(os.path.join(path, name)):
-            return config_args, read_weights(os.path.join(path, name))
+        weights_path = os.path.join(path, name)
+        if os.path.exists(weights_path):
+            raw, shapes = weights_and_shapes(weights_path)
+            check_shapes(config_args, shapes, config_path)
+            return config_args, read_weights(weights_path, raw)
     raise FileNotFoundError(f"{path} has neither model.safetensors nor pytorch_model.bin")
 
 
@@ -104,6 +140,7 @@ def download_pretrained(name: str) -> tuple[dict, dict]:
             f"offline, pass a local directory holding config.json and model.safetensors instead of {name!r}") from e
     with open(config_file) as f:
         config_args = config_args_from_hf(json.load(f), repo_id)
+    check_shapes(config_args, weights_and_shapes(weights_file)[1], config_file)
     assert all(config_args[k] == v for k, v in shape.items()), f"{repo_id} is not shaped like {name}"
     return config_args, read_weights(weights_file)
 
@@ -143,6 +180,10 @@ def write_file(path: str, data: bytes):
         f.write(data)
 
 
+def write_json(path: str, obj: dict):
+    write_file(path, json.dumps(obj, indent=2).encode())
+
+
 def write_tokenizer(dest: str, block_size: int) -> bool:
     """GPT-2's vocab.json and merges.txt (tiktoken's encoder.json and vocab.bpe, from its cache or the web)."""
     try:
@@ -158,7 +199,7 @@ def write_tokenizer(dest: str, block_size: int) -> bool:
     tokenizer_config = {'tokenizer_class': 'GPT2Tokenizer', 'model_max_length': block_size,
                         'bos_token': '<|endoftext|>', 'eos_token': '<|endoftext|>', 'unk_token': '<|endoftext|>',
                         'add_prefix_space': False}
-    write_file(os.path.join(dest, 'tokenizer_config.json'), json.dumps(tokenizer_config, indent=2).encode())
+    write_json(os.path.join(dest, 'tokenizer_config.json'), tokenizer_config)
     return True
 
 
@@ -168,7 +209,6 @@ def write_pretrained(model, dest: str, vocab_size: int) -> bool:
     os.makedirs(dest, exist_ok=True)
     with atomic_path(os.path.join(dest, 'model.safetensors')) as tmp:
         save_file(hf_state_dict(model, vocab_size), tmp, metadata={'format': 'pt'})
-    write_file(os.path.join(dest, 'config.json'), json.dumps(hf_config_from(model.config, vocab_size),
-                                                             indent=2).encode())
+    write_json(os.path.join(dest, 'config.json'), hf_config_from(model.config, vocab_size))
     # a character-level model has no Hugging Face tokenizer: its meta file stays the way to encode text
     return write_tokenizer(dest, model.config.block_size) if vocab_size >= GPT2_VOCAB else False

@@ -12,10 +12,10 @@ import sys
 import numpy as np
 import torch
 
-from checkpoint import get_tokenizer, load_model
+from checkpoint import check_tokens, get_tokenizer, load_model
 from common import dataset_dir, print0, setup_runtime
 from configurator import config_defaults, configure
-from data.tokenfiles import DTYPE, prepare_hint, split_files
+from data.tokenfiles import DTYPE, Dataset
 from util import one_line_errors
 
 # -----------------------------------------------------------------------------
@@ -70,18 +70,16 @@ def main(argv: list[str]):
             tokens = np.array(encode(f.read()), dtype=np.int64)
         source = cfg.text_file
     else:
-        data_dir = dataset_dir(cfg.dataset)
-        paths = split_files(data_dir, cfg.split)
-        if not paths:
-            raise SystemExit(f"error: no {cfg.split} data in {data_dir}: {prepare_hint(data_dir)}")
+        data = Dataset(dataset_dir(cfg.dataset), splits=(cfg.split,))
+        check_tokens(checkpoint, cfg.out_dir if cfg.init_from == 'resume' else cfg.init_from, data)
         pieces, n = [], 0
-        for path in paths:  # memory-mapped; only as many shards as max_tokens needs
+        for path in data.split(cfg.split)[0]:  # memory-mapped; only as many shards as max_tokens needs
             pieces.append(np.memmap(path, dtype=DTYPE, mode='r'))
             n += len(pieces[-1])
             if cfg.max_tokens and n >= cfg.max_tokens:
                 break
         tokens = pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
-        source = f"{data_dir} {cfg.split}"
+        source = f"{data.dir} {cfg.split}"
     if cfg.max_tokens:
         tokens = tokens[:cfg.max_tokens]
     if len(tokens) < 2:

@@ -37,11 +37,11 @@ from torch.distributed.fsdp import FSDPModule
 from torch.distributed.tensor import DTensor
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from checkpoint import Checkpointer, load_model
+from checkpoint import Checkpointer, check_tokens, load_model
 from common import RunGuard, dataset_dir, device_peak_flops, end_distributed, print0, setup_runtime
 from configurator import config_defaults, configure
 from data.loader import TokenLoader
-from data.tokenfiles import read_vocab
+from data.tokenfiles import Dataset
 from model import GPT, GPTConfig
 from parallel import DATA_PARALLEL, place_model, wrap_model
 import rundir
@@ -211,15 +211,20 @@ if __name__ == '__main__':
     print0(f"config: {config}")
     print0(f"tokens per iteration will be: {gradient_accumulation_steps * ddp_world_size * batch_size * block_size:,}"
            f" on {ddp_world_size} process(es), device {device}, dtype {dtype}")
+    # the data first, and every cheap check before any download or model: the dataset's files (one reader applies
+    # every check) and the HellaSwag examples
+    data = Dataset(dataset_dir(dataset), note=print0)
+    vocab = data.vocab  # a character vocabulary, which checkpoints also carry
+    if vocab is not None:
+        print0(f"found vocab_size = {len(vocab)} (inside {data.dir})")
+    hellaswag = None
+    if hellaswag_interval > 0:
+        from hellaswag import evaluate_hellaswag, load_examples
+        hellaswag = load_examples(hellaswag_file, hellaswag_limit or None)
+
     # the run folder: this run's to write (a new run never overwrites another's files), and held while it runs
     init_from = rundir.claim(out_dir, init_from, eval_only, master_process)
     ckpt_path = os.path.join(out_dir, 'ckpt.pt')
-
-    # attempt to derive vocab_size from the dataset: a character vocabulary, which checkpoints also carry
-    data_dir = dataset_dir(dataset)
-    vocab = read_vocab(data_dir)
-    if vocab is not None:
-        print0(f"found vocab_size = {len(vocab)} (inside {data_dir})")
 
     # model init
     shape_keys = ('n_layer', 'n_head', 'n_embd', 'block_size', 'bias')
@@ -241,12 +246,14 @@ if __name__ == '__main__':
                   if getattr(model.config, k) != model_args[k]]
         if differ:
             print0(f"note: resuming with the checkpoint's model shape: {', '.join(differ)}")
+        check_tokens(checkpoint, ckpt_path, data)  # the dataset's ids mean what they meant when it was saved
         iter_num = checkpoint['iter_num']
         best_val_loss = checkpoint['best_val_loss']
     else:
         # OpenAI's GPT-2 (gpt2, gpt2-medium, ...) or a Hugging Face GPT-2 folder
         print0(f"Initializing from OpenAI GPT-2 weights: {init_from}")
-        model, _ = load_model(init_from, dropout=dropout)
+        model, pretrained = load_model(init_from, dropout=dropout)
+        check_tokens(pretrained, init_from, data)
         if block_size > model.config.block_size:
             raise SystemExit(f"error: block_size={block_size} is above the pretrained model's "
                              f"{model.config.block_size}: use --block_size={model.config.block_size} or less")
@@ -268,10 +275,10 @@ if __name__ == '__main__':
         model.chunked_loss = True
 
     # data: each rank reads its own batches of one numbered stream, whose position the checkpoint saves
-    train_loader = TokenLoader(data_dir, 'train', batch_size, block_size, model_args['vocab_size'], device,
+    train_loader = TokenLoader(data, 'train', batch_size, block_size, model_args['vocab_size'], device,
                                seed, ddp_rank, ddp_world_size)
     # the eval loaders restart at every evaluation, so every evaluation reads the same batches
-    eval_loaders = {split: TokenLoader(data_dir, split, batch_size, block_size, model_args['vocab_size'], device,
+    eval_loaders = {split: TokenLoader(data, split, batch_size, block_size, model_args['vocab_size'], device,
                                        seed + 1, ddp_rank, ddp_world_size) for split in ('train', 'val')}
 
     # initialize a GradScaler. If enabled=False scaler is a no-op. Under FSDP too: unscaling sharded (DTensor)
@@ -296,10 +303,6 @@ if __name__ == '__main__':
     runlog.log(iter=iter_num, params=raw_model.get_num_params(), n_layer=n_layer, n_head=n_head, n_embd=n_embd,
                block_size=block_size, dataset=dataset, tokens_per_iter=tokens_per_iter, init_from=init_from,
                time=time.time())
-    hellaswag = None
-    if hellaswag_interval > 0:
-        from hellaswag import evaluate_hellaswag, load_examples
-        hellaswag = load_examples(hellaswag_file, hellaswag_limit or None)
     peak_flops = peak_flops or device_peak_flops(device)  # for MFU; None: unknown, MFU is not printed
     # preemption (SIGTERM, Ctrl-C) and non-finite steps, acted on by every rank together after each step
     guard = RunGuard(runtime, max_bad_steps, out_dir, runlog.log)

@@ -1,15 +1,13 @@
 """
-TokenLoader: the reader of the token files data/<name>/prepare.py writes (see data/tokenfiles.py), used by
-train.py and bench.py. It checks what it opens and draws batches from a numbered stream whose position it saves.
+TokenLoader: batches from a split of a Dataset (data/tokenfiles.py, the reader that checks what it opens), for
+train.py and bench.py, drawn from a numbered stream whose position it saves.
 SyntheticLoader: random tokens, for bench.py without prepared data.
 """
-
-import os
 
 import numpy as np
 import torch
 
-from data.tokenfiles import DTYPE, check_dataset, prepare_hint, split_files
+from data.tokenfiles import DTYPE, Dataset
 
 
 class TokenLoader:
@@ -18,44 +16,22 @@ class TokenLoader:
     different data, and together they read what one process with world_size times the accumulation reads.
     state_dict() is the position in the stream: a resumed run continues with the very batches it would have drawn."""
 
-    def __init__(self, data_dir: str, split: str, batch_size: int, block_size: int, vocab_size: int | None = None,
+    def __init__(self, data: Dataset, split: str, batch_size: int, block_size: int, vocab_size: int | None = None,
                  device='cpu', seed: int = 1337, rank: int = 0, world_size: int = 1):
         self.batch_size, self.block_size = batch_size, block_size
         self.device = torch.device(device)
-        check_dataset(data_dir)  # one prepare's files, not a mix left by an interrupted one
-        self.paths = split_files(data_dir, split)
-        if not self.paths:
-            raise SystemExit(f"error: no {split} data in {data_dir} (neither {split}.bin nor {split}_000000.bin...): "
-                             f"{prepare_hint(data_dir)}")
-        self.lengths = []
-        for path in self.paths:
-            size = os.path.getsize(path)
-            if size % 2:
-                raise SystemExit(f"error: {path} has an odd size ({size} bytes), so it is not a uint16 token file: "
-                                 f"it may be truncated; {prepare_hint(data_dir)} again")
-            self.lengths.append(size // 2)
+        self.paths, self.lengths = data.split(split)
         # a window of block_size + 1 tokens (inputs and shifted targets) must fit in a file
         self.windows = np.array([max(n - block_size, 0) for n in self.lengths], dtype=np.int64)
         if self.windows.sum() == 0:
-            raise SystemExit(f"error: {split} data in {data_dir} has {max(self.lengths)} tokens in its largest file, "
+            raise SystemExit(f"error: {split} data in {data.dir} has {max(self.lengths)} tokens in its largest file, "
                              f"too few for one block of {block_size} + 1: lower block_size or prepare more data")
         self.offsets = np.concatenate([[0], np.cumsum(self.windows)])
         self.vocab_size = vocab_size
         if vocab_size is not None:
-            self._check_vocab(vocab_size)
+            data.check_ids(split, vocab_size)
         self.seed, self.rank, self.world_size = seed, rank, world_size
         self.next = 0  # the stream's next batch number, the same on every rank
-
-    def _check_vocab(self, vocab_size: int, sample: int = 1 << 20):
-        # the start, middle and end of each file: enough to catch a dataset made with another tokenizer
-        for path, n in zip(self.paths, self.lengths):
-            data = np.memmap(path, dtype=DTYPE, mode='r')
-            pieces = [data[:sample], data[n // 2:n // 2 + sample], data[max(n - sample, 0):]]
-            top = max(int(p.max()) for p in pieces if p.size)
-            del data
-            if top >= vocab_size:
-                raise SystemExit(f"error: {path} holds token id {top}, outside the model's vocabulary of {vocab_size}: "
-                                 f"the data was prepared with another tokenizer, or vocab_size is wrong")
 
     def next_batch(self):
         B, T = self.batch_size, self.block_size

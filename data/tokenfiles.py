@@ -12,7 +12,8 @@ Every file is written under a temporary name and renamed once complete, so a run
 truncated file where a later run would read it.
 
 Here: the writer (TokenWriter), meta.json (begin_prepare, write_meta, read_meta, read_vocab), the fingerprints that
-tell one prepare's files from a mix (check_dataset), and the files of a split (split_files). This module imports no
+tell one prepare's files from a mix, the files of a split (split_files), and Dataset, the one reader through which
+every script opens a dataset, applying every check. This module imports no
 torch: the prepare scripts need numpy only. What the prepare scripts share beyond the contract (the Shakespeare
 command line, `datasets` loading, parallel tokenization) is in data/prepare_helpers.py; the reader, TokenLoader in
 data/loader.py, serves train.py and bench.py.
@@ -140,24 +141,33 @@ def read_meta(data_dir: str) -> dict | None:
         return None
     try:
         with open(path) as f:
-            return json.load(f)
+            meta = json.load(f)
     except (ValueError, UnicodeDecodeError) as e:
         raise SystemExit(f"error: {path} is not valid JSON ({e}): prepare the dataset again "
                          f"({prepare_hint(data_dir)})") from None
+    if not isinstance(meta, dict):
+        raise SystemExit(f"error: {path} holds a JSON {type(meta).__name__}, not the object a prepare writes: "
+                         f"prepare the dataset again ({prepare_hint(data_dir)})")
+    return meta
 
 
-def check_dataset(data_dir: str):
-    """SystemExit unless the dataset's files are those its meta.json lists (no check for datasets without one,
-    such as nanoGPT's)."""
-    meta = read_meta(data_dir)
-    if meta is None:
+def _check_files(data_dir: str, meta: dict | None, note):
+    """SystemExit unless the dataset's files are those its meta.json lists, and its shards are numbered without a
+    gap; a note where nothing can be checked (datasets without a meta.json, such as nanoGPT's)."""
+    numbers = sorted(int(SHARD_RE.match(os.path.basename(p)).group(2))
+                     for split in ('train', 'val') for p in split_files(data_dir, split) if SHARD_RE.match(os.path.basename(p)))
+    missing = sorted(set(range(numbers[-1] + 1)) - set(numbers)) if numbers else []
+    if missing:
+        raise SystemExit(f"error: {data_dir} has shards up to number {numbers[-1]} but not {missing[0]:06d} "
+                         f"({len(missing)} missing): a download or copy is incomplete; {prepare_hint(data_dir)} again")
+    if meta is None or meta.get('files') is None:
+        note(f"note: {data_dir} has no {'meta.json' if meta is None else 'file list in meta.json'} (prepared by "
+             f"nanoGPT or an older prepare): its files are read unchecked for a mix of two prepares")
         return
     if meta.get('complete') is False:
         raise SystemExit(f"error: the dataset in {data_dir} is incomplete (its prepare was interrupted): "
                          f"prepare it again ({prepare_hint(data_dir)})")
-    listed = meta.get('files')
-    if listed is None:
-        return
+    listed = meta['files']
     present = {os.path.basename(p): p for p in dataset_files(data_dir)}
     for name in sorted(set(listed) | set(present)):
         if name not in present:
@@ -170,6 +180,49 @@ def check_dataset(data_dir: str):
             continue
         raise SystemExit(f"error: {os.path.join(data_dir, name)} {why}, so the dataset mixes two prepares: "
                          f"prepare it again ({prepare_hint(data_dir)})")
+
+
+class Dataset:
+    """The one reader of a prepared dataset, through which every script opens one (train.py and bench.py through
+    TokenLoader, perplexity.py directly): opening it applies every check of the contract above, once.
+        vocab      the character vocabulary (index -> character), None for GPT-2 BPE
+        tokenizer  'char', or the BPE named by meta.json ('gpt2' when it names none)"""
+
+    def __init__(self, data_dir: str, splits=('train', 'val'), note=print):
+        self.dir = data_dir
+        self.meta = read_meta(data_dir) if os.path.isdir(data_dir) else None
+        for split in splits:  # present, whole files of uint16
+            self.split(split)
+        _check_files(data_dir, self.meta, note)
+        self.vocab = read_vocab(data_dir)
+        self.tokenizer = 'char' if self.vocab is not None else (self.meta or {}).get('tokenizer', 'gpt2')
+
+    def split(self, split: str) -> tuple[list[str], list[int]]:
+        """The token files of a split and their lengths in tokens."""
+        paths = split_files(self.dir, split)
+        if not paths:
+            raise SystemExit(f"error: no {split} data in {self.dir} (neither {split}.bin nor {split}_000000.bin...): "
+                             f"{prepare_hint(self.dir)}")
+        lengths = []
+        for path in paths:
+            size = os.path.getsize(path)
+            if size % 2:
+                raise SystemExit(f"error: {path} has an odd size ({size} bytes), so it is not a uint16 token file: "
+                                 f"it may be truncated; {prepare_hint(self.dir)} again")
+            lengths.append(size // 2)
+        return paths, lengths
+
+    def check_ids(self, split: str, vocab_size: int, sample: int = 1 << 20):
+        """SystemExit if a token id of the split is outside a vocabulary of vocab_size: the start, middle and end
+        of each file, enough to catch a dataset made with another tokenizer (files up to 3 x sample: all of it)."""
+        for path, n in zip(*self.split(split)):
+            data = np.memmap(path, dtype=DTYPE, mode='r')
+            pieces = [data[:sample], data[n // 2:n // 2 + sample], data[max(n - sample, 0):]]
+            top = max(int(p.max()) for p in pieces if p.size)
+            del data
+            if top >= vocab_size:
+                raise SystemExit(f"error: {path} holds token id {top}, outside the model's vocabulary of {vocab_size}"
+                                 f": the data was prepared with another tokenizer, or vocab_size is wrong")
 
 
 def split_files(data_dir: str, split: str) -> list[str]:
@@ -200,23 +253,24 @@ class _PlainUnpickler(pickle.Unpickler):
 def read_vocab(data_dir: str) -> list[str] | None:
     """The character vocabulary of a dataset (index -> character): meta.json's 'chars', else nanoGPT's meta.pkl
     read as plain data only. None when the dataset has neither (GPT-2 BPE)."""
-    meta = read_meta(data_dir)
-    if meta is not None:
-        if 'chars' in meta:
-            return list(meta['chars'])
-        if meta.get('tokenizer') != 'char':
-            return None
-        if not os.path.exists(os.path.join(data_dir, 'meta.pkl')):
-            raise SystemExit(f"error: {data_dir} is character-level data, but its vocabulary (meta.pkl) is "
-                             f"missing: prepare the dataset again")
+    meta = read_meta(data_dir) or {}
+    if 'chars' in meta:
+        return list(meta['chars'])
     pkl_path = os.path.join(data_dir, 'meta.pkl')
     if not os.path.exists(pkl_path):
+        if meta.get('tokenizer') == 'char':
+            raise SystemExit(f"error: {data_dir} is character-level data, but its vocabulary (meta.pkl) is "
+                             f"missing: prepare the dataset again ({prepare_hint(data_dir)})")
         return None
+    if meta.get('tokenizer', 'char') != 'char':
+        raise SystemExit(f"error: {data_dir}/meta.json says the tokenizer is {meta['tokenizer']!r}, but meta.pkl "
+                         f"beside it holds a character vocabulary: prepare the dataset again "
+                         f"({prepare_hint(data_dir)}), or remove the file that does not belong")
     try:
         with open(pkl_path, 'rb') as f:
-            meta = _PlainUnpickler(f).load()
-        itos = meta['itos']
-        return [itos[i] for i in range(meta['vocab_size'])]
+            pkl = _PlainUnpickler(f).load()
+        itos = pkl['itos']
+        return [itos[i] for i in range(pkl['vocab_size'])]
     except Exception as e:
         raise SystemExit(f"error: {pkl_path} is refused ({type(e).__name__}: {e}): a character vocabulary is a dict "
                          f"of plain data; prepare the dataset again") from None

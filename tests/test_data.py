@@ -12,7 +12,7 @@ import torch
 
 from conftest import REPO, run_script
 from data.loader import TokenLoader
-from data.tokenfiles import TokenWriter, split_files
+from data.tokenfiles import Dataset, TokenWriter, split_files
 
 SHAKESPEARE = os.path.join(REPO, '..', 'shared', 'data', 'tinyshakespeare', 'input.txt')
 needs_shakespeare = pytest.mark.skipif(not os.path.exists(SHAKESPEARE), reason='no ../shared Tiny Shakespeare')
@@ -166,7 +166,7 @@ def make_split(tmp_path, n=1000, vocab=50):
 
 def test_loader_batches_are_windows_of_the_data(tmp_path):
     ids = make_split(tmp_path)
-    loader = TokenLoader(str(tmp_path), 'train', batch_size=8, block_size=16, vocab_size=50)
+    loader = TokenLoader(Dataset(str(tmp_path)), 'train', batch_size=8, block_size=16, vocab_size=50)
     x, y = loader.next_batch()
     assert x.shape == y.shape == (8, 16) and x.dtype == torch.long
     assert torch.equal(x[:, 1:], y[:, :-1])
@@ -178,21 +178,21 @@ def test_loader_batches_are_windows_of_the_data(tmp_path):
 
 def test_loader_state_resumes_the_batch_sequence(tmp_path):
     make_split(tmp_path)
-    a = TokenLoader(str(tmp_path), 'train', 4, 16, seed=5)
+    a = TokenLoader(Dataset(str(tmp_path)), 'train', 4, 16, seed=5)
     a.next_batch()
     state = a.state_dict()
     expected = [a.next_batch()[0] for _ in range(3)]
-    b = TokenLoader(str(tmp_path), 'train', 4, 16, seed=99)
+    b = TokenLoader(Dataset(str(tmp_path)), 'train', 4, 16, seed=99)
     b.load_state_dict(state)
     assert all(torch.equal(e, b.next_batch()[0]) for e in expected)
-    c = TokenLoader(str(tmp_path), 'train', 4, 16, seed=6)
+    c = TokenLoader(Dataset(str(tmp_path)), 'train', 4, 16, seed=6)
     assert not torch.equal(expected[0], c.next_batch()[0])
 
 
 def test_loader_ranks_split_the_single_process_stream(tmp_path):
     make_split(tmp_path)
-    single = TokenLoader(str(tmp_path), 'train', 4, 16, seed=5)
-    ranks = [TokenLoader(str(tmp_path), 'train', 4, 16, seed=5, rank=r, world_size=2) for r in range(2)]
+    single = TokenLoader(Dataset(str(tmp_path)), 'train', 4, 16, seed=5)
+    ranks = [TokenLoader(Dataset(str(tmp_path)), 'train', 4, 16, seed=5, rank=r, world_size=2) for r in range(2)]
     for _ in range(3):
         for r in range(2):
             assert torch.equal(single.next_batch()[0], ranks[r].next_batch()[0])
@@ -201,7 +201,7 @@ def test_loader_ranks_split_the_single_process_stream(tmp_path):
 def test_loader_reads_shards_in_proportion(tmp_path):
     with TokenWriter(str(tmp_path), 'train', shard_size=100) as w:
         w.write(np.concatenate([np.full(100, 1), np.full(100, 2), np.full(40, 3)]))
-    loader = TokenLoader(str(tmp_path), 'train', batch_size=256, block_size=20)
+    loader = TokenLoader(Dataset(str(tmp_path), splits=('train',)), 'train', batch_size=256, block_size=20)
     x, _ = loader.next_batch()
     seen = set(x[:, 0].tolist())
     assert seen == {1, 2, 3}  # the last shard has 40 - 20 = 20 windows of 180
@@ -210,7 +210,7 @@ def test_loader_reads_shards_in_proportion(tmp_path):
 
 def test_loader_errors(tmp_path, monkeypatch):
     with pytest.raises(SystemExit, match=r'no train data in .*: write'):
-        TokenLoader(str(tmp_path), 'train', 4, 16)
+        TokenLoader(Dataset(str(tmp_path)), 'train', 4, 16)
     # a dataset folder of the repository with its prepare script (here a stand-in repository, never prepared)
     import data.tokenfiles
     repo = tmp_path / 'repo'
@@ -218,15 +218,15 @@ def test_loader_errors(tmp_path, monkeypatch):
     (repo / 'data' / 'openwebtext' / 'prepare.py').write_text('')
     monkeypatch.setattr(data.tokenfiles, 'REPO_DIR', str(repo))
     with pytest.raises(SystemExit, match=r'no train data in .*openwebtext.*: run python data/openwebtext/prepare.py$'):
-        TokenLoader(str(repo / 'data' / 'openwebtext'), 'train', 4, 16)
+        TokenLoader(Dataset(str(repo / 'data' / 'openwebtext')), 'train', 4, 16)
     make_split(tmp_path, n=10)
     with pytest.raises(SystemExit, match='too few for one block of 16'):
-        TokenLoader(str(tmp_path), 'train', 4, 16)
+        TokenLoader(Dataset(str(tmp_path)), 'train', 4, 16)
     make_split(tmp_path, n=1000, vocab=300)
     with pytest.raises(SystemExit, match='outside the model.s vocabulary of 256'):
-        TokenLoader(str(tmp_path), 'train', 4, 16, vocab_size=256)
+        TokenLoader(Dataset(str(tmp_path)), 'train', 4, 16, vocab_size=256)
     with open(tmp_path / 'train.bin', 'ab') as f:
         f.write(b'\x00')
     with pytest.raises(SystemExit, match='odd size'):
-        TokenLoader(str(tmp_path), 'train', 4, 16)
+        TokenLoader(Dataset(str(tmp_path)), 'train', 4, 16)
 

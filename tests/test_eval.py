@@ -227,7 +227,7 @@ def test_perplexity_on_text_and_split(tmp_path, char_data):
     assert m and int(m.group(1).replace(',', '')) == len(text) - 1  # every character but the first, once
     # the same figure computed directly: windows of 16 + 1 characters, each window from scratch
     from checkpoint import get_tokenizer, load_checkpoint, model_from_checkpoint
-    ckpt = load_checkpoint(str(tmp_path / 'ckpt.pt'), 'cpu')
+    ckpt = load_checkpoint(str(tmp_path / 'ckpt.pt'))
     model = model_from_checkpoint(ckpt).eval()
     ids = get_tokenizer(ckpt)[0](text)
     losses = []
