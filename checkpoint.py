@@ -25,7 +25,7 @@ from common import dataset_dir, print0
 from data.tokenfiles import read_vocab
 from model import GPT, GPTConfig
 from parallel import full_state_dict, load_optimizer_state, restore_rng, rng_states
-from util import atomic_path
+from util import atomic_path, gpt2_encoding
 
 
 def save_checkpoint(path: str, checkpoint: dict):
@@ -44,6 +44,7 @@ class Checkpointer:
         self.runtime, self.raw_model, self.optimizer = runtime, raw_model, optimizer
         self.scaler, self.loader = scaler, loader
         self.fixed = {'model_args': model_args, 'config': config, 'vocab': vocab}
+        self.saved_iter = None  # the iteration of the checkpoint in out_dir, once there is one
 
     def save(self, iter_num: int, best_val_loss: float):
         """Write the checkpoint. A collective: every rank calls it (RNG states are gathered, and under FSDP the
@@ -58,6 +59,7 @@ class Checkpointer:
                 'model': model_state, 'optimizer': optimizer_state, 'scaler': self.scaler.state_dict(),
                 'iter_num': iter_num, 'best_val_loss': best_val_loss, 'loader': self.loader.state_dict(),
                 'rng': rng, 'world_size': self.runtime.world_size, **self.fixed})
+        self.saved_iter = iter_num
 
     def restore(self, checkpoint: dict):
         """The optimizer (resharded under FSDP), scaler, batch stream position and this rank's RNG states of a
@@ -68,6 +70,7 @@ class Checkpointer:
         if 'loader' in checkpoint:  # continue the batch stream instead of replaying it
             self.loader.load_state_dict(checkpoint['loader'])
         restore_rng(checkpoint.get('rng', {}), self.runtime)
+        self.saved_iter = checkpoint['iter_num']
 
 
 def torch_load(path: str, what: str):
@@ -210,8 +213,7 @@ def get_tokenizer(checkpoint: dict | None):
             return ''.join(chars[i] for i in ids)
         return encode, decode
 
-    import tiktoken
-    enc = tiktoken.get_encoding('gpt2')
+    enc = gpt2_encoding()
     # a model trained with the padded vocabulary (50304) may, rarely, emit an id the tokenizer does not have
     return (lambda s: enc.encode(s, allowed_special={'<|endoftext|>'})), \
         (lambda ids: enc.decode([i for i in ids if i < enc.n_vocab]))

@@ -35,10 +35,16 @@ def _unknown_key(key: str, known) -> SystemExit:
     return SystemExit(f"error: unknown config key {key!r}: {hint}")
 
 
-def _check_type(key: str, value, default, source: str):
-    """value converted to the type of default, or SystemExit when it does not fit."""
-    if default is None or value is None:
+def _check_type(key: str, value, default, source: str, nullable: set):
+    """value converted to the type of default, or SystemExit when it does not fit. None fits only a key whose default
+    is None, or whose range ends in 'or None' (sample.py's top_k)."""
+    if default is None:
         return value
+    if value is None:
+        if key in nullable:
+            return value
+        raise SystemExit(f"error: {source}: {key} must be a {type(default).__name__} (default {default!r}), got None:"
+                         f" give it a value")
     if isinstance(default, float) and type(value) in (int, float):
         return float(value)  # an int where a float is expected is fine
     if type(value) is not type(default):  # exactly: a bool is no int here, nor an int a bool
@@ -65,6 +71,7 @@ def configure(defaults: dict, argv: list[str], ranges: dict | None = None, verbo
     if verbose is None:
         verbose = int(os.environ.get('RANK', 0)) == 0  # under torchrun only rank 0 prints
     config = dict(defaults)
+    nullable = {k for k, spec in (ranges or {}).items() if isinstance(spec, str) and spec.endswith(' or None')}
     for arg in argv:
         if not arg.startswith('--'):
             # a config file, exec'd over the current values
@@ -87,7 +94,7 @@ def configure(defaults: dict, argv: list[str], ranges: dict | None = None, verbo
                     continue  # imports and helpers inside the config file (import math, from math import sqrt)
                 if key not in defaults:
                     raise _unknown_key(key, defaults)
-                config[key] = _check_type(key, value, defaults[key], arg)
+                config[key] = _check_type(key, value, defaults[key], arg, nullable)
         else:
             # --key=value
             if '=' not in arg:
@@ -102,7 +109,7 @@ def configure(defaults: dict, argv: list[str], ranges: dict | None = None, verbo
                 value = raw  # a bare string, e.g. --device=cuda
             if isinstance(default, str) and not isinstance(value, str):
                 value = raw  # --wandb_run_name=2024 stays a string
-            config[key] = _check_type(key, value, default, arg)
+            config[key] = _check_type(key, value, default, arg, nullable)
             if verbose:
                 print(f"Overriding: {key} = {config[key]!r}")
     check_ranges(config, ranges or {})
@@ -111,9 +118,11 @@ def configure(defaults: dict, argv: list[str], ranges: dict | None = None, verbo
 
 def check_ranges(config: dict, ranges: dict):
     """SystemExit naming the first key whose value is outside its range, or two keys that do not fit together.
-    A range is '> 0', '>= 0', an interval such as '[0, 1)', or a tuple of the allowed values; None passes."""
+    A range is '> 0', '>= 0', an interval such as '[0, 1)', or a tuple of the allowed values; None passes (the
+    types allow it only where the default is None or the range ends in ' or None')."""
     for key, spec in ranges.items():
         value = config.get(key)
+        spec = spec.removesuffix(' or None') if isinstance(spec, str) else spec
         if isinstance(spec, tuple) and value not in spec:
             raise SystemExit(f"error: {key}={value!r}: use {' or '.join(map(repr, spec))}")
         if value is None or isinstance(spec, tuple):

@@ -25,7 +25,7 @@ from torch.nn import functional as F
 from checkpoint import load_model
 from common import REPO_DIR, end_distributed, print0, setup_runtime
 from configurator import config_defaults, configure
-from util import download, one_line_errors
+from util import download, gpt2_encoding, one_line_errors
 
 URL = 'https://raw.githubusercontent.com/rowanz/hellaswag/master/data/hellaswag_val.jsonl'
 N_VAL = 10042
@@ -111,9 +111,8 @@ def score_example(model, tokens, mask, ctx=None):
 
 def evaluate_hellaswag(model, examples: list[dict], runtime, progress: bool = True) -> dict:
     """acc and acc_norm of a GPT (unwrapped: no DDP, no compile, as the examples' lengths vary) over examples; under DDP each rank scores every world_size-th example and counts are summed."""
-    import tiktoken
     from tqdm import tqdm
-    enc = tiktoken.get_encoding('gpt2')
+    enc = gpt2_encoding()
     config = model.config
     if config.vocab_size < enc.n_vocab:
         raise SystemExit(f"error: HellaSwag needs a GPT-2 BPE model, this one has a vocabulary of {config.vocab_size}")

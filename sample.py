@@ -30,7 +30,7 @@ device = 'auto'  # 'auto' (cuda, else mps, else cpu), or e.g. 'cpu', 'cuda', 'cu
 dtype = 'auto'  # 'auto' (bfloat16 where supported on cuda, else float16; float32 elsewhere), 'float32', ...
 compile = False  # kept for nanoGPT's commands; generation with the KV cache is not compiled
 # -----------------------------------------------------------------------------
-RANGES = dict(num_samples='> 0', max_new_tokens='>= 0', temperature='>= 0', top_k='>= 1', top_p='(0, 1]')
+RANGES = dict(num_samples='> 0', max_new_tokens='>= 0', temperature='>= 0', top_k='>= 1 or None', top_p='(0, 1]')
 defaults = config_defaults(globals())
 
 

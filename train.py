@@ -380,6 +380,15 @@ if __name__ == '__main__':
                        tok_per_s=tokens_per_iter / dt, mfu=running_mfu if running_mfu >= 0 else None)
 
 
+    # where the run's last checkpoint is, and why it is not of the last iteration when it is not
+    if checkpointer.saved_iter == iter_num:
+        print0(f"the last checkpoint is {ckpt_path}, at iter {iter_num}")
+    elif not eval_only:
+        why = (f"its val loss {losses['val']:.4f} did not improve on {best_val_loss:.4f} and always_save_checkpoint="
+               f"False" if math.isfinite(losses['val']) else "its val loss is not finite")
+        print0(f"note: no checkpoint of iter {iter_num} ({why}): " +
+               (f"{ckpt_path} is from iter {checkpointer.saved_iter}" if checkpointer.saved_iter is not None else
+                "this run saved none"))
     runlog.finish()
     rundir.release()
     code = 130 if guard.signum == signal.SIGINT else 0  # 130: the shell's code for a run ended by Ctrl-C

@@ -156,3 +156,15 @@ def download(url: str, path: str, offline_hint: str):
                 f.write(response.read())
     except OSError as e:
         raise SystemExit(f"error: could not download {url} ({e}).\n{offline_hint}") from None
+
+
+def gpt2_encoding():
+    """tiktoken's GPT-2 BPE, whose files tiktoken downloads once into its cache; offline without them, one line that
+    says how to get them."""
+    import tiktoken
+    try:
+        return tiktoken.get_encoding('gpt2')
+    except Exception as e:  # requests' connection errors, a cache that cannot be written, ...
+        raise SystemExit(f"error: GPT-2's tokenizer files are not in tiktoken's cache and could not be downloaded "
+                         f"({type(e).__name__}): go online once, or set TIKTOKEN_CACHE_DIR to a folder holding "
+                         f"them") from None

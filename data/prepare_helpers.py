@@ -10,7 +10,7 @@ from multiprocessing import Pool
 import numpy as np
 
 from data.tokenfiles import DTYPE, REPO_DIR, TokenWriter, begin_prepare
-from util import download
+from util import download, gpt2_encoding
 
 SHAKESPEARE_URL = 'https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt'
 
@@ -50,8 +50,7 @@ _enc = None
 def _tokenize(text: str) -> np.ndarray:
     global _enc
     if _enc is None:
-        import tiktoken
-        _enc = tiktoken.get_encoding('gpt2')
+        _enc = gpt2_encoding()
     ids = _enc.encode_ordinary(text)  # special tokens in the text are plain text
     ids.append(_enc.eot_token)  # <|endoftext|> ends every document
     return np.array(ids, dtype=DTYPE)

@@ -160,13 +160,13 @@ def _check_files(data_dir: str, meta: dict | None, note):
     if missing:
         raise SystemExit(f"error: {data_dir} has shards up to number {numbers[-1]} but not {missing[0]:06d} "
                          f"({len(missing)} missing): a download or copy is incomplete; {prepare_hint(data_dir)} again")
+    if meta is not None and meta.get('complete') is False:
+        raise SystemExit(f"error: the dataset in {data_dir} is incomplete (its prepare was interrupted): "
+                         f"prepare it again ({prepare_hint(data_dir)})")
     if meta is None or meta.get('files') is None:
         note(f"note: {data_dir} has no {'meta.json' if meta is None else 'file list in meta.json'} (prepared by "
              f"nanoGPT or an older prepare): its files are read unchecked for a mix of two prepares")
         return
-    if meta.get('complete') is False:
-        raise SystemExit(f"error: the dataset in {data_dir} is incomplete (its prepare was interrupted): "
-                         f"prepare it again ({prepare_hint(data_dir)})")
     listed = meta['files']
     present = {os.path.basename(p): p for p in dataset_files(data_dir)}
     for name in sorted(set(listed) | set(present)):

@@ -44,14 +44,14 @@ def dead_pid() -> int:
 # loading never runs code
 
 @pytest.mark.parametrize('script', ['sample.py', 'export_hf.py', 'train.py'])
-def test_a_checkpoint_that_would_run_code_is_refused(tmp_path, script):
+def test_a_checkpoint_that_would_run_code_is_refused(tmp_path, script, char_data):
     marker = tmp_path / 'pwned'
     out = tmp_path / 'out'
     out.mkdir()
     torch.save({'model': {}, 'model_args': {'n_layer': 1}, 'iter_num': RunsCode(marker)}, out / 'ckpt.pt')
     args = {'sample.py': [f'--out_dir={out}', '--device=cpu'],
             'export_hf.py': [f'--out_dir={out}', f'--dest={tmp_path / "hf"}'],
-            'train.py': [*TINY, f'--out_dir={out}', '--init_from=resume', f'--dataset={tmp_path}']}[script]
+            'train.py': [*TINY, f'--out_dir={out}', '--init_from=resume', f'--dataset={char_data}']}[script]
     proc = run_script(script, *args, check=False)
     one_line_error(proc, 'refused to load', 'could run code', 'posix.system')
     assert not marker.exists()
@@ -130,7 +130,7 @@ def test_temporary_files_of_a_killed_run_are_removed(dataset, tmp_path):
     live = out / f'ckpt.pt.tmp{os.getpid()}'  # a live process's write in progress is left alone
     live.write_bytes(b'in progress')
     train(dataset, out, '--max_iters=1', '--eval_interval=1')
-    assert sorted(os.listdir(out)) == sorted(['ckpt.pt', 'log.jsonl', live.name])
+    assert sorted(os.listdir(out)) == sorted(['ckpt.pt', 'log.jsonl', 'run.lock', live.name])
     run_script('data/shakespeare_char/prepare.py', '--input', str(dataset / 'input.txt'), '--out_dir', str(dataset))
     assert not [f for f in os.listdir(dataset) if '.tmp' in f]
 
@@ -151,7 +151,7 @@ def test_a_full_disk_during_a_save_keeps_the_previous_checkpoint(dataset, tmp_pa
                            f'--out_dir={out}', '--max_iters=2', '--eval_interval=1', '--init_from=resume'],
                           cwd=REPO, capture_output=True, text=True, timeout=300)
     one_line_error(proc, 'the disk is full', 'ckpt.pt.tmp')
-    assert snapshot(out)['ckpt.pt'] == before and sorted(os.listdir(out)) == ['ckpt.pt', 'log.jsonl']
+    assert snapshot(out)['ckpt.pt'] == before and sorted(os.listdir(out)) == ['ckpt.pt', 'log.jsonl', 'run.lock']
 
 
 # -----------------------------------------------------------------------------

@@ -3,19 +3,23 @@ The mechanisms beneath the refusals, each tried with a real process: one-line er
 as a unit (its lock, its log), identity checks on resume, the one dataset reader, config types, outside files
 checked before anything is built, a real full disk, and output failures that must not cost a checkpoint.
 """
+import json
 import os
 import pathlib
+import pickle
 import re
 import signal
+import socket
 import stat
 import subprocess
 import sys
 import time
 
 import pytest
+import torch
 
-from conftest import (REPO, TINY, iter_losses, load_model_state, one_line_error, run_script, snapshot, torchrun, train,
-                      watchdog)
+from conftest import (REPO, TINY, after_meta, eval_losses, iter_losses, load_model_state, one_line_error, read_log,
+                      run_script, snapshot, torchrun, train, watchdog)
 
 
 @pytest.mark.slow
@@ -33,6 +37,19 @@ def test_an_unforeseen_error_reaches_the_terminal_on_every_rank_under_torchrun(t
     assert all('Not a directory' in line or 'lost the other ranks' in line for line in lines), lines
     # and under plain python, the same one line
     one_line_error(train(char_data, tmp_path / 'afile' / 'run', '--max_iters=2', check=False), 'Not a directory')
+
+
+def run_measured(*args, timeout=300):
+    """(CompletedProcess of `python <args>`, a bound on its peak resident memory in bytes)."""
+    proc = subprocess.Popen([sys.executable, os.path.join(REPO, args[0]), *args[1:]], cwd=REPO, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    timer = watchdog(proc, timeout)
+    stdout, stderr = proc.communicate()
+    timer.cancel()
+    import resource
+    # the largest peak of this process's children so far: at most what this one reached
+    return subprocess.CompletedProcess(args, proc.returncode, stdout, stderr), \
+        resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
 
 
 def popen_train(char_data, out_dir, *args):
@@ -138,3 +155,255 @@ def test_a_really_full_disk_is_named_and_keeps_the_earlier_checkpoint(char_data,
     one_line_error(proc, 'the disk is full writing', 'ckpt.pt', 'free some space')
     assert (out / 'ckpt.pt').read_bytes() == before
     assert sorted(os.listdir(out)) == ['ckpt.pt', 'log.jsonl', 'run.lock']  # no partial temporary file left
+
+
+def char_dataset(folder, text: str):
+    """A character-level dataset prepared from text, as data/shakespeare_char/prepare.py writes one."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / 'input.txt').write_text(text)
+    run_script('data/shakespeare_char/prepare.py', '--input', str(folder / 'input.txt'), '--out_dir', str(folder))
+    return folder
+
+
+def test_resume_and_finetune_refuse_a_dataset_whose_ids_mean_other_tokens(char_data, tmp_path, hf_gpt2_dir):
+    train(char_data, tmp_path / 'run', '--max_iters=2', '--eval_interval=2')
+    before = snapshot(tmp_path / 'run')
+    text = (pathlib.Path(char_data) / 'input.txt').read_text()
+    others = {'fewer characters': text.replace('q', 'u'),  # 15 characters: the same text without a 'q'
+              'same count, other characters': text.replace('q', 'Q')}  # prepared again from another text
+    for name, other in others.items():
+        data = char_dataset(tmp_path / name.replace(' ', '_').replace(',', ''), other)
+        proc = train(data, tmp_path / 'run', '--max_iters=4', '--init_from=resume', check=False)
+        one_line_error(proc, 'ckpt.pt was trained on a vocabulary of 16 characters', str(data), 'start a new run')
+        assert snapshot(tmp_path / 'run') == before, name
+    # GPT-2's BPE weights on character ids
+    proc = train(char_data, tmp_path / 'ft', f'--init_from={hf_gpt2_dir}', check=False)
+    one_line_error(proc, "was trained on GPT-2's BPE tokens", 'a vocabulary of 16 characters')
+
+
+def test_the_one_dataset_reader_applies_every_check_for_every_script(char_data, tmp_path):
+    def refused(data, *fragments):
+        one_line_error(train(data, tmp_path / 'out', '--max_iters=1', check=False), *fragments)
+        one_line_error(run_script('perplexity.py', f'--out_dir={tmp_path / "model"}', f'--dataset={data}',
+                                  '--device=cpu', check=False), *fragments)
+        assert not (tmp_path / 'out').exists()
+
+    train(char_data, tmp_path / 'model', '--max_iters=1', '--eval_interval=1')
+    text = (pathlib.Path(char_data) / 'input.txt').read_text()
+    words = text.split(' ')
+    # a token file swapped for one of the same size from another prepare (the same words in another order)
+    shuffled = ' '.join(words[1:] + words[:1])
+    assert len(shuffled) == len(text)
+    a, b = char_dataset(tmp_path / 'a', text), char_dataset(tmp_path / 'b', shuffled)
+    assert os.path.getsize(a / 'val.bin') == os.path.getsize(b / 'val.bin')
+    (a / 'val.bin').write_bytes((b / 'val.bin').read_bytes())
+    refused(a, 'val.bin changed since the prepare that wrote meta.json', 'prepare it again')
+    # a token id equal to the vocabulary size (16) in a nanoGPT-style dataset: no meta.json, only meta.pkl
+    c = char_dataset(tmp_path / 'c', text)
+    (c / 'meta.json').unlink()
+    ids = bytearray((c / 'val.bin').read_bytes())
+    ids[100:102] = (16).to_bytes(2, 'little')
+    (c / 'val.bin').write_bytes(bytes(ids))
+    refused(c, 'holds token id 16', 'vocabulary of 16')
+    proc = train(c, tmp_path / 'out', '--max_iters=1', check=False)
+    assert 'has no meta.json (prepared by nanoGPT' in proc.stdout  # what cannot be checked is said
+    # meta.json without characters beside nanoGPT's meta.pkl: the characters are meta.pkl's, not a BPE vocabulary
+    d = char_dataset(tmp_path / 'd', text)
+    meta = json.loads((d / 'meta.json').read_text())
+    del meta['chars'], meta['tokenizer']
+    (d / 'meta.json').write_text(json.dumps(meta))
+    assert 'found vocab_size = 16' in train(d, tmp_path / 'd_out', '--max_iters=1').stdout
+    meta['tokenizer'] = 'gpt2'
+    (d / 'meta.json').write_text(json.dumps(meta))
+    refused(d, "meta.json says the tokenizer is 'gpt2', but meta.pkl", 'prepare the dataset again')
+    # meta.json that is not an object; numbered shards with a gap
+    (d / 'meta.json').write_text('[1, 2]')
+    refused(d, 'meta.json holds a JSON list', 'prepare the dataset again')
+    e = tmp_path / 'e'
+    e.mkdir()
+    tokens = (pathlib.Path(char_data) / 'train.bin').read_bytes()
+    for name in ('val_000000.bin', 'train_000001.bin', 'train_000003.bin'):
+        (e / name).write_bytes(tokens[:4000])
+    (e / 'meta.pkl').write_bytes((pathlib.Path(char_data) / 'meta.pkl').read_bytes())
+    refused(e, 'has shards up to number 3 but not 000002')
+
+
+def test_none_fits_only_keys_whose_default_is_none(char_data, tmp_path):
+    for arg in ('--decay_lr=None', '--max_iters=None'):
+        one_line_error(train(char_data, tmp_path, arg, check=False), arg[2:].split('=')[0], 'got None')
+    (tmp_path / 'cfg.py').write_text('from math import sqrt\nmax_iters = None\n')
+    one_line_error(run_script('train.py', str(tmp_path / 'cfg.py'), check=False), 'max_iters must be a int', 'None')
+    assert not os.path.exists(tmp_path / 'ckpt.pt')
+
+
+def test_outside_files_are_checked_against_their_weights_before_anything_is_built(hf_gpt2_dir, tmp_path, char_data):
+    import shutil
+    for key, value in (('n_layer', 100000), ('vocab_size', 10 ** 9), ('n_positions', 10 ** 8)):
+        folder = tmp_path / key
+        shutil.copytree(hf_gpt2_dir, folder)
+        config = json.loads((folder / 'config.json').read_text())
+        config[key] = value
+        (folder / 'config.json').write_text(json.dumps(config))
+        proc, peak = run_measured('sample.py', f'--init_from={folder}', '--device=cpu', '--max_new_tokens=2')
+        one_line_error(proc, 'config.json describes a model its weights are not', f'={value}')
+        assert peak < 2 << 30, peak  # building what config.json says would take tens of GB
+    # a checkpoint whose model_args disagree with its weights
+    train(char_data, tmp_path / 'run', '--max_iters=1', '--eval_interval=1')
+    ckpt = torch.load(tmp_path / 'run' / 'ckpt.pt', weights_only=True)
+    ckpt['model_args']['n_layer'] = 100000
+    torch.save(ckpt, tmp_path / 'run' / 'ckpt.pt')
+    one_line_error(run_script('sample.py', f'--out_dir={tmp_path / "run"}', '--device=cpu', check=False),
+                   'ckpt.pt describes a model its weights are not', 'n_layer=100000 (the weights: 2)')
+    # config.json without a key it needs; a pytorch_model.bin that would run code
+    folder = tmp_path / 'no_positions'
+    shutil.copytree(hf_gpt2_dir, folder)
+    config = json.loads((folder / 'config.json').read_text())
+    del config['n_positions']
+    (folder / 'config.json').write_text(json.dumps(config))
+    one_line_error(run_script('sample.py', f'--init_from={folder}', '--device=cpu', check=False),
+                   'config.json lacks n_positions')
+    folder = tmp_path / 'hostile'
+    folder.mkdir()
+    (folder / 'config.json').write_text((pathlib.Path(hf_gpt2_dir) / 'config.json').read_text())
+    marker = tmp_path / 'pwned'
+    with open(folder / 'pytorch_model.bin', 'wb') as f:
+        pickle.dump(RunsCode(marker), f)
+    proc = run_script('sample.py', f'--init_from={folder}', '--device=cpu', check=False)
+    one_line_error(proc, 'refused to load', 'pytorch_model.bin', 'could run code')
+    assert 'weights_only=False' not in proc.stderr and not marker.exists()
+
+
+class RunsCode:
+    """Unpickling this runs os.system: what a hostile weights file holds."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f'touch {self.marker}',)
+
+
+def test_an_exported_character_model_samples_from_its_folder(char_data, tmp_path):
+    train(char_data, tmp_path / 'run', '--max_iters=2', '--eval_interval=2')
+    run_script('export_hf.py', f'--out_dir={tmp_path / "run"}', f'--dest={tmp_path / "hf"}')
+    args = ['--device=cpu', '--num_samples=1', '--max_new_tokens=20', '--start=to be']
+    from_ckpt = run_script('sample.py', f'--out_dir={tmp_path / "run"}', *args).stdout
+    from_folder = run_script('sample.py', f'--init_from={tmp_path / "hf"}', *args).stdout
+    assert after_meta(from_folder) == after_meta(from_ckpt)  # the same model, the same characters
+    (tmp_path / 'hf' / 'meta.json').unlink()
+    one_line_error(run_script('sample.py', f'--init_from={tmp_path / "hf"}', *args, check=False),
+                   'a model of 16 characters', 'no meta.json', 'export_hf.py')
+
+
+def test_errors_the_scripts_did_not_foresee_name_where_they_happened(tmp_path):
+    # an assert with no message inside the model: the last-resort line still says where
+    proc = subprocess.run([sys.executable, '-c', 'import util, model; util.one_line_errors(); '
+                           'model.GPT(model.GPTConfig(n_embd=30, n_head=4))'], cwd=REPO, capture_output=True,
+                          text=True)
+    one_line_error(proc, 'AssertionError (at model.py:')
+
+
+def test_gpt2s_tokenizer_files_missing_offline_is_one_line_that_says_how(hf_gpt2_dir, tmp_path):
+    try:
+        socket.create_connection(('openaipublic.blob.core.windows.net', 443), timeout=3).close()
+        pytest.skip('this machine is online: tiktoken would download the files')
+    except OSError:
+        pass
+    (tmp_path / 'empty').mkdir()
+    proc = run_script('sample.py', f'--init_from={hf_gpt2_dir}', '--device=cpu', '--max_new_tokens=2', check=False,
+                      env={'TIKTOKEN_CACHE_DIR': str(tmp_path / 'empty')})
+    one_line_error(proc, "GPT-2's tokenizer files are not in tiktoken's cache", 'TIKTOKEN_CACHE_DIR')
+
+
+# -----------------------------------------------------------------------------
+# what the suite would not have noticed: each test below fails when the line that does the work is removed
+
+@pytest.mark.slow
+def test_ranks_decide_skipped_steps_and_stop_requests_together(tmp_path):
+    proc = subprocess.run(torchrun('--standalone', '--nproc_per_node=2', 'tests/guard_worker.py'), cwd=REPO,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    decided = dict(line.split(': ', 1) for line in proc.stdout.splitlines() if line.startswith('rank '))
+    assert decided['rank 0'] == decided['rank 1'], decided
+    expected = [(True, 0), (False, int(signal.SIGTERM))] + [(i % 2 == 0, int(signal.SIGTERM)) for i in range(6)]
+    assert decided['rank 0'] == str(expected)  # and isolated bad steps never add up to max_bad_steps=3
+
+
+def test_a_resumed_run_keeps_its_best_val_loss_and_its_better_checkpoint(char_data, tmp_path):
+    train(char_data, tmp_path, '--max_iters=6', '--eval_interval=3', '--always_save_checkpoint=False')
+    best = load_model_state(tmp_path)['best_val_loss']
+    before = (tmp_path / 'ckpt.pt').read_bytes()
+    # a learning rate that ruins the model: the next evaluation is worse, and must not replace the checkpoint
+    proc = train(char_data, tmp_path, '--max_iters=9', '--eval_interval=3', '--always_save_checkpoint=False',
+                 '--init_from=resume', '--learning_rate=5.0', '--min_lr=0.5', '--decay_lr=False')
+    assert eval_losses(tmp_path)[9] > best
+    assert (tmp_path / 'ckpt.pt').read_bytes() == before
+    assert f"note: no checkpoint of iter 9 (its val loss {eval_losses(tmp_path)[9]:.4f} did not improve on " \
+           f"{best:.4f} and always_save_checkpoint=False): {tmp_path}/ckpt.pt is from iter 6" in proc.stdout
+
+
+def test_a_resumed_float16_run_continues_the_scalers_loss_scale(char_data, tmp_path):
+    args = ['--dtype=float16', '--eval_interval=3', '--lr_decay_iters=6']
+    train(char_data, tmp_path / 'whole', '--max_iters=6', *args)
+    train(char_data, tmp_path / 'split', '--max_iters=3', *args)
+    train(char_data, tmp_path / 'split', '--max_iters=6', '--init_from=resume', *args)
+    whole, split = load_model_state(tmp_path / 'whole'), load_model_state(tmp_path / 'split')
+    assert whole['scaler'] == split['scaler'] and whole['scaler']['_growth_tracker'] == 6
+    assert all(torch.equal(whole['model'][k], split['model'][k]) for k in whole['model'])
+
+
+def test_a_finetune_into_a_folder_with_another_runs_checkpoint_refuses(char_data, hf_gpt2_dir, tmp_path):
+    train(char_data, tmp_path, '--max_iters=2', '--eval_interval=2')
+    before = snapshot(tmp_path)
+    proc = train(char_data, tmp_path, f'--init_from={hf_gpt2_dir}', check=False)
+    one_line_error(proc, 'holds the checkpoint of an earlier run')
+    assert snapshot(tmp_path) == before
+
+
+def test_the_exported_end_of_text_id_is_gpt2s(tmp_path, char_data, gpt2_tokenizer):
+    import numpy as np
+    from data.tokenfiles import TokenWriter
+    for split in ('train', 'val'):
+        with TokenWriter(str(tmp_path / 'bpe'), split) as w:
+            w.write(np.random.default_rng(0).integers(0, 50257, 3000))
+    train(tmp_path / 'bpe', tmp_path / 'run', '--max_iters=1', '--eval_interval=1', '--n_embd=16')
+    run_script('export_hf.py', f'--out_dir={tmp_path / "run"}', f'--dest={tmp_path / "hf"}', '--trim_vocab=True')
+    config = json.loads((tmp_path / 'hf' / 'config.json').read_text())
+    assert config['eos_token_id'] == config['bos_token_id'] == gpt2_tokenizer.eot_token == 50256
+
+
+def test_sample_uses_top_p(char_data, tmp_path):
+    train(char_data, tmp_path, '--max_iters=20', '--eval_interval=20')
+    args = ['sample.py', f'--out_dir={tmp_path}', '--device=cpu', '--num_samples=3', '--max_new_tokens=30',
+            '--top_k=None', '--temperature=2.0']
+    greedy = after_meta(run_script(*args, '--top_k=1').stdout)
+    nucleus = after_meta(run_script(*args, '--top_p=1e-6').stdout)  # only the most likely token is left
+    assert nucleus == greedy
+    assert after_meta(run_script(*args, '--top_p=1.0').stdout) != greedy  # temperature 2, all tokens: not greedy
+
+
+def test_chunked_loss_gives_hellaswag_its_logits(char_data, tmp_path):
+    from test_eval import write_records
+    records = tmp_path / 'hellaswag.jsonl'
+    write_records(records, n=4)
+    import numpy as np
+    from data.tokenfiles import TokenWriter
+    for split in ('train', 'val'):
+        with TokenWriter(str(tmp_path / 'bpe'), split) as w:
+            w.write(np.random.default_rng(0).integers(0, 50257, 3000))
+    found = {}
+    for chunked in (False, True):
+        out = tmp_path / f'chunked_{chunked}'
+        train(tmp_path / 'bpe', out, '--max_iters=1', '--n_embd=16', f'--chunked_loss={chunked}',
+              '--hellaswag_interval=1', f'--hellaswag_file={records}')
+        found[chunked] = [(r['hellaswag'], r['hellaswag_acc']) for r in read_log(out) if 'hellaswag' in r]
+    assert found[True] == found[False] and len(found[True]) == 2
+
+
+def test_cheap_checks_come_before_downloads(tmp_path):
+    # no dataset: said before GPT-2's weights are fetched (offline here, so fetching would fail first)
+    for config in ('config/eval_gpt2.py', 'config/finetune_shakespeare.py'):
+        proc = run_script('train.py', config, '--device=cpu', f'--dataset={tmp_path / "missing"}',
+                          f'--out_dir={tmp_path / "out"}', check=False)
+        one_line_error(proc, 'no train data in', 'missing')
+        assert 'loading weights' not in proc.stdout and not (tmp_path / 'out').exists()

@@ -13,15 +13,14 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 from data.prepare_helpers import shakespeare_splits  # noqa: E402
 from data.tokenfiles import TokenWriter, write_meta  # noqa: E402
-from util import one_line_errors  # noqa: E402
+from util import gpt2_encoding, one_line_errors  # noqa: E402
 
 
 def main(argv=None):
-    import tiktoken
     out_dir, splits = shakespeare_splits(__doc__, 'data/shakespeare/prepare.py', argv)
 
     # encode with tiktoken gpt2 bpe
-    enc = tiktoken.get_encoding("gpt2")
+    enc = gpt2_encoding()
     counts = {}
     for split, text in splits.items():
         ids = np.array(enc.encode_ordinary(text), dtype=np.uint16)
