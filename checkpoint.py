@@ -17,6 +17,7 @@ rank's RNG states), world_size; and vocab, the characters of a character-level m
 import os
 import pickle
 import re
+import warnings
 from dataclasses import asdict
 
 import torch
@@ -77,18 +78,46 @@ def torch_load(path: str, what: str):
     """torch.load of a file from outside, as tensors and plain data only (weights_only), so that loading never runs
     code from it; SystemExit naming the file when it holds anything else or is damaged."""
     try:
-        return torch.load(path, map_location='cpu', weights_only=True)
+        with warnings.catch_warnings():  # torch's notes on pickle protocols are not the user's concern
+            warnings.simplefilter('ignore')
+            return torch.load(path, map_location='cpu', weights_only=True)
     except pickle.UnpicklingError as e:
-        found = re.search(r'GLOBAL (\S+)', str(e))  # torch's message names the class or function it met
+        found = re.search(r'GLOBAL (\S+)', str(e)) or _code_in(path)  # torch's message names it, or a scan does
         if found is None:
             raise SystemExit(f"error: could not read the {what} {path} (UnpicklingError: {e}): the file is "
                              f"damaged or not a PyTorch {what}") from None
+        name = found if isinstance(found, str) else found.group(1)
         raise SystemExit(f"error: refused to load {path}: it holds objects other than tensors and plain data, "
-                         f"which could run code when loaded (it refers to {found.group(1)}); use {what}s you trust, "
+                         f"which could run code when loaded (it refers to {name}); use {what}s you trust, "
                          f"written by this project, nanoGPT or transformers") from None
     except Exception as e:
         raise SystemExit(f"error: could not read the {what} {path} ({type(e).__name__}: {e}): the file is "
                          f"damaged or not a PyTorch {what}") from None
+
+
+def _code_in(path: str) -> str | None:
+    """The first function or class outside torch that a pickle (or a torch zip file's data.pkl) refers to, read
+    with pickletools, which executes nothing."""
+    import pickletools
+    import zipfile
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as z:
+                data = z.read(next(n for n in z.namelist() if n.endswith('data.pkl')))
+        else:
+            with open(path, 'rb') as f:
+                data = f.read()
+        strings = []
+        for op, arg, _ in pickletools.genops(data):
+            if isinstance(arg, str):
+                strings.append(arg)
+            name = arg.replace(' ', '.') if op.name == 'GLOBAL' else \
+                '.'.join(strings[-2:]) if op.name == 'STACK_GLOBAL' else None
+            if name and not name.startswith(('torch.', 'collections.OrderedDict', '_codecs.encode')):
+                return name
+    except Exception:  # not a pickle past some point: what was read held nothing foreign
+        pass
+    return None
 
 
 def check_shapes(model_args: dict, shapes: dict, source: str):

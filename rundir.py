@@ -27,20 +27,24 @@ LOCK = 'run.lock'
 
 
 def claim(out_dir: str, init_from: str, eval_only: bool, master: bool) -> str:
-    """Check that this run may write in out_dir, and hold it (master process): the init_from to use, 'resume' for
-    a torchrun restart of a run that saved a checkpoint. SystemExit, with the folder untouched, when it is not this
-    run's to write."""
+    """Check, before anything is built or downloaded, that this run may write in out_dir: the init_from to use,
+    'resume' for a torchrun restart of a run that saved a checkpoint. SystemExit when the folder is not this run's
+    to write. Nothing is written: hold() takes the folder once the run is about to write there."""
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):
         raise SystemExit(f"error: out_dir={out_dir!r} is a file, not a directory: choose another out_dir")
     if eval_only:
         return init_from
     lock_path = os.path.join(out_dir, LOCK)
-    lock = _lock(lock_path) if master and os.path.exists(lock_path) else None  # a live holder first: it explains
-    init_from = _check_files(out_dir, init_from, master)
-    if master:
-        os.makedirs(out_dir, exist_ok=True)
-        _hold(lock or _lock(lock_path))
-    return init_from
+    if master and os.path.exists(lock_path):
+        _lock(lock_path).close()  # a live holder first: it explains what the files below would not
+    return _check_files(out_dir, init_from, master)
+
+
+def hold(out_dir: str):
+    """Create out_dir and hold it for this process until it exits or calls release(); SystemExit while another
+    process holds it. A lock left by a process that died is taken over, with a note."""
+    os.makedirs(out_dir, exist_ok=True)
+    _hold(_lock(os.path.join(out_dir, LOCK)))
 
 
 def _check_files(out_dir: str, init_from: str, master: bool) -> str:
@@ -83,8 +87,7 @@ def _lock(path: str):
 
 
 def _hold(f):
-    """Write this process into the flocked lock file: it holds the folder until it exits or calls release(). A lock
-    left by a process that died is taken over, with a note."""
+    """Write this process into the flocked lock file."""
     previous = _read_holder(f)
     if previous:
         print(f"note: {f.name} was left by a run that did not end ({previous}, no longer running): taken over")

@@ -66,7 +66,9 @@ if __name__ == '__main__':
               f"it conditions on the last {block_size}", file=sys.stderr)
     x = torch.tensor(start_ids, dtype=torch.long, device=device)[None, ...]
 
-    # run generation
+    # run generation, from the seed alone: however the model was built (which draws random numbers), the same
+    # weights give the same samples
+    torch.manual_seed(seed)
     with torch.no_grad(), ctx:
         for k in range(num_samples):
             t0 = time.time()

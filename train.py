@@ -222,7 +222,7 @@ if __name__ == '__main__':
         from hellaswag import evaluate_hellaswag, load_examples
         hellaswag = load_examples(hellaswag_file, hellaswag_limit or None)
 
-    # the run folder: this run's to write (a new run never overwrites another's files), and held while it runs
+    # the run folder: this run's to write (a new run never overwrites another's files)
     init_from = rundir.claim(out_dir, init_from, eval_only, master_process)
     ckpt_path = os.path.join(out_dir, 'ckpt.pt')
 
@@ -280,6 +280,10 @@ if __name__ == '__main__':
     # the eval loaders restart at every evaluation, so every evaluation reads the same batches
     eval_loaders = {split: TokenLoader(data, split, batch_size, block_size, model_args['vocab_size'], device,
                                        seed + 1, ddp_rank, ddp_world_size) for split in ('train', 'val')}
+
+    # from here on the run writes in out_dir: it holds the folder (run.lock) until it ends
+    if master_process and not eval_only:
+        rundir.hold(out_dir)
 
     # initialize a GradScaler. If enabled=False scaler is a no-op. Under FSDP too: unscaling sharded (DTensor)
     # gradients all-reduces the overflow flag, so every rank skips a step when any rank's shard overflowed

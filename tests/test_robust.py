@@ -363,6 +363,7 @@ def test_a_finetune_into_a_folder_with_another_runs_checkpoint_refuses(char_data
 def test_the_exported_end_of_text_id_is_gpt2s(tmp_path, char_data, gpt2_tokenizer):
     import numpy as np
     from data.tokenfiles import TokenWriter
+    (tmp_path / 'bpe').mkdir()
     for split in ('train', 'val'):
         with TokenWriter(str(tmp_path / 'bpe'), split) as w:
             w.write(np.random.default_rng(0).integers(0, 50257, 3000))
@@ -388,6 +389,7 @@ def test_chunked_loss_gives_hellaswag_its_logits(char_data, tmp_path):
     write_records(records, n=4)
     import numpy as np
     from data.tokenfiles import TokenWriter
+    (tmp_path / 'bpe').mkdir()
     for split in ('train', 'val'):
         with TokenWriter(str(tmp_path / 'bpe'), split) as w:
             w.write(np.random.default_rng(0).integers(0, 50257, 3000))
