@@ -25,6 +25,7 @@ from common import dataset_dir, describe_device, device_peak_flops, end_distribu
 from configurator import config_defaults, configure
 from data.loader import SyntheticLoader, TokenLoader
 from data.tokenfiles import Dataset, split_files
+from fit import fit_step
 from model import GPT, GPTConfig
 from parallel import DATA_PARALLEL, place_model, wrap_model
 from train import train_step
@@ -56,6 +57,7 @@ benchmark_steps = 20
 profile = False  # use pytorch profiler, or just simple benchmarking?
 peak_flops = None  # the device's peak FLOPS for MFU; None looks the GPU up in common.PEAK_BF16_FLOPS
 json = ''  # also write the results to this file, for later comparison
+fit_batch_size = True  # a batch_size that does not fit in memory is timed as smaller micro-batches, as train.py's
 # -----------------------------------------------------------------------------
 RANGES = dict(batch_size='> 0', block_size='> 0', gradient_accumulation_steps='> 0', n_layer='> 0', n_head='> 0',
               n_embd='> 0', dropout='[0, 1)', vocab_size='> 0', data_parallel=DATA_PARALLEL, grad_clip='>= 0',
@@ -89,21 +91,28 @@ def bench(cfg, runtime, probe=None) -> dict:
                           dropout=cfg.dropout, bias=cfg.bias, vocab_size=cfg.vocab_size), seed=cfg.seed)
     model.chunked_loss = cfg.chunked_loss
     ctx = place_model(model, runtime, cfg.data_parallel)
-    if cfg.real_data:
-        data = Dataset(dataset_dir(cfg.dataset), splits=('train',), note=print0)
-        loader = TokenLoader(data, 'train', cfg.batch_size, cfg.block_size, cfg.vocab_size, runtime.device, cfg.seed,
-                             runtime.rank, runtime.world_size)
-    else:
-        loader = SyntheticLoader(cfg.batch_size, cfg.block_size, cfg.vocab_size, runtime.device)
     optimizer = model.configure_optimizers(cfg.weight_decay, cfg.learning_rate, (0.9, 0.95), runtime.device_type)
     scaler = torch.amp.GradScaler(runtime.device_type, enabled=(runtime.dtype == 'float16'))
     if probe:
         probe.watch(model, optimizer, cfg)
     raw_model, model = model, wrap_model(model, runtime, cfg.data_parallel, cfg.compile)
+    # as train.py: a micro-batch that does not fit runs as accumulated smaller ones, compile falls back
+    model, fitted, compiled = fit_step(model, runtime, cfg.batch_size, cfg.block_size, ctx, optimizer,
+                                       cfg.fit_batch_size, cfg.compile, runtime.ddp and cfg.data_parallel == 'fsdp',
+                                       lambda: wrap_model(raw_model, runtime, cfg.data_parallel, compile=False))
+    accumulation = cfg.gradient_accumulation_steps * cfg.batch_size // fitted
+    if fitted != cfg.batch_size:
+        print0(f"  batch_size={cfg.batch_size} does not fit: timing batch_size={fitted} x {accumulation} "
+               f"accumulation steps, the same tokens per step")
+    if cfg.real_data:
+        data = Dataset(dataset_dir(cfg.dataset), splits=('train',), note=print0)
+        loader = TokenLoader(data, 'train', fitted, cfg.block_size, cfg.vocab_size, runtime.device, cfg.seed,
+                             runtime.rank, runtime.world_size)
+    else:
+        loader = SyntheticLoader(fitted, cfg.block_size, cfg.vocab_size, runtime.device)
 
     def step():
-        return train_step(model, optimizer, scaler, loader, cfg.gradient_accumulation_steps, ctx, cfg.grad_clip,
-                          cfg.learning_rate)[0]
+        return train_step(model, optimizer, scaler, loader, accumulation, ctx, cfg.grad_clip, cfg.learning_rate)[0]
 
     if cfg.profile:
         # useful docs on pytorch profiler: https://pytorch.org/docs/stable/profiler.html#torch.profiler.profile
@@ -129,7 +138,7 @@ def bench(cfg, runtime, probe=None) -> dict:
     lossf = loss.item()  # waits for the last step
     dt = (time.time() - t0) / cfg.benchmark_steps
     # MFU per GPU, from this rank's share; memory per rank, the largest over the ranks
-    mfu = raw_model.estimate_mfu(cfg.batch_size * cfg.gradient_accumulation_steps, dt,
+    mfu = raw_model.estimate_mfu(fitted * accumulation, dt,
                                  cfg.peak_flops or device_peak_flops(runtime.device))
     cuda_peak = torch.cuda.max_memory_allocated(runtime.device) if runtime.device_type == 'cuda' else -1
     measured = {'peak_memory': cuda_peak, **(probe.read() if probe else {})}
@@ -139,7 +148,8 @@ def bench(cfg, runtime, probe=None) -> dict:
         measured = dict(zip(measured, largest.tolist()))
     return dict(loss=lossf, ms=dt * 1000, tokens_per_s=tokens_per_iter / dt, mfu=mfu,
                 **{f'{k}_gib': v / 2**30 if v >= 0 else None for k, v in measured.items()},
-                params=raw_model.get_num_params(), ranks=runtime.world_size,
+                params=raw_model.get_num_params(), ranks=runtime.world_size, fitted_batch_size=fitted,
+                compiled=compiled,
                 data_parallel=(cfg.data_parallel if runtime.ddp else 'none'))
 
 
@@ -198,8 +208,14 @@ if __name__ == '__main__':
         if cfg.profile:
             break
         ms, tokens, mfu, peak = result_cells(result)
+        timed = []  # what was timed, where it is not what was asked
+        if result.get('fitted_batch_size', cfg.batch_size) != cfg.batch_size:
+            timed.append(f"timed as batch_size={result['fitted_batch_size']}, accumulated")
+        if cfg.compile and result.get('compiled') is False:
+            timed.append("timed uncompiled: torch.compile failed")
         print0(ms if result.get('failed') else f"loss {result['loss']:.4f}: {ms} ms/iter, {tokens} tokens/s, MFU {mfu}"
-               f"{' (unknown peak FLOPS: pass --peak_flops)' * (mfu == 'n/a')}, peak memory {peak}", flush=True)
+               f"{' (unknown peak FLOPS: pass --peak_flops)' * (mfu == 'n/a')}, peak memory {peak}"
+               + (f" ({'; '.join(timed)})" if timed else ''), flush=True)
         results.append({**setting, **result})
     if results:
         print0("\n" + " | ".join([*swept, 'ms/iter', 'tokens/s', 'MFU', 'peak memory']))

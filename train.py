@@ -42,6 +42,7 @@ from common import RunGuard, dataset_dir, device_peak_flops, end_distributed, pr
 from configurator import config_defaults, configure
 from data.loader import TokenLoader
 from data.tokenfiles import Dataset
+from fit import device_memory, fit_step
 from model import GPT, GPTConfig
 from parallel import DATA_PARALLEL, place_model, wrap_model
 import rundir
@@ -92,7 +93,8 @@ data_parallel = 'ddp'  # under torchrun: 'ddp' (a full copy of the model per GPU
 backend = 'auto'  # DDP backend: 'auto' (nccl on cuda, gloo elsewhere), 'nccl', 'gloo', etc.
 device = 'auto'  # 'auto' (cuda, else mps, else cpu), or 'cpu', 'cuda', 'cuda:1', 'mps'
 dtype = 'auto'  # 'auto' (bfloat16 where supported on cuda, else float16; float32 elsewhere), 'float32', ...
-compile = True  # use PyTorch 2.0 to compile the model to be faster
+compile = True  # use PyTorch 2.0 to compile the model to be faster (uncompiled, with a note, where it cannot)
+fit_batch_size = True  # a batch_size that does not fit in memory trains as smaller micro-batches, accumulated
 chunked_loss = False  # lm_head + cross-entropy in chunks, never materialising the logits (torch >= 2.13)
 seed = 1337
 peak_flops = None  # the device's peak FLOPS for MFU; None looks the GPU up in common.PEAK_BF16_FLOPS
@@ -249,6 +251,16 @@ if __name__ == '__main__':
         check_tokens(checkpoint, ckpt_path, data)  # the dataset's ids mean what they meant when it was saved
         iter_num = checkpoint['iter_num']
         best_val_loss = checkpoint['best_val_loss']
+        # a micro-batch fitted to memory when the run started stays: the batch stream continues as it was drawn
+        saved = checkpoint.get('config', {})
+        if saved.get('batch_size', batch_size) < batch_size and saved.get('gradient_accumulation_steps', 0) * \
+                saved['batch_size'] == batch_size * gradient_accumulation_steps * ddp_world_size and \
+                saved['gradient_accumulation_steps'] % ddp_world_size == 0:
+            batch_size, gradient_accumulation_steps = saved['batch_size'], saved['gradient_accumulation_steps']
+            print0(f"note: resuming with the checkpoint's batch_size={batch_size} and gradient_accumulation_steps="
+                   f"{gradient_accumulation_steps}, fitted to memory when the run started")
+            gradient_accumulation_steps //= ddp_world_size
+            config.update(batch_size=batch_size, gradient_accumulation_steps=gradient_accumulation_steps * ddp_world_size)
     else:
         # OpenAI's GPT-2 (gpt2, gpt2-medium, ...) or a Hugging Face GPT-2 folder
         print0(f"Initializing from OpenAI GPT-2 weights: {init_from}")
@@ -300,6 +312,21 @@ if __name__ == '__main__':
     # compile the model, and wrap it into DDP; checkpoints save raw_model, without the _orig_mod. prefix
     raw_model = model
     model = wrap_model(model, runtime, data_parallel, compile)
+    # fit the run to this machine before its first step (fit.py): a micro-batch that does not fit in memory becomes
+    # smaller ones, accumulated (the same tokens per iteration, the same math); compile falls back where it fails
+    model, fitted, _ = fit_step(model, runtime, batch_size, block_size, ctx, optimizer, fit_batch_size, compile,
+                                ddp and data_parallel == 'fsdp',
+                                lambda: wrap_model(raw_model, runtime, data_parallel, compile=False))
+    if fitted != batch_size:
+        gradient_accumulation_steps *= batch_size // fitted
+        memory = device_memory(device)
+        print0(f"note: batch_size={batch_size} does not fit in the memory of {device}{f' ({memory})' if memory else ''}"
+               f": training with batch_size={fitted} and gradient_accumulation_steps="
+               f"{gradient_accumulation_steps * ddp_world_size}, the same {tokens_per_iter:,} tokens per iteration")
+        batch_size = fitted
+        config.update(batch_size=batch_size, gradient_accumulation_steps=gradient_accumulation_steps * ddp_world_size)
+        for loader in (train_loader, *eval_loaders.values()):
+            loader.batch_size = batch_size
 
     # logging: out_dir/log.jsonl always (plot.py draws it), wandb when asked
     runlog = RunLog(out_dir, master_process, iter_num, wandb_log, wandb_project, wandb_run_name, config,

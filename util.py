@@ -6,6 +6,7 @@ atomically, and downloading one. Nothing here imports torch, numpy or data/.
 import errno
 import glob
 import os
+import re
 import sys
 from contextlib import contextmanager
 
@@ -35,6 +36,14 @@ def _one_line_errors(exc_type, exc, tb):
                       f"run again"
         elif isinstance(exc, OSError) and exc.strerror:
             message = f"{exc.strerror}{f': {exc.filename}' if exc.filename else ''}"
+        elif exc_type.__name__ in ('OutOfMemoryError', 'MemoryError') or "can't allocate memory" in str(exc):
+            # torch's message says how much it tried to allocate, and (CUDA) how much the device has
+            tried, total = re.search(r"allocate ([\d.]+ ?\w+)", str(exc)), re.search(r"capacity of ([\d.]+ \w+)", str(exc))
+            detail = ', '.join(filter(None, [tried and f"tried to allocate {tried.group(1)}",
+                                             total and f"the device has {total.group(1)}"]))
+            message = f"out of memory{f' ({detail})' if detail else ''}: a checkpoint already written stays; use a " \
+                      f"smaller batch_size, model or block_size, --chunked_loss=True, or --data_parallel=fsdp on " \
+                      f"several GPUs"
         elif isinstance(exc, UnicodeDecodeError):
             message = f"a file is not UTF-8 text ({exc.reason} at byte {exc.start}): convert it to UTF-8"
         elif 'RANK' in os.environ and any(s in str(exc) for s in ('closed by peer', 'reset by peer', 'remote worker')):

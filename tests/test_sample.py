@@ -31,7 +31,7 @@ def test_sample_from_char_checkpoint(tmp_path):
     assert len(samples) == 2, proc.stdout
     for sample in samples:  # the prompt and 40 new characters from the vocabulary, then print's newline
         assert sample.startswith('abc') and len(sample) == 3 + 40 + 1 and set(sample) <= set('\n abcdefgh')
-    assert proc.stderr.count('40 new tokens in') == 2
+    assert proc.stderr.count('(2 x 40 new tokens in') == 1  # both samples in one batch
 
 
 def test_sample_errors(tmp_path):

@@ -1,0 +1,121 @@
+"""
+Fitting a run to the machine it has, before its first step (train.py and bench.py, after wrap_model):
+    fit_step   one forward and backward on the wrapped model at the configured micro-batch: out of memory, the
+               largest divisor of batch_size that fits (gradient accumulation rises by the same factor, so the tokens
+               per iteration and the math stay the same); torch.compile failing at that first call (no C++
+               compiler, no Triton, a backend error), the model unwrapped and run uncompiled.
+The probe consumes no data and no randomness and steps nothing: the run that follows is exactly the run that would
+have happened with the chosen sizes from the start. Under DDP every rank tries each size and all take the smallest
+that fits everywhere; under FSDP a rank that ran out of memory inside a collective would leave the others waiting,
+so there only the compile check runs. sample.py's batches fit the same way (generate_fitted).
+"""
+
+import torch
+
+from common import print0
+
+
+def is_out_of_memory(e: BaseException) -> bool:
+    """A CUDA out-of-memory, or an allocation the CPU allocator refused (the same event on a CPU)."""
+    return isinstance(e, (torch.OutOfMemoryError, MemoryError)) or \
+        (isinstance(e, RuntimeError) and "can't allocate memory" in str(e))
+
+
+def device_memory(device) -> str:
+    """'23.6 GiB' for a CUDA device, '' elsewhere."""
+    if torch.device(device).type == 'cuda':
+        return f"{torch.cuda.get_device_properties(device).total_memory / 2**30:.1f} GiB"
+    return ''
+
+
+def _free(device):
+    if torch.device(device).type == 'cuda':
+        torch.cuda.empty_cache()
+
+
+def _try_step(model, batch_size: int, block_size: int, device, ctx, optimizer) -> str:
+    """'ok', 'oom', or the error of a failed compiled call, for one forward and backward of batch_size rows of
+    token 0 (no data read), without gradient sync, with room held for AdamW's state when it does not exist yet."""
+    # AdamW allocates two tensors per parameter at its first step: held here, so that the size chosen fits them too
+    room = [torch.empty_like(p) for group in optimizer.param_groups for p in group['params'] for _ in range(2)] \
+        if not optimizer.state else []
+    try:
+        x = torch.zeros((batch_size, block_size), dtype=torch.long, device=device)
+        sync = model.no_sync() if isinstance(model, torch.nn.parallel.DistributedDataParallel) else _nothing()
+        with sync:
+            with ctx:
+                _, loss = model(x, x)
+            loss.backward()
+        return 'ok'
+    except Exception as e:
+        if is_out_of_memory(e):
+            return 'oom'
+        raise
+    finally:
+        del room
+        for p in model.parameters():
+            p.grad = None
+        _free(device)
+
+
+class _nothing:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def fit_step(model, runtime, batch_size: int, block_size: int, ctx, optimizer, fit: bool, compiled: bool,
+             sharded: bool, uncompiled) -> tuple[object, int, bool]:
+    """(the model to train, the micro-batch size that fits, whether the model is compiled): see the module's docstring. uncompiled() wraps the
+    model again without compiling it. SystemExit when not even one row fits."""
+    rng = torch.get_rng_state()  # dropout in the probe draws random numbers: given back after
+    cuda_rng = torch.cuda.get_rng_state(runtime.device) if runtime.device_type == 'cuda' else None
+    sizes = [d for d in range(batch_size, 0, -1) if batch_size % d == 0] if fit and not sharded else [batch_size]
+    chosen = None
+    for size in sizes:
+        try:
+            result = _try_step(model, size, block_size, runtime.device, ctx, optimizer)
+        except Exception as e:
+            if not compiled:
+                raise
+            cause = str(e).strip().splitlines()[-1][:200] if str(e).strip() else type(e).__name__
+            print0(f"note: torch.compile does not work here ({type(e).__name__}: {cause}): training uncompiled "
+                   f"(--compile=False silences this)")
+            model, compiled = uncompiled(), False
+            result = _try_step(model, size, block_size, runtime.device, ctx, optimizer)
+        fits = torch.tensor([1.0 if result == 'ok' else 0.0], device=runtime.device)
+        if runtime.ddp and not sharded:
+            torch.distributed.all_reduce(fits, op=torch.distributed.ReduceOp.MIN)
+        if fits.item() == 1.0:
+            chosen = size
+            break
+        if not fit or sharded:
+            break
+    torch.set_rng_state(rng)
+    if cuda_rng is not None:
+        torch.cuda.set_rng_state(cuda_rng, runtime.device)
+    if chosen is None:
+        memory = device_memory(runtime.device)
+        raise SystemExit(f"error: out of memory{f' ({memory} on {runtime.device})' if memory else ''} for one "
+                         f"forward and backward at batch_size={sizes[-1]}, block_size={block_size}: use a smaller "
+                         f"model or block_size, --chunked_loss=True, or --data_parallel=fsdp on several GPUs")
+    return model, chosen, compiled
+
+
+@torch.no_grad()
+def generate_fitted(model, x, num_samples: int, max_new_tokens: int, **sampling) -> torch.Tensor:
+    """num_samples continuations of the prompt x (1, t) as few batches as memory allows: decoding a token reads
+    every weight once whatever the batch, so rows cost little until memory runs out. (num_samples, t + new)."""
+    rows = num_samples
+    while True:
+        try:
+            out = [model.generate(x.expand(min(rows, num_samples - k), -1), max_new_tokens, **sampling)
+                   for k in range(0, num_samples, rows)]
+            return torch.cat(out)
+        except Exception as e:
+            if not is_out_of_memory(e) or rows == 1:
+                raise
+            rows = (rows + 1) // 2
+            _free(x.device)

@@ -1,0 +1,24 @@
+"""python tests/limited.py BYTES script.py [args]: run a script of the repository with its address space limited to
+BYTES (0: no limit), as a machine with that much memory would; at exit print the process's peak address space
+('VmPeak: N kB') to stderr, from which tests calibrate a limit."""
+import atexit
+import os
+import resource
+import runpy
+import sys
+
+limit = int(sys.argv[1])
+if limit:
+    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+
+@atexit.register
+def peak():
+    with open('/proc/self/status') as f:
+        print(next(line.strip() for line in f if line.startswith('VmPeak')), file=sys.stderr, flush=True)
+
+
+repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, repo)
+sys.argv = sys.argv[2:]
+runpy.run_path(os.path.join(repo, sys.argv[0]), run_name='__main__')

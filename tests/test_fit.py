@@ -1,0 +1,99 @@
+"""
+Fitting a run to the machine (fit.py): a micro-batch that does not fit in memory trains as accumulated smaller ones
+with the very losses of a run started at that size, a model that does not fit at all stops with one line,
+torch.compile falls back when its compiler is missing, and sample.py draws its samples as one batch.
+"""
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from conftest import REPO, after_meta, iter_losses, load_model_state, one_line_error, run_script, train
+
+# a model whose activations grow fast with the batch: 256 rows need about a GB more address space than 16
+WIDE = ['--device=cpu', '--compile=False', '--n_layer=2', '--n_head=2', '--n_embd=128', '--block_size=256',
+        '--eval_iters=1', '--log_interval=1', '--max_iters=2', '--eval_interval=2', '--wandb_log=False',
+        '--gradient_accumulation_steps=1']
+
+
+def limited(limit: int, *args):
+    """train.py (WIDE) with its address space limited to limit bytes (0: unlimited): (process, peak bytes)."""
+    proc = subprocess.run([sys.executable, os.path.join(REPO, 'tests', 'limited.py'), str(limit), 'train.py', *WIDE,
+                           *args], cwd=REPO, capture_output=True, text=True, timeout=600)
+    peak = re.search(r'VmPeak:\s+(\d+) kB', proc.stderr)
+    return proc, int(peak.group(1)) * 1024 if peak else None
+
+
+@pytest.mark.slow
+def test_a_batch_that_does_not_fit_trains_as_accumulated_smaller_ones(char_data, tmp_path):
+    # calibrated on this machine: the address space a run reaches at 16 and at 256 rows, and a limit between them
+    small, small_peak = limited(0, f'--dataset={char_data}', f'--out_dir={tmp_path / "small"}', '--batch_size=16')
+    big, big_peak = limited(0, f'--dataset={char_data}', f'--out_dir={tmp_path / "big"}', '--batch_size=256',
+                            '--fit_batch_size=False')
+    assert small.returncode == 0 and big.returncode == 0, small.stderr[-2000:] + big.stderr[-2000:]
+    limit = small_peak + (big_peak - small_peak) // 3
+    proc, _ = limited(limit, f'--dataset={char_data}', f'--out_dir={tmp_path / "fitted"}', '--batch_size=256')
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    note = re.search(r'note: batch_size=256 does not fit in the memory of cpu: training with batch_size=(\d+) and '
+                     r'gradient_accumulation_steps=(\d+), the same 65,536 tokens per iteration', proc.stdout)
+    assert note, proc.stdout[-3000:]
+    fitted, steps = int(note.group(1)), int(note.group(2))
+    assert fitted * steps == 256 and fitted < 256
+    # the very run that starting at the chosen sizes gives: the probe read no data and drew no random numbers
+    direct = train(char_data, tmp_path / 'direct', *WIDE[2:], f'--batch_size={fitted}',
+                   f'--gradient_accumulation_steps={steps}')
+    assert direct.returncode == 0
+    assert iter_losses(tmp_path / 'fitted') == iter_losses(tmp_path / 'direct')
+    config = load_model_state(tmp_path / 'fitted')['config']
+    assert (config['batch_size'], config['gradient_accumulation_steps']) == (fitted, steps)
+    # without the limit, a resume keeps the fitted sizes: the batch stream continues as it was drawn
+    proc = train(char_data, tmp_path / 'fitted', *WIDE[2:], '--batch_size=256', '--init_from=resume',
+                 '--max_iters=3')
+    assert f"resuming with the checkpoint's batch_size={fitted} and gradient_accumulation_steps={steps}" in proc.stdout
+
+
+def test_not_even_one_row_fits_and_running_out_later_end_in_one_line(tmp_path):
+    from common import setup_runtime
+    from fit import fit_step
+
+    class Huge(torch.nn.Module):  # asks the CPU allocator for a petabyte: a real refusal, on any machine
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.ones(1))
+
+        def forward(self, x, y):
+            return None, (torch.empty(10 ** 15 // 4) * 0).sum() * self.w.sum()
+
+    model = Huge()
+    optimizer = torch.optim.AdamW(model.parameters())
+    runtime = setup_runtime('cpu', 'float32')
+    with pytest.raises(SystemExit, match=r'out of memory for one forward and backward at batch_size=1, block_size=8: '
+                                         r'use a smaller model or block_size, --chunked_loss=True'):
+        fit_step(model, runtime, 4, 8, runtime.ctx, optimizer, True, False, False, None)
+    # out of memory later in a run, where nothing fits it any more: one line that says what to change
+    proc = subprocess.run([sys.executable, '-c', 'import util, torch; util.one_line_errors(); '
+                           'torch.empty(10 ** 15 // 4)'], cwd=REPO, capture_output=True, text=True)
+    one_line_error(proc, 'out of memory (tried to allocate 1000000000000000 bytes)', 'batch_size', '--chunked_loss=True')
+
+
+@pytest.mark.slow
+def test_compile_falls_back_when_its_compiler_is_missing(char_data, tmp_path):
+    proc = train(char_data, tmp_path / 'fallback', '--max_iters=3', '--compile=True',
+                 env={'CXX': '/nonexistent/g++', 'TORCHINDUCTOR_CACHE_DIR': str(tmp_path / 'inductor')})
+    assert re.search(r'note: torch.compile does not work here \(\w+: .+\): training uncompiled', proc.stdout), \
+        proc.stdout[-3000:]
+    train(char_data, tmp_path / 'eager', '--max_iters=3', '--compile=False')
+    assert iter_losses(tmp_path / 'fallback') == iter_losses(tmp_path / 'eager')
+
+
+def test_sample_draws_its_samples_as_one_batch_reproducibly(char_data, tmp_path):
+    train(char_data, tmp_path, '--max_iters=2', '--eval_interval=2')
+    args = ['sample.py', f'--out_dir={tmp_path}', '--device=cpu', '--num_samples=4', '--max_new_tokens=30']
+    first, second = run_script(*args), run_script(*args)
+    assert after_meta(first.stdout) == after_meta(second.stdout)  # the seed decides every sample
+    samples = after_meta(first.stdout).split('---------------\n')[:-1]
+    assert len(samples) == 4 and len(set(samples)) == 4
+    assert '(4 x 30 new tokens in' in first.stderr  # one timing: one batch
