@@ -43,9 +43,11 @@ def _try_step(model, batch_size: int, block_size: int, device, ctx, optimizer) -
         x = torch.zeros((batch_size, block_size), dtype=torch.long, device=device)
         sync = model.no_sync() if isinstance(model, torch.nn.parallel.DistributedDataParallel) else _nothing()
         with sync:
-            with ctx:
-                _, loss = model(x, x)
-            loss.backward()
+            for _ in range(2):  # twice, as accumulation does: the second runs beside the first one's gradients
+                with ctx:
+                    _, loss = model(x, x)
+                loss.backward()
+                del loss
         return 'ok'
     except Exception as e:
         if is_out_of_memory(e):
