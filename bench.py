@@ -10,7 +10,8 @@ command to check a GPU.
     torchrun --standalone --nproc_per_node=8 bench.py --data_parallel=fsdp   # the DDP or FSDP step on 8 GPUs
 
 Any key given as a comma-separated list is swept; every setting is checked before the first one runs, and a
-setting that fails when it runs (out of memory, say) is reported in its row while the sweep goes on. Without prepared data
+setting that fails when it runs (out of memory, say) is reported in its row while the sweep goes on; a batch_size
+that does not fit is timed as smaller micro-batches, accumulated, as train.py trains it. Without prepared data
 (data/<dataset>/train.bin) it times synthetic tokens and says so.
 """
 import itertools
@@ -97,9 +98,12 @@ def bench(cfg, runtime, probe=None) -> dict:
         probe.watch(model, optimizer, cfg)
     raw_model, model = model, wrap_model(model, runtime, cfg.data_parallel, cfg.compile)
     # as train.py: a micro-batch that does not fit runs as accumulated smaller ones, compile falls back
+    t0 = time.time()
     model, fitted, compiled = fit_step(model, runtime, cfg.batch_size, cfg.block_size, ctx, optimizer,
                                        cfg.fit_batch_size, cfg.compile, runtime.ddp and cfg.data_parallel == 'fsdp',
                                        lambda: wrap_model(raw_model, runtime, cfg.data_parallel, compile=False))
+    probe_ms = (time.time() - t0) * 1000  # what train.py spends before its first step (compiling, when compiled)
+    print0(f"  fitting probe: {probe_ms:.0f} ms")
     accumulation = cfg.gradient_accumulation_steps * cfg.batch_size // fitted
     if fitted != cfg.batch_size:
         print0(f"  batch_size={cfg.batch_size} does not fit: timing batch_size={fitted} x {accumulation} "
@@ -148,7 +152,7 @@ def bench(cfg, runtime, probe=None) -> dict:
         measured = dict(zip(measured, largest.tolist()))
     return dict(loss=lossf, ms=dt * 1000, tokens_per_s=tokens_per_iter / dt, mfu=mfu,
                 **{f'{k}_gib': v / 2**30 if v >= 0 else None for k, v in measured.items()},
-                params=raw_model.get_num_params(), ranks=runtime.world_size, fitted_batch_size=fitted,
+                params=raw_model.get_num_params(), ranks=runtime.world_size, fitted_batch_size=fitted, probe_ms=probe_ms,
                 compiled=compiled,
                 data_parallel=(cfg.data_parallel if runtime.ddp else 'none'))
 

@@ -1,7 +1,8 @@
 """
 Export a checkpoint of this project as a Hugging Face GPT-2 folder (config.json, model.safetensors and, for GPT-2
-BPE models, the tokenizer files; for character-level models, meta.json with the characters, as a dataset's), which transformers.GPT2LMHeadModel.from_pretrained(dest) loads with the same
-logits, and which GPT.from_pretrained(dest) and sample.py --init_from=dest read back.
+BPE models, the tokenizer files; for character-level models, meta.json with the characters, as a dataset's), which
+transformers.GPT2LMHeadModel.from_pretrained(dest) loads with the same logits, and which GPT.from_pretrained(dest)
+and sample.py --init_from=dest read back.
 
     python export_hf.py --out_dir=out --dest=gpt2-mine
     python export_hf.py --out_dir=out --dest=gpt2-mine --trim_vocab=True   # 50304 padded rows back to 50257

@@ -70,8 +70,8 @@ class _nothing:
 
 def fit_step(model, runtime, batch_size: int, block_size: int, ctx, optimizer, fit: bool, compiled: bool,
              sharded: bool, uncompiled) -> tuple[object, int, bool]:
-    """(the model to train, the micro-batch size that fits, whether the model is compiled): see the module's docstring. uncompiled() wraps the
-    model again without compiling it. SystemExit when not even one row fits."""
+    """(the model to train, the micro-batch size that fits, whether the model is compiled): see the module's
+    docstring. uncompiled() wraps the model again without compiling it. SystemExit when not even one row fits."""
     rng = torch.get_rng_state()  # dropout in the probe draws random numbers: given back after
     cuda_rng = torch.cuda.get_rng_state(runtime.device) if runtime.device_type == 'cuda' else None
     sizes = [d for d in range(batch_size, 0, -1) if batch_size % d == 0] if fit and not sharded else [batch_size]
@@ -82,9 +82,11 @@ def fit_step(model, runtime, batch_size: int, block_size: int, ctx, optimizer, f
         except Exception as e:
             if not compiled:
                 raise
-            cause = str(e).strip().splitlines()[-1][:200] if str(e).strip() else type(e).__name__
-            print0(f"note: torch.compile does not work here ({type(e).__name__}: {cause}): training uncompiled "
-                   f"(--compile=False silences this)")
+            # the first line that is not torch's advice on how to debug it
+            lines = [line for line in str(e).splitlines() if line.strip() and 'TORCH' not in line]
+            cause = lines[0].strip()[:200] if lines else type(e).__name__
+            print0(f"note: torch.compile does not work here ({cause}): training uncompiled (--compile=False "
+                   f"silences this)")
             model, compiled = uncompiled(), False
             result = _try_step(model, size, block_size, runtime.device, ctx, optimizer)
         fits = torch.tensor([1.0 if result == 'ok' else 0.0], device=runtime.device)

@@ -260,7 +260,8 @@ if __name__ == '__main__':
             print0(f"note: resuming with the checkpoint's batch_size={batch_size} and gradient_accumulation_steps="
                    f"{gradient_accumulation_steps}, fitted to memory when the run started")
             gradient_accumulation_steps //= ddp_world_size
-            config.update(batch_size=batch_size, gradient_accumulation_steps=gradient_accumulation_steps * ddp_world_size)
+            config.update(batch_size=batch_size,
+                          gradient_accumulation_steps=gradient_accumulation_steps * ddp_world_size)
     else:
         # OpenAI's GPT-2 (gpt2, gpt2-medium, ...) or a Hugging Face GPT-2 folder
         print0(f"Initializing from OpenAI GPT-2 weights: {init_from}")

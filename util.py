@@ -38,7 +38,8 @@ def _one_line_errors(exc_type, exc, tb):
             message = f"{exc.strerror}{f': {exc.filename}' if exc.filename else ''}"
         elif exc_type.__name__ in ('OutOfMemoryError', 'MemoryError') or "can't allocate memory" in str(exc):
             # torch's message says how much it tried to allocate, and (CUDA) how much the device has
-            tried, total = re.search(r"allocate ([\d.]+ ?\w+)", str(exc)), re.search(r"capacity of ([\d.]+ \w+)", str(exc))
+            tried = re.search(r"allocate ([\d.]+ ?\w+)", str(exc))
+            total = re.search(r"capacity of ([\d.]+ \w+)", str(exc))
             detail = ', '.join(filter(None, [tried and f"tried to allocate {tried.group(1)}",
                                              total and f"the device has {total.group(1)}"]))
             message = f"out of memory{f' ({detail})' if detail else ''}: a checkpoint already written stays; use a " \

@@ -154,8 +154,8 @@ def read_meta(data_dir: str) -> dict | None:
 def _check_files(data_dir: str, meta: dict | None, note):
     """SystemExit unless the dataset's files are those its meta.json lists, and its shards are numbered without a
     gap; a note where nothing can be checked (datasets without a meta.json, such as nanoGPT's)."""
-    numbers = sorted(int(SHARD_RE.match(os.path.basename(p)).group(2))
-                     for split in ('train', 'val') for p in split_files(data_dir, split) if SHARD_RE.match(os.path.basename(p)))
+    names = [os.path.basename(p) for split in ('train', 'val') for p in split_files(data_dir, split)]
+    numbers = sorted(int(SHARD_RE.match(name).group(2)) for name in names if SHARD_RE.match(name))
     missing = sorted(set(range(numbers[-1] + 1)) - set(numbers)) if numbers else []
     if missing:
         raise SystemExit(f"error: {data_dir} has shards up to number {numbers[-1]} but not {missing[0]:06d} "

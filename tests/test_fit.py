@@ -79,7 +79,8 @@ def test_not_even_one_row_fits_and_running_out_later_end_in_one_line(tmp_path):
     # out of memory later in a run, where nothing fits it any more: one line that says what to change
     proc = subprocess.run([sys.executable, '-c', 'import util, torch; util.one_line_errors(); '
                            'torch.empty(10 ** 15 // 4)'], cwd=REPO, capture_output=True, text=True)
-    one_line_error(proc, 'out of memory (tried to allocate 1000000000000000 bytes)', 'batch_size', '--chunked_loss=True')
+    one_line_error(proc, 'out of memory (tried to allocate 1000000000000000 bytes)', 'batch_size',
+                   '--chunked_loss=True')
 
 
 @pytest.mark.slow

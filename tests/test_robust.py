@@ -80,8 +80,8 @@ def test_an_eval_only_run_and_a_refused_run_leave_the_folder_byte_identical(char
     # a folder with the log of a run that saved no checkpoint: a new run would have truncated the log
     (tmp_path / 'ckpt.pt').unlink()
     before = snapshot(tmp_path)
-    one_line_error(train(char_data, tmp_path, '--max_iters=2', check=False), 'log.jsonl holds the log of an earlier run',
-                   'another out_dir')
+    one_line_error(train(char_data, tmp_path, '--max_iters=2', check=False),
+                   'log.jsonl holds the log of an earlier run', 'another out_dir')
     assert snapshot(tmp_path) == before
 
 
@@ -137,7 +137,8 @@ def small_disk(tmp_path):
     mount.mkdir()
     if os.geteuid() != 0:
         pytest.skip('mounting a small tmpfs needs root')
-    proc = subprocess.run(['mount', '-t', 'tmpfs', '-o', 'size=2M', 'tmpfs', str(mount)], capture_output=True, text=True)
+    proc = subprocess.run(['mount', '-t', 'tmpfs', '-o', 'size=2M', 'tmpfs', str(mount)], capture_output=True,
+                          text=True)
     if proc.returncode != 0:
         pytest.skip(f'this machine does not allow mounting a tmpfs: {proc.stderr.strip()}')
     yield mount
