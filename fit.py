@@ -12,13 +12,19 @@ so there only the compile check runs. sample.py's batches fit the same way (gene
 
 import torch
 
-from common import print0
 
 
 def is_out_of_memory(e: BaseException) -> bool:
-    """A CUDA out-of-memory, or an allocation the CPU allocator refused (the same event on a CPU)."""
-    return isinstance(e, (torch.OutOfMemoryError, MemoryError)) or \
-        (isinstance(e, RuntimeError) and "can't allocate memory" in str(e))
+    """A CUDA out-of-memory, or an allocation the CPU allocator refused (the same event on a CPU), also where
+    torch.compile's backends wrap it in their own error."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, (torch.OutOfMemoryError, MemoryError)) or \
+                (isinstance(e, RuntimeError) and "can't allocate memory" in str(e)):
+            return True
+        e = e.__cause__ or e.__context__ or getattr(e, 'inner_exception', None)
+    return False
 
 
 def device_memory(device) -> str:
@@ -33,13 +39,14 @@ def _free(device):
         torch.cuda.empty_cache()
 
 
-def _try_step(model, batch_size: int, block_size: int, device, ctx, optimizer) -> str:
-    """'ok', 'oom', or the error of a failed compiled call, for one forward and backward of batch_size rows of
+def _try_step(model, batch_size: int, block_size: int, device, ctx, optimizer):
+    """'ok', 'oom', or the exception of a failed call, for two forward and backward passes of batch_size rows of
     token 0 (no data read), without gradient sync, with room held for AdamW's state when it does not exist yet."""
-    # AdamW allocates two tensors per parameter at its first step: held here, so that the size chosen fits them too
-    room = [torch.empty_like(p) for group in optimizer.param_groups for p in group['params'] for _ in range(2)] \
-        if not optimizer.state else []
+    room = []
     try:
+        # AdamW allocates two tensors per parameter at its first step: held here, so the size chosen fits them too
+        if not optimizer.state:
+            room = [torch.empty_like(p) for group in optimizer.param_groups for p in group['params'] for _ in '12']
         x = torch.zeros((batch_size, block_size), dtype=torch.long, device=device)
         sync = model.no_sync() if isinstance(model, torch.nn.parallel.DistributedDataParallel) else _nothing()
         with sync:
@@ -50,9 +57,7 @@ def _try_step(model, batch_size: int, block_size: int, device, ctx, optimizer) -
                 del loss
         return 'ok'
     except Exception as e:
-        if is_out_of_memory(e):
-            return 'oom'
-        raise
+        return 'oom' if is_out_of_memory(e) else e
     finally:
         del room
         for p in model.parameters():
@@ -75,28 +80,33 @@ def fit_step(model, runtime, batch_size: int, block_size: int, ctx, optimizer, f
     rng = torch.get_rng_state()  # dropout in the probe draws random numbers: given back after
     cuda_rng = torch.cuda.get_rng_state(runtime.device) if runtime.device_type == 'cuda' else None
     sizes = [d for d in range(batch_size, 0, -1) if batch_size % d == 0] if fit and not sharded else [batch_size]
-    chosen = None
-    for size in sizes:
-        try:
-            result = _try_step(model, size, block_size, runtime.device, ctx, optimizer)
-        except Exception as e:
-            if not compiled:
-                raise
-            # the first line that is not torch's advice on how to debug it
-            lines = [line for line in str(e).splitlines() if line.strip() and 'TORCH' not in line]
-            cause = lines[0].strip()[:200] if lines else type(e).__name__
-            print0(f"note: torch.compile does not work here ({cause}): training uncompiled (--compile=False "
-                   f"silences this)")
+    chosen, k = None, 0
+    while k < len(sizes):
+        result = _try_step(model, sizes[k], block_size, runtime.device, ctx, optimizer)
+        # every rank acts on the worst outcome of any: 0 it fits, 1 out of memory, 2 another error
+        outcome = torch.tensor([0.0 if result == 'ok' else 1.0 if result == 'oom' else 2.0], device=runtime.device)
+        if runtime.ddp:
+            torch.distributed.all_reduce(outcome, op=torch.distributed.ReduceOp.MAX)
+        if outcome.item() == 2.0 and compiled:  # torch.compile cannot work here (on this rank or another)
+            cause = 'it failed on another rank'
+            if isinstance(result, Exception):  # the first line that is not torch's advice on debugging
+                lines = [line for line in str(result).splitlines() if line.strip() and 'TORCH' not in line]
+                cause = lines[0].strip()[:200] if lines else type(result).__name__
+            if runtime.master_process or isinstance(result, Exception):
+                print(f"note: torch.compile does not work here ({cause}): training uncompiled (--compile=False "
+                      f"silences this)")
             model, compiled = uncompiled(), False
-            result = _try_step(model, size, block_size, runtime.device, ctx, optimizer)
-        fits = torch.tensor([1.0 if result == 'ok' else 0.0], device=runtime.device)
-        if runtime.ddp and not sharded:
-            torch.distributed.all_reduce(fits, op=torch.distributed.ReduceOp.MIN)
-        if fits.item() == 1.0:
-            chosen = size
+            continue  # the same size again, uncompiled
+        if isinstance(result, Exception):
+            raise result
+        if outcome.item() == 2.0:
+            raise SystemExit("error: the first step failed on another rank: its error is above")
+        if outcome.item() == 0.0:
+            chosen = sizes[k]
             break
-        if not fit or sharded:
-            break
+        k += 1
+    if compiled and chosen is not None and chosen != sizes[0]:
+        torch._dynamo.reset()  # the sizes tried would leave a graph compiled for any batch: one for this size
     torch.set_rng_state(rng)
     if cuda_rng is not None:
         torch.cuda.set_rng_state(cuda_rng, runtime.device)

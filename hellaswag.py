@@ -101,8 +101,12 @@ def score_example(model, tokens, mask, ctx=None):
     """Summed and mean cross-entropy of each row's ending tokens, (4,) each."""
     targets = tokens[:, 1:].clone()
     targets[mask[:, 1:] == 0] = -1  # only the ending's tokens are scored
-    with ctx or nullcontext():
-        logits, _ = model(tokens[:, :-1], targets)  # passing targets returns the logits at every position
+    chunked, model.chunked_loss = getattr(model, 'chunked_loss', False), False  # the logits, not only the loss
+    try:
+        with ctx or nullcontext():
+            logits, _ = model(tokens[:, :-1], targets)  # passing targets returns the logits at every position
+    finally:
+        model.chunked_loss = chunked
     losses = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1,
                              reduction='none').view(targets.shape)
     n = (targets != -1).sum(dim=1)

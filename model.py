@@ -199,10 +199,9 @@ class GPT(nn.Module):
         if kv_cache is not None:
             kv_cache.pos += t
 
-        if targets is not None and self.chunked_loss and torch.is_grad_enabled():
+        if targets is not None and self.chunked_loss:
             # lm_head and cross-entropy in chunks of positions: the (B*T, vocab_size) logits, the largest activation
-            # of GPT-2 training, are never materialised (torch >= 2.13); no logits are returned. Without gradients
-            # (evaluation, HellaSwag) nothing is saved for a backward pass, and the logits are returned as usual
+            # of GPT-2 training, are never materialised (torch >= 2.13); no logits are returned
             logits = None
             loss = F.linear_cross_entropy(x.view(-1, x.size(-1)), self.lm_head.weight, targets.view(-1),
                                           ignore_index=-1, options=nn.LinearCrossEntropyOptions())

@@ -18,12 +18,23 @@ import os
 import socket
 import time
 
+from runlog import read_records
+
 try:
     import fcntl
 except ImportError:
     fcntl = None
 
 LOCK = 'run.lock'
+RUN_ID = os.environ.get('TORCHELASTIC_RUN_ID')  # the same in every restart of one torchrun job
+
+
+def _run_id(log_path: str) -> str | None:
+    """The run id of the job whose start record is the last in a log.jsonl."""
+    if not os.path.exists(log_path):
+        return None
+    starts = [r for r in read_records(log_path, note=lambda _: None) if 'params' in r]
+    return starts[-1].get('run_id') if starts else None
 
 
 def claim(out_dir: str, init_from: str, eval_only: bool, master: bool) -> str:
@@ -40,18 +51,22 @@ def claim(out_dir: str, init_from: str, eval_only: bool, master: bool) -> str:
     return _check_files(out_dir, init_from, master)
 
 
-def hold(out_dir: str):
+def hold(out_dir: str, init_from: str):
     """Create out_dir and hold it for this process until it exits or calls release(); SystemExit while another
-    process holds it. A lock left by a process that died is taken over, with a note."""
+    process holds it, or when another run wrote there since claim() looked. A lock left by a process that died is
+    taken over, with a note."""
     os.makedirs(out_dir, exist_ok=True)
-    _hold(_lock(os.path.join(out_dir, LOCK)))
+    lock = _lock(os.path.join(out_dir, LOCK))
+    _check_files(out_dir, init_from, master=False)  # again, now that no other run can start writing
+    _hold(lock)
 
 
 def _check_files(out_dir: str, init_from: str, master: bool) -> str:
     ckpt_path, log_path = os.path.join(out_dir, 'ckpt.pt'), os.path.join(out_dir, 'log.jsonl')
     if init_from == 'resume' or not (os.path.exists(ckpt_path) or os.path.exists(log_path)):
         return init_from
-    restarted = int(os.environ.get('TORCHELASTIC_RESTART_COUNT', 0)) > 0
+    # a torchrun restart of the job that wrote the folder (its run id in the log's last start record) continues it
+    restarted = int(os.environ.get('TORCHELASTIC_RESTART_COUNT', 0)) > 0 and _run_id(log_path) == RUN_ID
     if restarted and os.path.exists(ckpt_path):
         if master:
             print(f"restarted by torchrun: resuming from {ckpt_path}")

@@ -1,7 +1,7 @@
 """
 The run log: one JSON object per line in out_dir/log.jsonl (what plot.py draws), and the same records to wandb when
 asked. Its record kinds, each with 'iter', are defined here once (KINDS) for the writer and every reader:
-    start      params, n_layer, n_head, n_embd, block_size, dataset, tokens_per_iter, init_from, time
+    start      params, n_layer, n_head, n_embd, block_size, dataset, tokens_per_iter, init_from, time, run_id (torchrun's)
     step       loss, lr, grad_norm, ms, tok_per_s, mfu
     eval       train_loss, val_loss, lr
     skipped    skipped (the count of non-finite steps in a row; the step changed nothing)

@@ -167,9 +167,10 @@ def train_step(model, optimizer, scaler, loader, grad_accum: int, ctx, grad_clip
 
 
 @torch.no_grad()
-def estimate_loss(model, loaders: dict, eval_iters: int, ctx, world_size: int = 1) -> dict:
+def estimate_loss(model, loaders: dict, eval_iters: int, ctx, world_size: int = 1, micro_batch: int = 0) -> dict:
     """Mean loss over eval_iters batches of each split, the batches spread over the DDP ranks and averaged. Each
-    loader restarts from its first batch, so that every evaluation reads the same batches."""
+    loader restarts from its first batch, so that every evaluation reads the same batches; a batch is forwarded in
+    equal parts of micro_batch rows when the batch was fitted to memory."""
     out = {}
     model.eval()
     for split, loader in loaders.items():
@@ -178,9 +179,10 @@ def estimate_loss(model, loaders: dict, eval_iters: int, ctx, world_size: int = 
         losses = torch.zeros(n)
         for k in range(n):
             X, Y = loader.next_batch()
+            rows = micro_batch or len(X)
             with ctx:
-                _, loss = model(X, Y)
-            losses[k] = loss.item()
+                parts = [model(X[i:i + rows], Y[i:i + rows])[1] for i in range(0, len(X), rows)]
+            losses[k] = torch.stack(parts).mean().item()
         mean = losses.mean().to(X.device)
         if world_size > 1:
             torch.distributed.all_reduce(mean)
@@ -296,7 +298,7 @@ if __name__ == '__main__':
 
     # from here on the run writes in out_dir: it holds the folder (run.lock) until it ends
     if master_process and not eval_only:
-        rundir.hold(out_dir)
+        rundir.hold(out_dir, init_from)
 
     # initialize a GradScaler. If enabled=False scaler is a no-op. Under FSDP too: unscaling sharded (DTensor)
     # gradients all-reduces the overflow flag, so every rank skips a step when any rank's shard overflowed
@@ -326,15 +328,14 @@ if __name__ == '__main__':
                f"{gradient_accumulation_steps * ddp_world_size}, the same {tokens_per_iter:,} tokens per iteration")
         batch_size = fitted
         config.update(batch_size=batch_size, gradient_accumulation_steps=gradient_accumulation_steps * ddp_world_size)
-        for loader in (train_loader, *eval_loaders.values()):
-            loader.batch_size = batch_size
+        train_loader.batch_size = batch_size  # the eval loaders keep the configured batches, forwarded in parts
 
     # logging: out_dir/log.jsonl always (plot.py draws it), wandb when asked
     runlog = RunLog(out_dir, master_process, iter_num, wandb_log, wandb_project, wandb_run_name, config,
                     write=not eval_only)
     runlog.log(iter=iter_num, params=raw_model.get_num_params(), n_layer=n_layer, n_head=n_head, n_embd=n_embd,
                block_size=block_size, dataset=dataset, tokens_per_iter=tokens_per_iter, init_from=init_from,
-               time=time.time())
+               time=time.time(), run_id=rundir.RUN_ID)
     peak_flops = peak_flops or device_peak_flops(device)  # for MFU; None: unknown, MFU is not printed
     # preemption (SIGTERM, Ctrl-C) and non-finite steps, acted on by every rank together after each step
     guard = RunGuard(runtime, max_bad_steps, out_dir, runlog.log)
@@ -352,7 +353,7 @@ if __name__ == '__main__':
         # once in a while: evaluate the loss on train/val sets and write checkpoints, and at the very end
         saved = False
         if iter_num % eval_interval == 0 or last:
-            losses = estimate_loss(model, eval_loaders, eval_iters, ctx, ddp_world_size)
+            losses = estimate_loss(model, eval_loaders, eval_iters, ctx, ddp_world_size, batch_size)
             print0(f"step {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
             runlog.log(iter=iter_num, train_loss=losses['train'], val_loss=losses['val'], lr=lr)
             # unlike nanoGPT, best_val_loss is never overwritten by a worse loss
@@ -416,8 +417,9 @@ if __name__ == '__main__':
     if checkpointer.saved_iter == iter_num:
         print0(f"the last checkpoint is {ckpt_path}, at iter {iter_num}")
     elif not eval_only:
-        why = (f"its val loss {losses['val']:.4f} did not improve on {best_val_loss:.4f} and always_save_checkpoint="
-               f"False" if math.isfinite(losses['val']) else "its val loss is not finite")
+        why = "no step was trained" if iter_num == 0 else "its val loss is not finite" if not math.isfinite(
+            losses['val']) else f"its val loss {losses['val']:.4f} did not improve on {best_val_loss:.4f} and " \
+            f"always_save_checkpoint=False"
         print0(f"note: no checkpoint of iter {iter_num} ({why}): " +
                (f"{ckpt_path} is from iter {checkpointer.saved_iter}" if checkpointer.saved_iter is not None else
                 "this run saved none"))

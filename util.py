@@ -142,9 +142,13 @@ def atomic_path(path: str):
 
 
 def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
+    try:  # read, not set: setting it even for a moment would apply to files other threads create meanwhile
+        with open('/proc/self/status') as f:
+            return int(next(line.split()[1] for line in f if line.startswith('Umask:')), 8)
+    except (OSError, StopIteration, ValueError):
+        mask = os.umask(0o022)
+        os.umask(mask)
+        return mask
 
 
 def _full(path: str, margin: int = 1 << 20) -> bool:

@@ -61,6 +61,19 @@ def popen_train(char_data, out_dir, *args):
     return proc
 
 
+@pytest.mark.slow
+def test_a_torchrun_restart_does_not_take_over_another_runs_folder(char_data, tmp_path):
+    train(char_data, tmp_path, '--max_iters=2', '--eval_interval=2')
+    before = snapshot(tmp_path)
+    proc = subprocess.run(torchrun('--standalone', '--nproc_per_node=1', '--max-restarts=1', 'train.py', *TINY,
+                                   f'--dataset={char_data}', f'--out_dir={tmp_path}', '--max_iters=4'), cwd=REPO,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0
+    # refused by the first attempt and by the restart alike: the restart is of another job than the folder's
+    assert proc.stderr.count('holds the checkpoint of an earlier run') == 2, proc.stderr[-3000:]
+    assert snapshot(tmp_path) == before
+
+
 def test_a_torn_last_log_record_is_dropped_and_the_run_resumes(char_data, tmp_path):
     train(char_data, tmp_path, '--max_iters=4', '--eval_interval=4')
     with open(tmp_path / 'log.jsonl', 'a') as f:
@@ -362,13 +375,18 @@ def test_a_finetune_into_a_folder_with_another_runs_checkpoint_refuses(char_data
     assert snapshot(tmp_path) == before
 
 
-def test_the_exported_end_of_text_id_is_gpt2s(tmp_path, char_data, gpt2_tokenizer):
+def bpe_data(folder):
+    """Random GPT-2 BPE token files, enough for a tiny model to train a step on."""
     import numpy as np
     from data.tokenfiles import TokenWriter
-    (tmp_path / 'bpe').mkdir()
+    folder.mkdir()
     for split in ('train', 'val'):
-        with TokenWriter(str(tmp_path / 'bpe'), split) as w:
+        with TokenWriter(str(folder), split) as w:
             w.write(np.random.default_rng(0).integers(0, 50257, 3000))
+
+
+def test_the_exported_end_of_text_id_is_gpt2s(tmp_path, char_data, gpt2_tokenizer):
+    bpe_data(tmp_path / 'bpe')
     train(tmp_path / 'bpe', tmp_path / 'run', '--max_iters=1', '--eval_interval=1', '--n_embd=16')
     run_script('export_hf.py', f'--out_dir={tmp_path / "run"}', f'--dest={tmp_path / "hf"}', '--trim_vocab=True')
     config = json.loads((tmp_path / 'hf' / 'config.json').read_text())
@@ -389,12 +407,7 @@ def test_chunked_loss_gives_hellaswag_its_logits(char_data, tmp_path):
     from test_eval import write_records
     records = tmp_path / 'hellaswag.jsonl'
     write_records(records, n=4)
-    import numpy as np
-    from data.tokenfiles import TokenWriter
-    (tmp_path / 'bpe').mkdir()
-    for split in ('train', 'val'):
-        with TokenWriter(str(tmp_path / 'bpe'), split) as w:
-            w.write(np.random.default_rng(0).integers(0, 50257, 3000))
+    bpe_data(tmp_path / 'bpe')
     found = {}
     for chunked in (False, True):
         out = tmp_path / f'chunked_{chunked}'
