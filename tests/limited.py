@@ -1,6 +1,6 @@
 """python tests/limited.py BYTES script.py [args]: run a script of the repository with its address space limited to
 BYTES (0: no limit), as a machine with that much memory would; at exit print the process's peak address space
-('VmPeak: N kB') to stderr, from which tests calibrate a limit."""
+('VmPeak: N kB', from which tests calibrate a limit) and peak resident memory ('VmHWM: N kB') to stderr."""
 import atexit
 import os
 import resource
@@ -15,7 +15,9 @@ if limit:
 @atexit.register
 def peak():
     with open('/proc/self/status') as f:
-        print(next(line.strip() for line in f if line.startswith('VmPeak')), file=sys.stderr, flush=True)
+        for line in f:
+            if line.startswith(('VmPeak', 'VmHWM')):  # peak address space, peak resident memory
+                print(line.strip(), file=sys.stderr, flush=True)
 
 
 repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -89,14 +89,15 @@ def test_sigterm_saves_and_resume_continues_exactly(char_data, tmp_path):
 def test_non_finite_steps_are_skipped_then_stop(char_data, tmp_path):
     out = tmp_path / 'out'
     train(char_data, out, '--max_iters=4', '--eval_interval=4')
-    # from the 7th training forward on, the loss is NaN (a model that blew up): train.py with GPT.forward wrapped
+    # from the 7th training forward on (after the 2 of fit.py's probe), the loss is NaN (a model that blew up):
+    # train.py with GPT.forward wrapped
     code = ("import runpy, sys, model\n"
             "forward, calls = model.GPT.forward, [0]\n"
             "def nan_forward(self, idx, targets=None, **kw):\n"
             "    logits, loss = forward(self, idx, targets, **kw)\n"
             "    if self.training:\n"
             "        calls[0] += 1\n"
-            "        if calls[0] > 6:\n"
+            "        if calls[0] > 2 + 6:\n"
             "            loss = loss * float('nan')\n"
             "    return logits, loss\n"
             "model.GPT.forward = nan_forward\n"

@@ -40,16 +40,11 @@ def test_an_unforeseen_error_reaches_the_terminal_on_every_rank_under_torchrun(t
 
 
 def run_measured(*args, timeout=300):
-    """(CompletedProcess of `python <args>`, a bound on its peak resident memory in bytes)."""
-    proc = subprocess.Popen([sys.executable, os.path.join(REPO, args[0]), *args[1:]], cwd=REPO, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    timer = watchdog(proc, timeout)
-    stdout, stderr = proc.communicate()
-    timer.cancel()
-    import resource
-    # the largest peak of this process's children so far: at most what this one reached
-    return subprocess.CompletedProcess(args, proc.returncode, stdout, stderr), \
-        resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
+    """(CompletedProcess of `python <args>`, its peak resident memory in bytes), through tests/limited.py."""
+    proc = subprocess.run([sys.executable, os.path.join(REPO, 'tests', 'limited.py'), '0', *args], cwd=REPO,
+                          capture_output=True, text=True, timeout=timeout)
+    peak = re.search(r'VmHWM:\s+(\d+) kB', proc.stderr)
+    return proc, int(peak.group(1)) * 1024
 
 
 def popen_train(char_data, out_dir, *args):
@@ -403,7 +398,7 @@ def test_sample_uses_top_p(char_data, tmp_path):
     assert after_meta(run_script(*args, '--top_p=1.0').stdout) != greedy  # temperature 2, all tokens: not greedy
 
 
-def test_chunked_loss_gives_hellaswag_its_logits(char_data, tmp_path):
+def test_chunked_loss_gives_hellaswag_its_logits(char_data, tmp_path, gpt2_tokenizer):
     from test_eval import write_records
     records = tmp_path / 'hellaswag.jsonl'
     write_records(records, n=4)
