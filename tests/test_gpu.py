@@ -101,3 +101,28 @@ def test_fsdp_on_one_gpu_trains_and_saves_a_whole_checkpoint(char_data, tmp_path
     ckpt = torch.load(tmp_path / 'ckpt.pt', map_location='cpu', weights_only=True)
     assert all(v.dtype == torch.float32 and v.device.type == 'cpu' for v in ckpt['model'].values())
     run_script('sample.py', f'--out_dir={tmp_path}', '--num_samples=1', '--max_new_tokens=10', '--device=cuda')
+
+
+def test_a_gpu_too_small_for_gpt2_at_batch_12_fits_the_micro_batch():
+    # this GPU made an 8 GiB one: GPT-2 124M at 12 x 1024 (bfloat16, uncompiled) needs more; a divisor of 12 fits
+    import os
+    import subprocess
+    import sys
+    from conftest import REPO
+    fraction = 8 * 2**30 / torch.cuda.get_device_properties(0).total_memory
+    code = (f"import runpy, sys, torch; torch.cuda.set_per_process_memory_fraction({fraction}); "
+            f"sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name='__main__')")
+    proc = subprocess.run([sys.executable, '-c', code, os.path.join(REPO, 'bench.py'), '--device=cuda',
+                           '--dtype=bfloat16', '--compile=False', '--real_data=False', '--batch_size=12',
+                           '--burnin_steps=1', '--benchmark_steps=2'], cwd=REPO, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    fitted = re.search(r'batch_size=12 does not fit: timing batch_size=(\d+) x (\d+) accumulation steps', proc.stdout)
+    assert fitted and int(fitted.group(1)) * int(fitted.group(2)) == 12, proc.stdout[-3000:]
+    assert '(timed as batch_size=' in proc.stdout
+
+
+def test_a_compiled_bench_on_gpu_stays_compiled():
+    proc = run_script('bench.py', *SMALL, '--dtype=bfloat16', '--compile=True')
+    assert 'compile True' in proc.stdout and 'torch.compile does not work here' not in proc.stdout
+    assert 'timed uncompiled' not in proc.stdout and 'fitting probe:' in proc.stdout
