@@ -317,8 +317,8 @@ if __name__ == '__main__':
     model = wrap_model(model, runtime, data_parallel, compile)
     # fit the run to this machine before its first step (fit.py): a micro-batch that does not fit in memory becomes
     # smaller ones, accumulated (the same tokens per iteration, the same math); compile falls back where it fails
-    model, fitted, _ = fit_step(model, runtime, batch_size, block_size, ctx, optimizer, fit_batch_size, compile,
-                                ddp and data_parallel == 'fsdp',
+    model, fitted, _ = fit_step(model, runtime, batch_size, block_size, ctx, optimizer,
+                                fit_batch_size and not eval_only, compile, ddp and data_parallel == 'fsdp',
                                 lambda: wrap_model(raw_model, runtime, data_parallel, compile=False))
     if fitted != batch_size:
         gradient_accumulation_steps *= batch_size // fitted
