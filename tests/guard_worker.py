@@ -14,5 +14,7 @@ if runtime.rank == 1:
     os.kill(os.getpid(), signal.SIGTERM)  # caught by the guard: a stop request that only rank 1 received
 decisions.append(guard.check(2, finite=True))
 decisions += [guard.check(3 + i, finite=i % 2 == 1) for i in range(6)]  # isolated bad steps, never 3 in a row
-print(f"rank {runtime.rank}: {decisions}", flush=True)
+# one write: the ranks share one pipe, and print's pieces (the text, then the newline) would interleave
+sys.stdout.write(f"rank {runtime.rank}: {decisions}\n")
+sys.stdout.flush()
 end_distributed()

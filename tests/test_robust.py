@@ -333,7 +333,7 @@ def test_ranks_decide_skipped_steps_and_stop_requests_together(tmp_path):
     proc = subprocess.run(torchrun('--standalone', '--nproc_per_node=2', 'tests/guard_worker.py'), cwd=REPO,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    decided = dict(line.split(': ', 1) for line in proc.stdout.splitlines() if line.startswith('rank '))
+    decided = dict(re.findall(r'(rank \d): (\[.*?\])', proc.stdout))
     assert decided['rank 0'] == decided['rank 1'], decided
     expected = [(True, 0), (False, int(signal.SIGTERM))] + [(i % 2 == 0, int(signal.SIGTERM)) for i in range(6)]
     assert decided['rank 0'] == str(expected)  # and isolated bad steps never add up to max_bad_steps=3
