@@ -10,6 +10,8 @@ that fits everywhere; under FSDP a rank that ran out of memory inside a collecti
 so there only the compile check runs. sample.py's batches fit the same way (generate_fitted).
 """
 
+from contextlib import nullcontext
+
 import torch
 
 
@@ -48,7 +50,7 @@ def _try_step(model, batch_size: int, block_size: int, device, ctx, optimizer):
         if not optimizer.state:
             room = [torch.empty_like(p) for group in optimizer.param_groups for p in group['params'] for _ in '12']
         x = torch.zeros((batch_size, block_size), dtype=torch.long, device=device)
-        sync = model.no_sync() if isinstance(model, torch.nn.parallel.DistributedDataParallel) else _nothing()
+        sync = model.no_sync() if isinstance(model, torch.nn.parallel.DistributedDataParallel) else nullcontext()
         with sync:
             for _ in range(2):  # twice, as accumulation does: the second runs beside the first one's gradients
                 with ctx:
@@ -63,14 +65,6 @@ def _try_step(model, batch_size: int, block_size: int, device, ctx, optimizer):
         for p in model.parameters():
             p.grad = None
         _free(device)
-
-
-class _nothing:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 def fit_step(model, runtime, batch_size: int, block_size: int, ctx, optimizer, fit: bool, compiled: bool,

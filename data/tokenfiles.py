@@ -191,6 +191,7 @@ class Dataset:
     def __init__(self, data_dir: str, splits=('train', 'val'), note=print):
         self.dir = data_dir
         self.meta = read_meta(data_dir) if os.path.isdir(data_dir) else None
+        self._checked = set()  # (split, vocab_size) whose token ids check_ids has read
         for split in splits:  # present, whole files of uint16
             self.split(split)
         _check_files(data_dir, self.meta, note)
@@ -214,7 +215,11 @@ class Dataset:
 
     def check_ids(self, split: str, vocab_size: int, sample: int = 1 << 20):
         """SystemExit if a token id of the split is outside a vocabulary of vocab_size: the start, middle and end
-        of each file, enough to catch a dataset made with another tokenizer (files up to 3 x sample: all of it)."""
+        of each file, enough to catch a dataset made with another tokenizer (files up to 3 x sample: all of it).
+        Once per split and vocabulary: train.py's train and eval loaders share the train split."""
+        if (split, vocab_size) in self._checked:
+            return
+        self._checked.add((split, vocab_size))
         for path, n in zip(*self.split(split)):
             data = np.memmap(path, dtype=DTYPE, mode='r')
             pieces = [data[:sample], data[n // 2:n // 2 + sample], data[max(n - sample, 0):]]

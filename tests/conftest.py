@@ -68,6 +68,16 @@ def ddp_train(data, out_dir, *args, nproc=2):
     return proc
 
 
+def bpe_data(folder):
+    """Random GPT-2 BPE token files (train and val, 3000 tokens each), enough for a tiny model to train on."""
+    import numpy as np
+    from data.tokenfiles import TokenWriter
+    os.makedirs(folder, exist_ok=True)
+    for split in ('train', 'val'):
+        with TokenWriter(str(folder), split) as w:
+            w.write(np.random.default_rng(0).integers(0, 50257, 3000))
+
+
 def free_port():
     with socket.socket() as s:
         s.bind(('127.0.0.1', 0))

@@ -15,7 +15,7 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from conftest import REPO, eval_losses, read_log, run_script
+from conftest import REPO, bpe_data, eval_losses, read_log, run_script
 from configurator import configure
 from model import GPT, GPTConfig
 
@@ -90,10 +90,7 @@ def test_hellaswag_scores_equal_direct_computation(hf_gpt2_dir, gpt2_tokenizer, 
 def train_with_hellaswag(tmp_path, records, *args, nproc=0):
     """A tiny GPT-2 BPE model trained on random tokens, with HellaSwag on records[0] every hellaswag_interval; under
     torchrun with nproc processes if nproc."""
-    from data.tokenfiles import TokenWriter
-    for split in ('train', 'val'):
-        with TokenWriter(str(tmp_path), split) as w:
-            w.write(np.random.default_rng(0).integers(0, 50257, 3000))
+    bpe_data(tmp_path)
     args = ['train.py', '--device=cpu', '--compile=False', '--n_layer=1', '--n_head=2', '--n_embd=16',
             '--block_size=64', '--batch_size=2', f'--gradient_accumulation_steps={max(nproc, 1)}', '--eval_iters=1',
             f'--dataset={tmp_path}', f'--out_dir={tmp_path / "out"}', f'--hellaswag_file={records[0]}', *args]

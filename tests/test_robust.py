@@ -18,8 +18,8 @@ import time
 import pytest
 import torch
 
-from conftest import (REPO, TINY, after_meta, eval_losses, iter_losses, load_model_state, one_line_error, read_log,
-                      run_script, snapshot, torchrun, train, watchdog)
+from conftest import (REPO, TINY, after_meta, bpe_data, eval_losses, iter_losses, load_model_state, one_line_error,
+                      read_log, run_script, snapshot, torchrun, train, watchdog)
 
 
 @pytest.mark.slow
@@ -368,16 +368,6 @@ def test_a_finetune_into_a_folder_with_another_runs_checkpoint_refuses(char_data
     proc = train(char_data, tmp_path, f'--init_from={hf_gpt2_dir}', check=False)
     one_line_error(proc, 'holds the checkpoint of an earlier run')
     assert snapshot(tmp_path) == before
-
-
-def bpe_data(folder):
-    """Random GPT-2 BPE token files, enough for a tiny model to train a step on."""
-    import numpy as np
-    from data.tokenfiles import TokenWriter
-    folder.mkdir()
-    for split in ('train', 'val'):
-        with TokenWriter(str(folder), split) as w:
-            w.write(np.random.default_rng(0).integers(0, 50257, 3000))
 
 
 def test_the_exported_end_of_text_id_is_gpt2s(tmp_path, char_data, gpt2_tokenizer):
