@@ -92,12 +92,14 @@ def _lock(path: str):
         return f
     try:
         fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
+    except BlockingIOError:  # held by another process
         holder = _read_holder(f)
         f.close()
         raise SystemExit(f"error: {os.path.dirname(path) or '.'} is in use by another run ({holder or 'starting'}), "
                          f"whose files this one would overwrite: wait for it to end, or choose another out_dir") \
             from None
+    except OSError:  # a filesystem without flock (some network mounts): the folder is not held, as on Windows
+        pass
     return f
 
 
