@@ -14,26 +14,18 @@ from contextlib import nullcontext
 
 import torch
 
-
-
-def is_out_of_memory(e: BaseException) -> bool:
-    """A CUDA out-of-memory, or an allocation the CPU allocator refused (the same event on a CPU), also where
-    torch.compile's backends wrap it in their own error."""
-    seen = set()
-    while e is not None and id(e) not in seen:
-        seen.add(id(e))
-        if isinstance(e, (torch.OutOfMemoryError, MemoryError)) or \
-                (isinstance(e, RuntimeError) and "can't allocate memory" in str(e)):
-            return True
-        e = e.__cause__ or e.__context__ or getattr(e, 'inner_exception', None)
-    return False
+from util import out_of_memory
 
 
 def device_memory(device) -> str:
-    """'23.6 GiB' for a CUDA device, '' elsewhere."""
-    if torch.device(device).type == 'cuda':
-        return f"{torch.cuda.get_device_properties(device).total_memory / 2**30:.1f} GiB"
-    return ''
+    """'23.6 GiB' for a CUDA device (what this process may use of it: torch.cuda.set_per_process_memory_fraction
+    lowers that), '' elsewhere."""
+    device = torch.device(device)
+    if device.type != 'cuda':
+        return ''
+    index = torch.cuda.current_device() if device.index is None else device.index
+    allowed = torch.cuda.get_device_properties(index).total_memory * torch.cuda.get_per_process_memory_fraction(index)
+    return f"{allowed / 2**30:.1f} GiB"
 
 
 def _free(device):
@@ -59,7 +51,7 @@ def _try_step(model, batch_size: int, block_size: int, device, ctx, optimizer):
                 del loss
         return 'ok'
     except Exception as e:
-        return 'oom' if is_out_of_memory(e) else e
+        return 'oom' if out_of_memory(e) else e
     finally:
         del room
         for p in model.parameters():
@@ -123,7 +115,7 @@ def generate_fitted(model, x, num_samples: int, max_new_tokens: int, **sampling)
                    for k in range(0, num_samples, rows)]
             return torch.cat(out)
         except Exception as e:
-            if not is_out_of_memory(e) or rows == 1:
+            if out_of_memory(e) is None or rows == 1:
                 raise
             rows = (rows + 1) // 2
             _free(x.device)

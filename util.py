@@ -23,6 +23,19 @@ def _where(tb) -> str:
     return where
 
 
+def out_of_memory(e: BaseException):
+    """The out-of-memory error in e or in what caused it (a CUDA OutOfMemoryError, an allocation the CPU allocator
+    refused, a MemoryError; also where torch.compile's backends wrap one in their own error), or None."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if type(e).__name__ in ('OutOfMemoryError', 'MemoryError') or \
+                (isinstance(e, RuntimeError) and "can't allocate memory" in str(e)):
+            return e
+        e = e.__cause__ or e.__context__ or getattr(e, 'inner_exception', None)
+    return None
+
+
 def _one_line_errors(exc_type, exc, tb):
     """sys.excepthook of the scripts: an error the scripts did not foresee still ends in one line, not a traceback
     (NANOGPT_DEBUG=1 shows it). The line goes straight to the process's stderr: under torchrun, torch's own hook
@@ -36,10 +49,10 @@ def _one_line_errors(exc_type, exc, tb):
                       f"run again"
         elif isinstance(exc, OSError) and exc.strerror:
             message = f"{exc.strerror}{f': {exc.filename}' if exc.filename else ''}"
-        elif exc_type.__name__ in ('OutOfMemoryError', 'MemoryError') or "can't allocate memory" in str(exc):
+        elif out_of_memory(exc):
             # torch's message says how much it tried to allocate, and (CUDA) how much the device has
-            tried = re.search(r"allocate ([\d.]+ ?\w+)", str(exc))
-            total = re.search(r"capacity of ([\d.]+ \w+)", str(exc))
+            tried = re.search(r"allocate ([\d.]+ ?\w+)", str(out_of_memory(exc)))
+            total = re.search(r"capacity of ([\d.]+ \w+)", str(out_of_memory(exc)))
             detail = ', '.join(filter(None, [tried and f"tried to allocate {tried.group(1)}",
                                              total and f"the device has {total.group(1)}"]))
             message = f"out of memory{f' ({detail})' if detail else ''}: a checkpoint already written stays; use a " \

@@ -81,6 +81,23 @@ def test_not_even_one_row_fits_and_running_out_later_end_in_one_line(tmp_path):
                            'torch.empty(10 ** 15 // 4)'], cwd=REPO, capture_output=True, text=True)
     one_line_error(proc, 'out of memory (tried to allocate 1000000000000000 bytes)', 'batch_size',
                    '--chunked_loss=True')
+    # the same where another error wraps it, as torch.compile's backends do
+    proc = subprocess.run([sys.executable, '-c', 'import util, torch; util.one_line_errors()\ntry:\n'
+                           '    torch.empty(10 ** 15 // 4)\nexcept RuntimeError as e:\n'
+                           '    raise ValueError("backend compiler failed") from e'], cwd=REPO, capture_output=True,
+                          text=True)
+    one_line_error(proc, 'out of memory (tried to allocate 1000000000000000 bytes)', '--chunked_loss=True')
+
+
+def test_the_memory_named_is_what_this_process_may_use_of_the_gpu(monkeypatch):
+    # torch.cuda.set_per_process_memory_fraction(0.25) on an 80 GiB GPU leaves this process 20 GiB: the notes say so
+    from types import SimpleNamespace
+    from fit import device_memory
+    monkeypatch.setattr(torch.cuda, 'current_device', lambda: 1)
+    monkeypatch.setattr(torch.cuda, 'get_device_properties', lambda i: SimpleNamespace(total_memory=80 * 2**30 * i))
+    monkeypatch.setattr(torch.cuda, 'get_per_process_memory_fraction', lambda i: 0.25 * i)
+    assert device_memory('cuda') == device_memory('cuda:1') == '20.0 GiB' and device_memory('cuda:2') == '80.0 GiB'
+    assert device_memory('cpu') == ''
 
 
 @pytest.mark.slow
