@@ -80,6 +80,9 @@ def split_sweep(argv: list[str]) -> tuple[list[str], dict]:
     return fixed, swept
 
 
+_datasets = {}  # bench(): the datasets opened so far, by folder
+
+
 def bench(cfg, runtime, probe=None) -> dict:
     """Build the model, loader and optimizer of one setting, placed and wrapped as train.py does (DDP or FSDP under
     torchrun), and time train_step on it. A probe (benchmarks/fsdp_memory.py's) measures more memory than the CUDA
@@ -96,6 +99,8 @@ def bench(cfg, runtime, probe=None) -> dict:
     scaler = torch.amp.GradScaler(runtime.device_type, enabled=(runtime.dtype == 'float16'))
     if probe:
         probe.watch(model, optimizer, cfg)
+    if cfg.compile:  # each setting of a sweep compiled afresh: the last one's graphs would make this one's dynamic
+        torch._dynamo.reset()
     raw_model, model = model, wrap_model(model, runtime, cfg.data_parallel, cfg.compile)
     # as train.py: a micro-batch that does not fit runs as accumulated smaller ones, compile falls back
     t0 = time.time()
@@ -109,7 +114,10 @@ def bench(cfg, runtime, probe=None) -> dict:
         print0(f"  batch_size={cfg.batch_size} does not fit: timing batch_size={fitted} x {accumulation} "
                f"accumulation steps, the same tokens per step")
     if cfg.real_data:
-        data = Dataset(dataset_dir(cfg.dataset), splits=('train',), note=print0)
+        folder = dataset_dir(cfg.dataset)
+        if folder not in _datasets:  # opened (and checked, with its notes) once per sweep
+            _datasets[folder] = Dataset(folder, splits=('train',), note=print0)
+        data = _datasets[folder]
         loader = TokenLoader(data, 'train', fitted, cfg.block_size, cfg.vocab_size, runtime.device, cfg.seed,
                              runtime.rank, runtime.world_size)
     else:

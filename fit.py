@@ -1,15 +1,19 @@
 """
 Fitting a run to the machine it has, before its first step (train.py and bench.py, after wrap_model):
-    fit_step   one forward and backward on the wrapped model at the configured micro-batch: out of memory, the
-               largest divisor of batch_size that fits (gradient accumulation rises by the same factor, so the tokens
-               per iteration and the math stay the same); torch.compile failing at that first call (no C++
-               compiler, no Triton, a backend error), the model unwrapped and run uncompiled.
+    fit_step   one forward and backward on the wrapped model at the configured micro-batch (a forward only for an
+               evaluation): out of memory, the largest divisor of batch_size that fits (gradient accumulation rises
+               by the same factor, so the tokens per iteration and the math stay the same); torch.compile failing at
+               that first call (no C++ compiler, no Triton, a backend error), the model unwrapped and run uncompiled.
 The probe consumes no data and no randomness and steps nothing: the run that follows is exactly the run that would
 have happened with the chosen sizes from the start. Under DDP every rank tries each size and all take the smallest
 that fits everywhere; under FSDP a rank that ran out of memory inside a collective would leave the others waiting,
-so there only the compile check runs. sample.py's batches fit the same way (generate_fitted).
+so there the configured size is tried alone, and running out of memory ends the run at once. sample.py's batches
+fit the same way (generate_fitted).
 """
 
+import gc
+import re
+import traceback
 from contextlib import nullcontext
 
 import torch
@@ -29,78 +33,105 @@ def device_memory(device) -> str:
 
 
 def _free(device):
+    """What a failed attempt held, given back: its tensors (gc: an exception's frames can sit in a cycle) and the
+    CUDA allocator's cache of them, which CUDA's own libraries (cuBLAS, Triton's kernels, NCCL) cannot use."""
+    gc.collect()
     if torch.device(device).type == 'cuda':
         torch.cuda.empty_cache()
 
 
-def _try_step(model, batch_size: int, block_size: int, device, ctx, optimizer):
+def _try_step(model, batch_size: int, block_size: int, device, ctx, optimizer, train: bool):
     """'ok', 'oom', or the exception of a failed call, for two forward and backward passes of batch_size rows of
-    token 0 (no data read), without gradient sync, with room held for AdamW's state when it does not exist yet."""
-    room = []
+    token 0 (no data read; one forward without gradients when not train), without gradient sync, with room held for
+    AdamW's state when it does not exist yet."""
+    room, logits, loss = [], None, None
     try:
         # AdamW allocates two tensors per parameter at its first step: held here, so the size chosen fits them too
-        if not optimizer.state:
+        if train and not optimizer.state:
             room = [torch.empty_like(p) for group in optimizer.param_groups for p in group['params'] for _ in '12']
+        # inputs and targets are two tensors, as the loader's: compiled, model(x, x) would be another graph
         x = torch.zeros((batch_size, block_size), dtype=torch.long, device=device)
+        y = torch.zeros_like(x)
+        if not train:
+            with torch.no_grad(), ctx:
+                model(x, y)
+            return 'ok'
         sync = model.no_sync() if isinstance(model, torch.nn.parallel.DistributedDataParallel) else nullcontext()
         with sync:
             for _ in range(2):  # twice, as accumulation does: the second runs beside the first one's gradients
                 with ctx:
-                    _, loss = model(x, x)
+                    logits, loss = model(x, y)  # the logits live on into the next pass, as in train_step
                 loss.backward()
-                del loss
         return 'ok'
     except Exception as e:
-        return 'oom' if out_of_memory(e) else e
+        if out_of_memory(e):
+            return 'oom'
+        cause = e
+        while cause is not None:  # e is kept, to be raised or named: not the tensors its frames hold
+            traceback.clear_frames(cause.__traceback__)
+            cause = cause.__cause__ or cause.__context__
+        return e
     finally:
-        del room
+        del room, logits, loss
         for p in model.parameters():
             p.grad = None
-        _free(device)
+
+
+def _compile_failure(e: Exception) -> str:
+    """The first line of a torch.compile failure that names its cause, not torch's framing or advice."""
+    lines = [line.strip() for line in str(e).splitlines()
+             if line.strip() and 'TORCH' not in line and not re.fullmatch(r"backend='\w+' raised:", line.strip())]
+    return lines[0][:200] if lines else type(e).__name__
+
+
+def _no_fit(runtime, batch_size: int, block_size: int, train: bool) -> SystemExit:
+    memory = device_memory(runtime.device)
+    return SystemExit(f"error: out of memory{f' ({memory} on {runtime.device})' if memory else ''} for one "
+                      f"{'forward and backward' if train else 'forward'} at batch_size={batch_size}, block_size="
+                      f"{block_size}: use a smaller model or block_size, --chunked_loss=True, or "
+                      f"--data_parallel=fsdp on several GPUs")
 
 
 def fit_step(model, runtime, batch_size: int, block_size: int, ctx, optimizer, fit: bool, compiled: bool,
-             sharded: bool, uncompiled) -> tuple[object, int, bool]:
+             sharded: bool, uncompiled, train: bool = True) -> tuple[object, int, bool]:
     """(the model to train, the micro-batch size that fits, whether the model is compiled): see the module's
-    docstring. uncompiled() wraps the model again without compiling it. SystemExit when not even one row fits."""
+    docstring. uncompiled() wraps the model again without compiling it; train=False probes a forward only (an
+    evaluation). SystemExit when not even one row fits."""
     rng = torch.get_rng_state()  # dropout in the probe draws random numbers: given back after
     cuda_rng = torch.cuda.get_rng_state(runtime.device) if runtime.device_type == 'cuda' else None
     sizes = [d for d in range(batch_size, 0, -1) if batch_size % d == 0] if fit and not sharded else [batch_size]
     chosen, k = None, 0
     while k < len(sizes):
-        result = _try_step(model, sizes[k], block_size, runtime.device, ctx, optimizer)
-        # every rank acts on the worst outcome of any: 0 it fits, 1 out of memory, 2 another error
+        result = _try_step(model, sizes[k], block_size, runtime.device, ctx, optimizer, train)
+        if result != 'ok':
+            _free(runtime.device)
+        if isinstance(result, Exception) and not compiled:
+            raise result  # not ours to handle: as it would have been raised at the first step
+        if result == 'oom' and sharded:  # the other ranks may wait in a collective this rank left: no all_reduce
+            raise _no_fit(runtime, batch_size, block_size, train)
+        # every rank acts on the worst outcome of any: 0 it fits, 1 out of memory, 2 torch.compile failed
         outcome = torch.tensor([0.0 if result == 'ok' else 1.0 if result == 'oom' else 2.0], device=runtime.device)
         if runtime.ddp:
             torch.distributed.all_reduce(outcome, op=torch.distributed.ReduceOp.MAX)
-        if outcome.item() == 2.0 and compiled:  # torch.compile cannot work here (on this rank or another)
-            cause = 'it failed on another rank'
-            if isinstance(result, Exception):  # the first line that is not torch's advice on debugging
-                lines = [line for line in str(result).splitlines() if line.strip() and 'TORCH' not in line]
-                cause = lines[0].strip()[:200] if lines else type(result).__name__
-            if runtime.master_process or isinstance(result, Exception):
+        if outcome.item() == 2.0:  # torch.compile cannot work here (on this rank or another)
+            if runtime.master_process:
+                cause = _compile_failure(result) if isinstance(result, Exception) else 'it failed on another rank'
                 print(f"note: torch.compile does not work here ({cause}): training uncompiled (--compile=False "
                       f"silences this)")
+            result = None
             model, compiled = uncompiled(), False
             continue  # the same size again, uncompiled
-        if isinstance(result, Exception):
-            raise result
-        if outcome.item() == 2.0:
-            raise SystemExit("error: the first step failed on another rank: its error is above")
         if outcome.item() == 0.0:
             chosen = sizes[k]
             break
         k += 1
-    if compiled and chosen is not None and chosen != sizes[0]:
-        torch._dynamo.reset()  # the sizes tried would leave a graph compiled for any batch: one for this size
+        if compiled:  # the next size compiled afresh, static, as the run will use it (not a graph for any batch)
+            torch._dynamo.reset()
     torch.set_rng_state(rng)
     if cuda_rng is not None:
         torch.cuda.set_rng_state(cuda_rng, runtime.device)
     if chosen is None:
-        memory = device_memory(runtime.device)
-        raise SystemExit(f"error: out of memory{f' ({memory} on {runtime.device})' if memory else ''} for one "
-                         f"forward and backward at batch_size={sizes[-1]}, block_size={block_size}: use a smaller "
-                         f"model or block_size, --chunked_loss=True, or --data_parallel=fsdp on several GPUs")
+        raise _no_fit(runtime, sizes[-1], block_size, train)
     return model, chosen, compiled
 
 
@@ -109,7 +140,12 @@ def generate_fitted(model, x, num_samples: int, max_new_tokens: int, **sampling)
     """num_samples continuations of the prompt x (1, t) as few batches as memory allows: decoding a token reads
     every weight once whatever the batch, so rows cost little until memory runs out. (num_samples, t + new)."""
     rows = num_samples
+    rng = torch.get_rng_state()
+    cuda_rng = torch.cuda.get_rng_state(x.device) if x.is_cuda else None
     while True:
+        torch.set_rng_state(rng)  # a retry in smaller batches draws what the first attempt would have
+        if cuda_rng is not None:
+            torch.cuda.set_rng_state(cuda_rng, x.device)
         try:
             out = [model.generate(x.expand(min(rows, num_samples - k), -1), max_new_tokens, **sampling)
                    for k in range(0, num_samples, rows)]
@@ -117,5 +153,5 @@ def generate_fitted(model, x, num_samples: int, max_new_tokens: int, **sampling)
         except Exception as e:
             if out_of_memory(e) is None or rows == 1:
                 raise
-            rows = (rows + 1) // 2
-            _free(x.device)
+        rows = (rows + 1) // 2
+        _free(x.device)

@@ -170,7 +170,7 @@ def train_step(model, optimizer, scaler, loader, grad_accum: int, ctx, grad_clip
 def estimate_loss(model, loaders: dict, eval_iters: int, ctx, world_size: int = 1, micro_batch: int = 0) -> dict:
     """Mean loss over eval_iters batches of each split, the batches spread over the DDP ranks and averaged. Each
     loader restarts from its first batch, so that every evaluation reads the same batches; a batch is forwarded in
-    equal parts of micro_batch rows when the batch was fitted to memory."""
+    equal parts of micro_batch rows where it does not fit in memory whole (an eval_only run's)."""
     out = {}
     model.eval()
     for split, loader in loaders.items():
@@ -317,18 +317,24 @@ if __name__ == '__main__':
     model = wrap_model(model, runtime, data_parallel, compile)
     # fit the run to this machine before its first step (fit.py): a micro-batch that does not fit in memory becomes
     # smaller ones, accumulated (the same tokens per iteration, the same math); compile falls back where it fails
-    model, fitted, _ = fit_step(model, runtime, batch_size, block_size, ctx, optimizer,
-                                fit_batch_size and not eval_only, compile, ddp and data_parallel == 'fsdp',
-                                lambda: wrap_model(raw_model, runtime, data_parallel, compile=False))
-    if fitted != batch_size:
-        gradient_accumulation_steps *= batch_size // fitted
-        memory = device_memory(device)
-        print0(f"note: batch_size={batch_size} does not fit in the memory of {device}{f' ({memory})' if memory else ''}"
-               f": training with batch_size={fitted} and gradient_accumulation_steps="
-               f"{gradient_accumulation_steps * ddp_world_size}, the same {tokens_per_iter:,} tokens per iteration")
-        batch_size = fitted
-        config.update(batch_size=batch_size, gradient_accumulation_steps=gradient_accumulation_steps * ddp_world_size)
-        train_loader.batch_size = batch_size  # the eval loaders keep the configured batches, forwarded in parts
+    model, micro_batch, _ = fit_step(model, runtime, batch_size, block_size, ctx, optimizer, fit_batch_size, compile,
+                                     ddp and data_parallel == 'fsdp',
+                                     lambda: wrap_model(raw_model, runtime, data_parallel, compile=False),
+                                     train=not eval_only)
+    if micro_batch != batch_size:
+        memory = f" ({device_memory(device)})" if device_memory(device) else ''
+        too_big = f"note: batch_size={batch_size} does not fit in the memory of {device}{memory}"
+        if eval_only:  # the configured batches, forwarded in parts
+            print0(f"{too_big}: evaluating each batch in parts of {micro_batch} rows, the same losses")
+        else:  # from here on the run is the one started at these sizes
+            gradient_accumulation_steps *= batch_size // micro_batch
+            batch_size = micro_batch
+            print0(f"{too_big}: training with batch_size={batch_size} and gradient_accumulation_steps="
+                   f"{gradient_accumulation_steps * ddp_world_size}, the same {tokens_per_iter:,} tokens per iteration")
+            config.update(batch_size=batch_size,
+                          gradient_accumulation_steps=gradient_accumulation_steps * ddp_world_size)
+            for loader in (train_loader, *eval_loaders.values()):
+                loader.batch_size = batch_size
 
     # logging: out_dir/log.jsonl always (plot.py draws it), wandb when asked
     runlog = RunLog(out_dir, master_process, iter_num, wandb_log, wandb_project, wandb_run_name, config,
@@ -353,7 +359,7 @@ if __name__ == '__main__':
         # once in a while: evaluate the loss on train/val sets and write checkpoints, and at the very end
         saved = False
         if iter_num % eval_interval == 0 or last:
-            losses = estimate_loss(model, eval_loaders, eval_iters, ctx, ddp_world_size, batch_size)
+            losses = estimate_loss(model, eval_loaders, eval_iters, ctx, ddp_world_size, micro_batch)
             print0(f"step {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
             runlog.log(iter=iter_num, train_loss=losses['train'], val_loss=losses['val'], lr=lr)
             # unlike nanoGPT, best_val_loss is never overwritten by a worse loss

@@ -25,12 +25,13 @@ def _where(tb) -> str:
 
 def out_of_memory(e: BaseException):
     """The out-of-memory error in e or in what caused it (a CUDA OutOfMemoryError, an allocation the CPU allocator
-    refused, a MemoryError; also where torch.compile's backends wrap one in their own error), or None."""
+    refused, a MemoryError, CUDA's libraries out of memory: cuBLAS, Triton, NCCL; also where torch.compile's
+    backends wrap one in their own error), or None."""
     seen = set()
     while e is not None and id(e) not in seen:
         seen.add(id(e))
-        if type(e).__name__ in ('OutOfMemoryError', 'MemoryError') or \
-                (isinstance(e, RuntimeError) and "can't allocate memory" in str(e)):
+        if type(e).__name__ in ('OutOfMemoryError', 'MemoryError') or (isinstance(e, RuntimeError) and any(
+                s in str(e) for s in ("can't allocate memory", 'out of memory', 'CUBLAS_STATUS_ALLOC_FAILED'))):
             return e
         e = e.__cause__ or e.__context__ or getattr(e, 'inner_exception', None)
     return None

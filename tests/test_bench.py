@@ -101,3 +101,13 @@ def test_a_sweep_checks_every_setting_first_and_reports_a_failing_one_in_its_row
     assert re.search(r"^8 \| failed: .*outside the model's vocabulary of 8", proc.stdout, re.M), proc.stdout
     assert re.search(r'^16 \| [\d.]+ \| ', proc.stdout, re.M), proc.stdout
     assert [r['vocab_size'] for r in json.load(open(out))['results']] == ['8', '16']
+
+
+def test_a_sweep_opens_its_dataset_once(char_data, tmp_path):
+    # a dataset nanoGPT prepared (no meta.json): its note is said once, not once per setting
+    import shutil
+    for split in ('train', 'val'):
+        shutil.copy(f'{char_data}/{split}.bin', tmp_path / f'{split}.bin')
+    proc = run_script('bench.py', *SMALL, f'--dataset={tmp_path}', '--vocab_size=16', '--batch_size=2,4')
+    assert proc.stdout.count('has no meta.json') == 1, proc.stdout
+    assert re.search(r'^4 \| [\d.]+ \| ', proc.stdout, re.M), proc.stdout

@@ -11,7 +11,7 @@ import sys
 import pytest
 import torch
 
-from conftest import REPO, after_meta, iter_losses, load_model_state, one_line_error, run_script, train
+from conftest import REPO, after_meta, eval_losses, iter_losses, load_model_state, one_line_error, run_script, train
 
 # a model whose activations grow fast with the batch: 256 rows need about a GB more address space than 16
 WIDE = ['--device=cpu', '--compile=False', '--n_layer=2', '--n_head=2', '--n_embd=128', '--block_size=256',
@@ -50,6 +50,7 @@ def test_a_batch_that_does_not_fit_trains_as_accumulated_smaller_ones(char_data,
                         f'--gradient_accumulation_steps={steps}')
     assert direct.returncode == 0, direct.stderr[-2000:]
     assert iter_losses(tmp_path / 'fitted') == iter_losses(tmp_path / 'direct')
+    assert eval_losses(tmp_path / 'fitted') == eval_losses(tmp_path / 'direct')  # the same batches evaluated
     config = load_model_state(tmp_path / 'fitted')['config']
     assert (config['batch_size'], config['gradient_accumulation_steps']) == (fitted, steps)
     # without the limit, a resume keeps the fitted sizes: the batch stream continues as it was drawn
@@ -87,6 +88,49 @@ def test_not_even_one_row_fits_and_running_out_later_end_in_one_line(tmp_path):
                            '    raise ValueError("backend compiler failed") from e'], cwd=REPO, capture_output=True,
                           text=True)
     one_line_error(proc, 'out of memory (tried to allocate 1000000000000000 bytes)', '--chunked_loss=True')
+
+
+class Picky(torch.nn.Module):
+    """A model for which more than `rows` rows are a real out-of-memory (the CPU allocator refuses a petabyte),
+    after a first random draw, as a long generation that ran out part way would have made."""
+
+    def __init__(self, model=None, rows: int = 2):
+        super().__init__()
+        self.model, self.rows, self.grad_enabled = model, rows, []
+        self.w = torch.nn.Parameter(torch.ones(1))
+
+    def forward(self, x, y):
+        self.grad_enabled.append(torch.is_grad_enabled())
+        if len(x) > self.rows:
+            torch.empty(10 ** 15 // 4)
+        return None, (x.float().mean() + y.float().mean()) * self.w.sum()
+
+    def generate(self, x, *args, **kwargs):
+        torch.rand(7)
+        if len(x) > self.rows:
+            torch.empty(10 ** 15 // 4)
+        return self.model.generate(x, *args, **kwargs)
+
+
+def test_an_evaluation_fits_a_forward_and_a_retried_generation_draws_what_it_would_have():
+    from common import setup_runtime
+    from fit import fit_step, generate_fitted
+    from model import GPT, GPTConfig
+    runtime = setup_runtime('cpu', 'float32')
+    # an eval_only run probes a forward without gradients, and fits it as a training run would
+    model = Picky()
+    optimizer = torch.optim.AdamW(model.parameters())
+    assert fit_step(model, runtime, 8, 4, runtime.ctx, optimizer, True, False, False, None, train=False)[1] == 2
+    assert model.grad_enabled == [False] * 3 and not optimizer.state
+    # 5 samples that do not fit as one batch are drawn in batches of 3 and 2, with the random numbers those
+    # batches draw from the seed: not after what the failed attempt drew
+    gpt = GPT(GPTConfig(block_size=16, vocab_size=11, n_layer=1, n_head=2, n_embd=8)).eval()
+    prompt = torch.zeros((1, 1), dtype=torch.long)
+    torch.manual_seed(3)
+    fitted = generate_fitted(Picky(gpt, rows=3), prompt, 5, 10, temperature=1.0)
+    torch.manual_seed(3)
+    direct = [(torch.rand(7), gpt.generate(prompt.expand(n, -1), 10, temperature=1.0))[1] for n in (3, 2)]
+    assert torch.equal(fitted, torch.cat(direct))
 
 
 def test_the_memory_named_is_what_this_process_may_use_of_the_gpu(monkeypatch):
