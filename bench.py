@@ -26,11 +26,11 @@ from common import dataset_dir, describe_device, device_peak_flops, end_distribu
 from configurator import config_defaults, configure
 from data.loader import SyntheticLoader, TokenLoader
 from data.tokenfiles import Dataset, split_files
-from fit import fit_step
+from fit import fit_step, free_memory
 from model import GPT, GPTConfig
 from parallel import DATA_PARALLEL, place_model, wrap_model
 from train import train_step
-from util import one_line_errors
+from util import one_line_errors, out_of_memory
 
 # -----------------------------------------------------------------------------
 batch_size = 12
@@ -209,14 +209,13 @@ if __name__ == '__main__':
             print0(described)
         try:
             result = bench(cfg, runtime)
-        except torch.OutOfMemoryError:
-            result = {'failed': 'out of memory'}  # the memory it held is free again for the next setting
         except (Exception, SystemExit) as e:
-            if not swept:
+            if not swept and not out_of_memory(e):
                 raise
             # reported in its row; the other settings still run
-            result = {'failed': str(e).removeprefix('error: ') if isinstance(e, SystemExit) else
-                      f"{type(e).__name__}: {e}"}
+            result = {'failed': 'out of memory' if out_of_memory(e) else str(e).removeprefix('error: ')
+                      if isinstance(e, SystemExit) else f"{type(e).__name__}: {e}"}
+        free_memory(runtime.device)  # what a failed setting held, free again for the next
         if cfg.profile:
             break
         ms, tokens, mfu, peak = result_cells(result)

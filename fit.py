@@ -32,7 +32,7 @@ def device_memory(device) -> str:
     return f"{allowed / 2**30:.1f} GiB"
 
 
-def _free(device):
+def free_memory(device):
     """What a failed attempt held, given back: its tensors (gc: an exception's frames can sit in a cycle) and the
     CUDA allocator's cache of them, which CUDA's own libraries (cuBLAS, Triton's kernels, NCCL) cannot use."""
     gc.collect()
@@ -44,7 +44,7 @@ def _try_step(model, batch_size: int, block_size: int, device, ctx, optimizer, t
     """'ok', 'oom', or the exception of a failed call, for two forward and backward passes of batch_size rows of
     token 0 (no data read; one forward without gradients when not train), without gradient sync, with room held for
     AdamW's state when it does not exist yet."""
-    room, logits, loss = [], None, None
+    room, logits, loss, training = [], None, None, model.training
     try:
         # AdamW allocates two tensors per parameter at its first step: held here, so the size chosen fits them too
         if train and not optimizer.state:
@@ -52,7 +52,8 @@ def _try_step(model, batch_size: int, block_size: int, device, ctx, optimizer, t
         # inputs and targets are two tensors, as the loader's: compiled, model(x, x) would be another graph
         x = torch.zeros((batch_size, block_size), dtype=torch.long, device=device)
         y = torch.zeros_like(x)
-        if not train:
+        if not train:  # as estimate_loss runs it: in eval mode (compiled, the graph it will use), no gradients
+            model.eval()
             with torch.no_grad(), ctx:
                 model(x, y)
             return 'ok'
@@ -66,13 +67,17 @@ def _try_step(model, batch_size: int, block_size: int, device, ctx, optimizer, t
     except Exception as e:
         if out_of_memory(e):
             return 'oom'
-        cause = e
-        while cause is not None:  # e is kept, to be raised or named: not the tensors its frames hold
-            traceback.clear_frames(cause.__traceback__)
-            cause = cause.__cause__ or cause.__context__
+        chain, seen = [e], set()  # e is kept, to be raised or named: not the tensors its frames (and its causes') hold
+        while chain:
+            cause = chain.pop()
+            if cause is not None and id(cause) not in seen:
+                seen.add(id(cause))
+                traceback.clear_frames(cause.__traceback__)
+                chain += [cause.__cause__, cause.__context__]
         return e
     finally:
         del room, logits, loss
+        model.train(training)
         for p in model.parameters():
             p.grad = None
 
@@ -84,12 +89,16 @@ def _compile_failure(e: Exception) -> str:
     return lines[0][:200] if lines else type(e).__name__
 
 
-def _no_fit(runtime, batch_size: int, block_size: int, train: bool) -> SystemExit:
+def _no_fit(runtime, batch_size: int, block_size: int, train: bool, sharded: bool) -> SystemExit:
     memory = device_memory(runtime.device)
+    advice = ['a smaller model or block_size', '--chunked_loss=True']
+    if batch_size > 1:  # only the configured size was tried (--fit_batch_size=False, or under FSDP)
+        advice.insert(0, f"a smaller batch_size{' (more gradient_accumulation_steps)' if train else ''}")
+    if not sharded:
+        advice.append('--data_parallel=fsdp on several GPUs')
     return SystemExit(f"error: out of memory{f' ({memory} on {runtime.device})' if memory else ''} for one "
                       f"{'forward and backward' if train else 'forward'} at batch_size={batch_size}, block_size="
-                      f"{block_size}: use a smaller model or block_size, --chunked_loss=True, or "
-                      f"--data_parallel=fsdp on several GPUs")
+                      f"{block_size}: use {', '.join(advice[:-1])}, or {advice[-1]}")
 
 
 def fit_step(model, runtime, batch_size: int, block_size: int, ctx, optimizer, fit: bool, compiled: bool,
@@ -104,15 +113,22 @@ def fit_step(model, runtime, batch_size: int, block_size: int, ctx, optimizer, f
     while k < len(sizes):
         result = _try_step(model, sizes[k], block_size, runtime.device, ctx, optimizer, train)
         if result != 'ok':
-            _free(runtime.device)
-        if isinstance(result, Exception) and not compiled:
-            raise result  # not ours to handle: as it would have been raised at the first step
-        if result == 'oom' and sharded:  # the other ranks may wait in a collective this rank left: no all_reduce
-            raise _no_fit(runtime, batch_size, block_size, train)
-        # every rank acts on the worst outcome of any: 0 it fits, 1 out of memory, 2 torch.compile failed
-        outcome = torch.tensor([0.0 if result == 'ok' else 1.0 if result == 'oom' else 2.0], device=runtime.device)
+            free_memory(runtime.device)
+        # under FSDP the other ranks may wait in a collective this rank left: it ends the run alone
+        if sharded and result == 'oom':
+            raise _no_fit(runtime, batch_size, block_size, train, sharded)
+        if sharded and isinstance(result, Exception) and not compiled:
+            raise result
+        # every rank acts on the worst outcome of any: 0 it fits, 1 out of memory, 2 torch.compile failed, 3 an
+        # error that is not ours to handle (raised as the first step would have raised it)
+        code = 0 if result == 'ok' else 1 if result == 'oom' else 2 if compiled else 3
+        outcome = torch.tensor([float(code)], device=runtime.device)
         if runtime.ddp:
             torch.distributed.all_reduce(outcome, op=torch.distributed.ReduceOp.MAX)
+        if code == 3:
+            raise result
+        if outcome.item() == 3.0:
+            raise SystemExit("error: the first step failed on another rank: its error is above")
         if outcome.item() == 2.0:  # torch.compile cannot work here (on this rank or another)
             if runtime.master_process:
                 cause = _compile_failure(result) if isinstance(result, Exception) else 'it failed on another rank'
@@ -131,7 +147,7 @@ def fit_step(model, runtime, batch_size: int, block_size: int, ctx, optimizer, f
     if cuda_rng is not None:
         torch.cuda.set_rng_state(cuda_rng, runtime.device)
     if chosen is None:
-        raise _no_fit(runtime, sizes[-1], block_size, train)
+        raise _no_fit(runtime, sizes[-1], block_size, train, sharded)
     return model, chosen, compiled
 
 
@@ -143,7 +159,7 @@ def generate_fitted(model, x, num_samples: int, max_new_tokens: int, **sampling)
     rng = torch.get_rng_state()
     cuda_rng = torch.cuda.get_rng_state(x.device) if x.is_cuda else None
     while True:
-        torch.set_rng_state(rng)  # a retry in smaller batches draws what the first attempt would have
+        torch.set_rng_state(rng)  # a retry in smaller batches draws what a run at that size draws
         if cuda_rng is not None:
             torch.cuda.set_rng_state(cuda_rng, x.device)
         try:
@@ -154,4 +170,4 @@ def generate_fitted(model, x, num_samples: int, max_new_tokens: int, **sampling)
             if out_of_memory(e) is None or rows == 1:
                 raise
         rows = (rows + 1) // 2
-        _free(x.device)
+        free_memory(x.device)

@@ -333,7 +333,9 @@ if __name__ == '__main__':
                    f"{gradient_accumulation_steps * ddp_world_size}, the same {tokens_per_iter:,} tokens per iteration")
             config.update(batch_size=batch_size,
                           gradient_accumulation_steps=gradient_accumulation_steps * ddp_world_size)
-            for loader in (train_loader, *eval_loaders.values()):
+            # evaluations read the batches of that run too; a resumed run keeps its own (forwarded in parts),
+            # so that its val losses compare with its checkpoint's
+            for loader in (train_loader, *(eval_loaders.values() if init_from != 'resume' else ())):
                 loader.batch_size = batch_size
 
     # logging: out_dir/log.jsonl always (plot.py draws it), wandb when asked

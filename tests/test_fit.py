@@ -77,6 +77,13 @@ def test_not_even_one_row_fits_and_running_out_later_end_in_one_line(tmp_path):
     with pytest.raises(SystemExit, match=r'out of memory for one forward and backward at batch_size=1, block_size=8: '
                                          r'use a smaller model or block_size, --chunked_loss=True'):
         fit_step(model, runtime, 4, 8, runtime.ctx, optimizer, True, False, False, None)
+    # where only the configured size was tried (no fitting, or FSDP), a smaller batch_size is the first advice
+    with pytest.raises(SystemExit, match=r'at batch_size=4, block_size=8: use a smaller batch_size \(more '
+                                         r'gradient_accumulation_steps\), a smaller model or block_size, '
+                                         r'--chunked_loss=True, or --data_parallel=fsdp on several GPUs'):
+        fit_step(model, runtime, 4, 8, runtime.ctx, optimizer, False, False, False, None)
+    with pytest.raises(SystemExit, match=r'--chunked_loss=True$'):  # FSDP is what it runs already
+        fit_step(model, runtime, 4, 8, runtime.ctx, optimizer, True, False, True, None)
     # out of memory later in a run, where nothing fits it any more: one line that says what to change
     proc = subprocess.run([sys.executable, '-c', 'import util, torch; util.one_line_errors(); '
                            'torch.empty(10 ** 15 // 4)'], cwd=REPO, capture_output=True, text=True)
@@ -96,11 +103,12 @@ class Picky(torch.nn.Module):
 
     def __init__(self, model=None, rows: int = 2):
         super().__init__()
-        self.model, self.rows, self.grad_enabled = model, rows, []
+        self.model, self.rows, self.grad_enabled, self.modes = model, rows, [], []
         self.w = torch.nn.Parameter(torch.ones(1))
 
     def forward(self, x, y):
         self.grad_enabled.append(torch.is_grad_enabled())
+        self.modes.append((self.training, x is y))
         if len(x) > self.rows:
             torch.empty(10 ** 15 // 4)
         return None, (x.float().mean() + y.float().mean()) * self.w.sum()
@@ -122,6 +130,8 @@ def test_an_evaluation_fits_a_forward_and_a_retried_generation_draws_what_it_wou
     optimizer = torch.optim.AdamW(model.parameters())
     assert fit_step(model, runtime, 8, 4, runtime.ctx, optimizer, True, False, False, None, train=False)[1] == 2
     assert model.grad_enabled == [False] * 3 and not optimizer.state
+    # in eval mode, as estimate_loss runs it (compiled: the graph it will use), with targets a tensor of their own
+    assert model.modes == [(False, False)] * 3 and model.training
     # 5 samples that do not fit as one batch are drawn in batches of 3 and 2, with the random numbers those
     # batches draw from the seed: not after what the failed attempt drew
     gpt = GPT(GPTConfig(block_size=16, vocab_size=11, n_layer=1, n_head=2, n_embd=8)).eval()
@@ -131,6 +141,38 @@ def test_an_evaluation_fits_a_forward_and_a_retried_generation_draws_what_it_wou
     torch.manual_seed(3)
     direct = [(torch.rand(7), gpt.generate(prompt.expand(n, -1), 10, temperature=1.0))[1] for n in (3, 2)]
     assert torch.equal(fitted, torch.cat(direct))
+
+
+def test_an_evaluation_in_parts_forwards_parts_and_gives_the_losses_of_whole_batches():
+    from model import GPT, GPTConfig
+    from train import estimate_loss
+
+    class Batches:  # the same two 4-row batches after each reset, as TokenLoader's eval loaders
+        def __init__(self, seed):
+            g = torch.Generator().manual_seed(seed)
+            self.batches = [torch.randint(11, (2, 4, 8), generator=g) for _ in range(2)]
+
+        def reset(self):
+            self.k = 0
+
+        def next_batch(self):
+            self.k += 1
+            return tuple(self.batches[self.k - 1])
+
+    class Rows(GPT):  # GPT that notes the rows of each forward
+        rows = []
+
+        def forward(self, idx, targets=None):
+            self.rows.append(len(idx))
+            return super().forward(idx, targets)
+
+    model = Rows(GPTConfig(block_size=8, vocab_size=11, n_layer=1, n_head=2, n_embd=8))
+    loaders = {'train': Batches(0), 'val': Batches(1)}
+    whole = estimate_loss(model, loaders, 2, torch.no_grad())
+    assert model.rows == [4] * 4
+    model.rows.clear()
+    parts = estimate_loss(model, loaders, 2, torch.no_grad(), micro_batch=2)
+    assert model.rows == [2] * 8 and parts == pytest.approx(whole, rel=1e-6)
 
 
 def test_the_memory_named_is_what_this_process_may_use_of_the_gpu(monkeypatch):
