@@ -18,7 +18,7 @@ from contextlib import nullcontext
 
 import torch
 
-from util import out_of_memory
+from util import causes, out_of_memory
 
 
 def device_memory(device) -> str:
@@ -67,13 +67,8 @@ def _try_step(model, batch_size: int, block_size: int, device, ctx, optimizer, t
     except Exception as e:
         if out_of_memory(e):
             return 'oom'
-        chain, seen = [e], set()  # e is kept, to be raised or named: not the tensors its frames (and its causes') hold
-        while chain:
-            cause = chain.pop()
-            if cause is not None and id(cause) not in seen:
-                seen.add(id(cause))
-                traceback.clear_frames(cause.__traceback__)
-                chain += [cause.__cause__, cause.__context__]
+        for cause in causes(e):  # e is kept, to be raised or named: not the tensors its frames (and its causes') hold
+            traceback.clear_frames(cause.__traceback__)
         return e
     finally:
         del room, logits, loss

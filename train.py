@@ -322,8 +322,8 @@ if __name__ == '__main__':
                                      lambda: wrap_model(raw_model, runtime, data_parallel, compile=False),
                                      train=not eval_only)
     if micro_batch != batch_size:
-        memory = f" ({device_memory(device)})" if device_memory(device) else ''
-        too_big = f"note: batch_size={batch_size} does not fit in the memory of {device}{memory}"
+        memory = device_memory(device)
+        too_big = f"note: batch_size={batch_size} does not fit in the memory of {device}{f' ({memory})' * bool(memory)}"
         if eval_only:  # the configured batches, forwarded in parts
             print0(f"{too_big}: evaluating each batch in parts of {micro_batch} rows, the same losses")
         else:  # from here on the run is the one started at these sizes

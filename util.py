@@ -23,18 +23,21 @@ def _where(tb) -> str:
     return where
 
 
-def out_of_memory(e: BaseException):
-    """The out-of-memory error in e or in what caused it (a CUDA OutOfMemoryError, an allocation the CPU allocator
-    refused, a MemoryError, CUDA's libraries out of memory: cuBLAS, Triton, NCCL; also where torch.compile's
-    backends wrap one in their own error), or None."""
+def causes(e: BaseException):
+    """e, then what caused it, then what caused that... (the errors torch.compile's backends wrap included)."""
     seen = set()
     while e is not None and id(e) not in seen:
         seen.add(id(e))
-        if type(e).__name__ in ('OutOfMemoryError', 'MemoryError') or (isinstance(e, RuntimeError) and any(
-                s in str(e) for s in ("can't allocate memory", 'out of memory', 'CUBLAS_STATUS_ALLOC_FAILED'))):
-            return e
+        yield e
         e = e.__cause__ or e.__context__ or getattr(e, 'inner_exception', None)
-    return None
+
+
+def out_of_memory(e: BaseException):
+    """The out-of-memory error in e or in what caused it (a CUDA OutOfMemoryError, an allocation the CPU allocator
+    refused, a MemoryError, CUDA's libraries out of memory: cuBLAS, Triton, NCCL), or None."""
+    return next((c for c in causes(e) if type(c).__name__ in ('OutOfMemoryError', 'MemoryError') or (
+        isinstance(c, RuntimeError) and any(s in str(c) for s in ("can't allocate memory", 'out of memory',
+                                                                 'CUBLAS_STATUS_ALLOC_FAILED')))), None)
 
 
 def _one_line_errors(exc_type, exc, tb):
@@ -50,10 +53,10 @@ def _one_line_errors(exc_type, exc, tb):
                       f"run again"
         elif isinstance(exc, OSError) and exc.strerror:
             message = f"{exc.strerror}{f': {exc.filename}' if exc.filename else ''}"
-        elif out_of_memory(exc):
+        elif oom := out_of_memory(exc):
             # torch's message says how much it tried to allocate, and (CUDA) how much the device has
-            tried = re.search(r"allocate ([\d.]+ ?\w+)", str(out_of_memory(exc)))
-            total = re.search(r"capacity of ([\d.]+ \w+)", str(out_of_memory(exc)))
+            tried = re.search(r"allocate ([\d.]+ ?\w+)", str(oom))
+            total = re.search(r"capacity of ([\d.]+ \w+)", str(oom))
             detail = ', '.join(filter(None, [tried and f"tried to allocate {tried.group(1)}",
                                              total and f"the device has {total.group(1)}"]))
             message = f"out of memory{f' ({detail})' if detail else ''}: a checkpoint already written stays; use a " \
