@@ -11,7 +11,8 @@ import sys
 import pytest
 import torch
 
-from conftest import REPO, after_meta, eval_losses, iter_losses, load_model_state, one_line_error, run_script, train
+from conftest import (REPO, after_meta, eval_losses, iter_losses, load_model_state, one_line_error, run_script,
+                      torchrun, train)
 
 # a model whose activations grow fast with the batch: 256 rows need about a GB more address space than 16
 WIDE = ['--device=cpu', '--compile=False', '--n_layer=2', '--n_head=2', '--n_embd=128', '--block_size=256',
@@ -95,6 +96,90 @@ def test_not_even_one_row_fits_and_running_out_later_end_in_one_line(tmp_path):
                            '    raise ValueError("backend compiler failed") from e'], cwd=REPO, capture_output=True,
                           text=True)
     one_line_error(proc, 'out of memory (tried to allocate 1000000000000000 bytes)', '--chunked_loss=True')
+
+
+def test_out_of_memory_is_recognised_in_every_form_torch_and_cudas_libraries_raise():
+    from util import out_of_memory
+    for message in ["CUDA error: out of memory\nCUDA kernel errors might be asynchronously reported",
+                    "CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate(handle)`",
+                    "Triton Error [CUDA]: out of memory", "NCCL error: unhandled cuda error (out of memory)",
+                    "[enforce fail at alloc_cpu.cpp:119] DefaultCPUAllocator: can't allocate memory"]:
+        e = RuntimeError(message)
+        assert out_of_memory(e) is e, message
+        try:  # wrapped, as torch.compile's backends wrap what the compiled call raised
+            raise ValueError('backend compiler failed') from e
+        except ValueError as wrapper:
+            assert out_of_memory(wrapper) is e
+    assert out_of_memory(torch.OutOfMemoryError('CUDA out of memory.')) is not None
+    assert out_of_memory(RuntimeError('mat1 and mat2 shapes cannot be multiplied')) is None
+    assert out_of_memory(ValueError('memory')) is None
+
+
+def test_a_failed_attempt_holds_nothing_when_its_memory_is_given_back(monkeypatch):
+    # the failed compiled call's error is kept (to name it), but not the tensors its frames held: free_memory (the
+    # CUDA allocator's cache emptied, for cuBLAS and Triton) runs while they would still be alive
+    import weakref
+    import fit
+    from common import setup_runtime
+    held, alive_at_free = [], []
+
+    class Failing(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.ones(1))
+
+        def forward(self, x, y):
+            activations = torch.ones(1000)
+            held.append(weakref.ref(activations))
+            try:
+                raise OSError('no C++ compiler')
+            except OSError as e:  # the chain a backend raises: the cause's frames hold tensors too
+                raise RuntimeError('backend compiler failed') from e
+
+    free_memory = fit.free_memory
+    monkeypatch.setattr(fit, 'free_memory', lambda device: (free_memory(device), alive_at_free.append(
+        [ref() is not None for ref in held])))
+    runtime = setup_runtime('cpu', 'float32')
+    model = Failing()
+    plain = Picky()
+    result = fit.fit_step(model, runtime, 4, 8, runtime.ctx, torch.optim.AdamW(model.parameters()), True, True,
+                          False, lambda: plain)
+    assert result == (plain, 2, False)
+    assert alive_at_free[0] == [False]  # the first free_memory: after the compile failure, before the retry
+
+
+def test_each_size_tried_compiled_is_compiled_afresh_as_the_static_graph_the_run_uses():
+    # compiled, a size that does not fit is followed by a graph for the next size alone: not the graph for any
+    # batch size that dynamo would otherwise make on seeing a second size, nor a graph for model(x, x)
+    from common import setup_runtime
+    from fit import fit_step
+    torch._dynamo.reset()
+    graphs = []
+
+    def backend(gm, inputs):  # notes the sizes of each graph's inputs: ints, or symbols where it is dynamic
+        graphs.append([type(s) for t in inputs for s in (t.shape if isinstance(t, torch.Tensor) else [t])])
+        return gm.forward
+
+    class Rows(torch.nn.Module):  # more than 2 rows do not fit
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.ones(1))
+
+        def forward(self, x, y):
+            if len(x) > 2:
+                torch.empty(10 ** 15 // 4)
+            return None, (x.float().mean() + y.float().mean()) * self.w.sum()
+
+    model = Rows()
+    runtime = setup_runtime('cpu', 'float32')
+    compiled = torch.compile(model, backend=backend)
+    result = fit_step(compiled, runtime, 8, 4, runtime.ctx, torch.optim.AdamW(model.parameters()), True, True,
+                      False, None)
+    assert result == (compiled, 2, True)
+    assert len(graphs) == 3 and all(kinds and set(kinds) == {int} for kinds in graphs), graphs
+    compiled(torch.zeros((2, 4), dtype=torch.long), torch.ones((2, 4), dtype=torch.long))  # the run's first step
+    assert len(graphs) == 3  # nothing compiled again
+    torch._dynamo.reset()
 
 
 class Picky(torch.nn.Module):
@@ -194,6 +279,38 @@ def test_compile_falls_back_when_its_compiler_is_missing(char_data, tmp_path):
         proc.stdout[-3000:]
     train(char_data, tmp_path / 'eager', '--max_iters=3', '--compile=False')
     assert iter_losses(tmp_path / 'fallback') == iter_losses(tmp_path / 'eager')
+
+
+def fit_worker(scenario: str):
+    """tests/fit_worker.py under torchrun on 2 gloo ranks: (exit code, output); a launch still running after 120
+    s (ranks waiting on each other) is killed, every process of it."""
+    import signal
+    proc = subprocess.Popen(torchrun('--standalone', '--nproc_per_node=2', 'tests/fit_worker.py', scenario), cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        out, _ = proc.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        pytest.fail(f"the ranks of {scenario} hung: {proc.communicate()[0][-2000:]}")
+    return proc.returncode, out
+
+
+@pytest.mark.slow
+def test_ranks_that_see_different_things_act_together():
+    # DDP: every rank takes the smallest size that fits anywhere; a compile failure on one rank means uncompiled
+    # everywhere; a rank's own error is raised there, and the others say that it is above
+    code, out = fit_worker('ddp')
+    assert code == 0, out[-3000:]
+    for rank in (0, 1):
+        assert f"rank {rank}: 2 rows\n" in out and f"rank {rank}: 2 rows, compiled False, uncompiled True" in out
+    assert out.count('note: torch.compile does not work here (it failed on another rank)') == 1
+    assert "rank 1: ValueError: a bug on rank 1" in out
+    assert "rank 0: SystemExit: error: the first step failed on another rank: its error is above" in out
+    # FSDP: rank 1 out of memory while rank 0 waits for it in a collective ends the run with its line, at once
+    code, out = fit_worker('fsdp')
+    assert code != 0 and 'rank 0: fitted' not in out
+    assert "rank 1: error: out of memory for one forward and backward at batch_size=8, block_size=4: use a smaller " \
+           "batch_size" in out, out[-3000:]
 
 
 def test_sample_draws_its_samples_as_one_batch_reproducibly(char_data, tmp_path):

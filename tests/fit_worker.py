@@ -1,0 +1,82 @@
+"""Run by tests/test_fit.py under torchrun (2 gloo ranks): fit.fit_step where the ranks see different things.
+`ddp`: three probes in turn, each rank printing what it got: rank 1 runs out of memory above 2 rows (rank 0 fits
+8), then rank 1's torch.compile fails (rank 0's works), then rank 1 meets an error of its own.
+`fsdp`: the same model sharded, rank 1 out of memory in the middle of the step, after the weights were gathered
+and while rank 0 goes on to the gradients' reduce-scatter: rank 1 must end the run alone, not join a collective.
+"""
+import os
+import sys
+
+import torch
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from common import end_distributed, setup_runtime  # noqa: E402
+from fit import fit_step  # noqa: E402
+from parallel import shard_model  # noqa: E402
+
+
+class Block(torch.nn.Module):
+    def __init__(self, rank: int):
+        super().__init__()
+        self.rank, self.linear = rank, torch.nn.Linear(4, 4)
+
+    def forward(self, x):
+        return self.linear(x)
+
+
+class Uneven(torch.nn.Module):
+    """A model out of memory on rank 1 above `rows` rows (the CPU allocator refuses a petabyte, a real refusal), and
+    where `fail` is set, failing there with that error instead."""
+
+    def __init__(self, rank: int):
+        super().__init__()
+        self.rank, self.rows, self.fail = rank, 2, None
+        self.transformer = torch.nn.Module()  # shard_model's layout: a unit per Block, and the root
+        self.transformer.h = torch.nn.ModuleList([Block(rank), Block(rank)])
+
+    def forward(self, x, y):
+        h = self.transformer.h[0](torch.ones(x.shape + (4,)))
+        if self.rank == 1 and self.fail is not None:
+            raise self.fail
+        if self.rank == 1 and len(x) > self.rows:
+            torch.empty(10 ** 15 // 4)
+        return None, self.transformer.h[1](h).mean()
+
+
+if __name__ == '__main__':
+    runtime = setup_runtime('cpu', 'float32', backend='gloo')
+    rank = runtime.rank
+    model = Uneven(rank)
+    if sys.argv[1] == 'fsdp':
+        shard_model(model, 'cpu', 'float32')
+        optimizer = torch.optim.AdamW(model.parameters())
+        try:
+            fit_step(model, runtime, 8, 4, runtime.ctx, optimizer, True, False, True, None)
+        except SystemExit as e:
+            print(f"rank {rank}: {e}", flush=True)
+            os._exit(1)  # as the error hook would end it
+        print(f"rank {rank}: fitted", flush=True)  # not reached: rank 0 waits on rank 1 in the step
+        sys.exit(0)
+    wrapped = DDP(model)
+    optimizer = torch.optim.AdamW(model.parameters())
+    # 1. each rank fits its own size; all take the smallest
+    _, rows, _ = fit_step(wrapped, runtime, 8, 4, runtime.ctx, optimizer, True, False, False, None)
+    print(f"rank {rank}: {rows} rows", flush=True)
+    # 2. torch.compile fails on rank 1 only: every rank goes on uncompiled, at the size that fits everywhere
+    model.fail = RuntimeError('backend compiler failed: no C++ compiler')
+    unwrapped = []
+
+    def uncompiled():
+        model.fail = None
+        unwrapped.append(rank)
+        return wrapped
+    _, rows, compiled = fit_step(wrapped, runtime, 8, 4, runtime.ctx, optimizer, True, True, False, uncompiled)
+    print(f"rank {rank}: {rows} rows, compiled {compiled}, uncompiled {unwrapped == [rank]}", flush=True)
+    # 3. an error of rank 1's own, not one to handle: rank 1 raises it, rank 0 says where it is
+    model.fail = ValueError('a bug on rank 1')
+    try:
+        fit_step(wrapped, runtime, 8, 4, runtime.ctx, optimizer, True, False, False, None)
+    except (ValueError, SystemExit) as e:
+        print(f"rank {rank}: {type(e).__name__}: {e}", flush=True)
+    end_distributed()
