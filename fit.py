@@ -125,10 +125,13 @@ def fit_step(model, runtime, batch_size: int, block_size: int, ctx, optimizer, f
         if outcome.item() == 3.0:
             raise SystemExit("error: the first step failed on another rank: its error is above")
         if outcome.item() == 2.0:  # torch.compile cannot work here (on this rank or another)
-            if runtime.master_process:
-                cause = _compile_failure(result) if isinstance(result, Exception) else 'it failed on another rank'
-                print(f"note: torch.compile does not work here ({cause}): training uncompiled (--compile=False "
-                      f"silences this)")
+            # said once, by the first rank where it failed: that one knows why
+            first = torch.tensor([float(runtime.rank if code == 2 else runtime.world_size)], device=runtime.device)
+            if runtime.ddp:
+                torch.distributed.all_reduce(first, op=torch.distributed.ReduceOp.MIN)
+            if first.item() == runtime.rank:
+                print(f"note: torch.compile does not work here ({_compile_failure(result)}): training uncompiled "
+                      f"(--compile=False silences this)", flush=True)
             result = None
             model, compiled = uncompiled(), False
             continue  # the same size again, uncompiled
