@@ -101,10 +101,11 @@ def bench(cfg, runtime, probe=None) -> dict:
         probe.watch(model, optimizer, cfg)
     if cfg.compile:  # each setting of a sweep compiled afresh: the last one's graphs would make this one's dynamic
         torch._dynamo.reset()
-    raw_model, model = model, wrap_model(model, runtime, cfg.data_parallel, cfg.compile)
+    raw_model = model
     # as train.py: a micro-batch that does not fit runs as accumulated smaller ones, compile falls back
     t0 = time.time()
-    model, fitted, compiled = fit_step(model, runtime, cfg.batch_size, cfg.block_size, ctx, optimizer,
+    model, fitted, compiled = fit_step(wrap_model(raw_model, runtime, cfg.data_parallel, cfg.compile), runtime,
+                                       cfg.batch_size, cfg.block_size, ctx, optimizer,
                                        cfg.fit_batch_size, cfg.compile, runtime.ddp and cfg.data_parallel == 'fsdp',
                                        lambda: wrap_model(raw_model, runtime, cfg.data_parallel, compile=False))
     probe_ms = (time.time() - t0) * 1000  # what train.py spends before its first step (compiling, when compiled)

@@ -132,7 +132,9 @@ def fit_step(model, runtime, batch_size: int, block_size: int, ctx, optimizer, f
             if first.item() == runtime.rank:
                 print(f"note: torch.compile does not work here ({_compile_failure(result)}): training uncompiled "
                       f"(--compile=False silences this)", flush=True)
-            result = None
+            # the failed wrapper given back before the next is built: DDP's gradient buckets are 4 bytes a parameter
+            result = model = None
+            free_memory(runtime.device)
             model, compiled = uncompiled(), False
             continue  # the same size again, uncompiled
         if outcome.item() == 0.0:

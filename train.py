@@ -312,12 +312,13 @@ if __name__ == '__main__':
         checkpointer.restore(checkpoint)  # optimizer, scaler, data position, RNG: continue exactly
     checkpoint = None  # free up memory
 
-    # compile the model, and wrap it into DDP; checkpoints save raw_model, without the _orig_mod. prefix
+    # compile the model, and wrap it into DDP; checkpoints save raw_model, without the _orig_mod. prefix.
+    # Then fit the run to this machine before its first step (fit.py): a micro-batch that does not fit in memory
+    # becomes smaller ones, accumulated (the same tokens per iteration, the same math); compile falls back where it
+    # fails (fit_step holds the only reference to the wrapper, so that a failed one is let go)
     raw_model = model
-    model = wrap_model(model, runtime, data_parallel, compile)
-    # fit the run to this machine before its first step (fit.py): a micro-batch that does not fit in memory becomes
-    # smaller ones, accumulated (the same tokens per iteration, the same math); compile falls back where it fails
-    model, micro_batch, _ = fit_step(model, runtime, batch_size, block_size, ctx, optimizer, fit_batch_size, compile,
+    model, micro_batch, _ = fit_step(wrap_model(raw_model, runtime, data_parallel, compile), runtime, batch_size,
+                                     block_size, ctx, optimizer, fit_batch_size, compile,
                                      ddp and data_parallel == 'fsdp',
                                      lambda: wrap_model(raw_model, runtime, data_parallel, compile=False),
                                      train=not eval_only)

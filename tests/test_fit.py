@@ -140,12 +140,21 @@ def test_a_failed_attempt_holds_nothing_when_its_memory_is_given_back(monkeypatc
     monkeypatch.setattr(fit, 'free_memory', lambda device: (free_memory(device), alive_at_free.append(
         [ref() is not None for ref in held])))
     runtime = setup_runtime('cpu', 'float32')
-    model = Failing()
-    plain = Picky()
-    result = fit.fit_step(model, runtime, 4, 8, runtime.ctx, torch.optim.AdamW(model.parameters()), True, True,
-                          False, lambda: plain)
+    plain, wrappers, wrapper_alive = Picky(), [], []
+
+    def wrapped():  # the run's wrapper: fit_step holds the only reference to it, as train.py and bench.py pass it
+        model = Failing()
+        wrappers.append(weakref.ref(model))
+        return model
+
+    def uncompiled():  # by now the failed wrapper (a DDP's gradient buckets: 4 bytes a parameter) is let go
+        wrapper_alive.append(wrappers[0]() is not None)
+        return plain
+    result = fit.fit_step(wrapped(), runtime, 4, 8, runtime.ctx, torch.optim.AdamW(plain.parameters()), True, True,
+                          False, uncompiled)
     assert result == (plain, 2, False)
     assert alive_at_free[0] == [False]  # the first free_memory: after the compile failure, before the retry
+    assert wrapper_alive == [False]
 
 
 def test_each_size_tried_compiled_is_compiled_afresh_as_the_static_graph_the_run_uses():
