@@ -146,8 +146,8 @@ def fit_step(model, runtime, batch_size: int, block_size: int, ctx, optimizer, f
     torch.set_rng_state(rng)
     if cuda_rng is not None:
         torch.cuda.set_rng_state(cuda_rng, runtime.device)
-    if chosen is None:
-        raise _no_fit(runtime, sizes[-1], block_size, train, sharded)
+    if chosen is None:  # every rank ends here: one says why
+        raise _no_fit(runtime, sizes[-1], block_size, train, sharded) if runtime.master_process else SystemExit(1)
     return model, chosen, compiled
 
 

@@ -1,6 +1,7 @@
 """Run by tests/test_fit.py under torchrun (2 gloo ranks): fit.fit_step where the ranks see different things.
-`ddp`: three probes in turn, each rank printing what it got: rank 1 runs out of memory above 2 rows (rank 0 fits
-8), then rank 1's torch.compile fails (rank 0's works), then rank 1 meets an error of its own.
+`ddp`: four probes in turn, each rank printing what it got: rank 1 runs out of memory above 2 rows (rank 0 fits
+8), then rank 1's torch.compile fails (rank 0's works), then rank 1 meets an error of its own, then not even one row
+fits on rank 1.
 `fsdp`: the same model sharded, rank 1 out of memory in the middle of the step, after the weights were gathered
 and while rank 0 goes on to the gradients' reduce-scatter: rank 1 must end the run alone, not join a collective.
 """
@@ -79,4 +80,10 @@ if __name__ == '__main__':
         fit_step(wrapped, runtime, 8, 4, runtime.ctx, optimizer, True, False, False, None)
     except (ValueError, SystemExit) as e:
         print(f"rank {rank}: {type(e).__name__}: {e}", flush=True)
+    # 4. not even one row fits on rank 1: every rank ends, one of them says why
+    model.fail, model.rows = None, 0
+    try:
+        fit_step(wrapped, runtime, 8, 4, runtime.ctx, optimizer, True, False, False, None)
+    except SystemExit as e:
+        print(f"rank {rank}: exit {e.code}", flush=True)
     end_distributed()

@@ -322,6 +322,9 @@ def test_ranks_that_see_different_things_act_together():
            in out
     assert "rank 1: ValueError: a bug on rank 1" in out
     assert "rank 0: SystemExit: error: the first step failed on another rank: its error is above" in out
+    # where not even one row fits on one rank, every rank ends, and one line says why
+    assert "rank 0: exit error: out of memory for one forward and backward at batch_size=1, block_size=4" in out
+    assert "rank 1: exit 1\n" in out and out.count('error: out of memory') == 1
     # FSDP: rank 1 out of memory while rank 0 waits for it in a collective ends the run with its line, at once
     code, out = fit_worker('fsdp')
     assert code != 0 and 'rank 0: fitted' not in out
