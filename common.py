@@ -1,6 +1,7 @@
 """
 The runtime that train.py, sample.py, bench.py and the evaluation scripts share: one setup of the device, the DDP
-process group, dtype, autocast and seeds (setup_runtime), and its end under torchrun (end_distributed); rank-0
+process group, dtype, autocast and seeds (setup_runtime), and its end under torchrun (end_distributed); the RNG state
+of a device (rng_state, set_rng_state); rank-0
 printing; the all-rank guard on stop requests and non-finite steps; the device's peak FLOPS for MFU and its
 description; where a dataset lives.
 """
@@ -85,6 +86,28 @@ def setup_runtime(device: str = 'auto', dtype: str = 'auto', seed: int = 1337, b
         torch.backends.cudnn.allow_tf32 = True
     ctx = nullcontext() if dtype == 'float32' else torch.autocast(device_type=device_type, dtype=PTDTYPES[dtype])
     return Runtime(device, device_type, dtype, ctx, ddp, rank, local_rank, world_size)
+
+
+def rng_state(device) -> dict:
+    """This process's random number generators that a step on device draws from (dropout): {'cpu': ..., and 'cuda'
+    or 'mps' on those devices}, for set_rng_state to give back."""
+    device = torch.device(device)
+    state = {'cpu': torch.get_rng_state()}
+    if device.type == 'cuda':
+        state['cuda'] = torch.cuda.get_rng_state(device)
+    elif device.type == 'mps':
+        state['mps'] = torch.mps.get_rng_state()
+    return state
+
+
+def set_rng_state(state: dict, device):
+    """The generators as rng_state found them (those of another device type in state are left alone)."""
+    device = torch.device(device)
+    torch.set_rng_state(state['cpu'])
+    if 'cuda' in state and device.type == 'cuda':
+        torch.cuda.set_rng_state(state['cuda'], device)
+    elif 'mps' in state and device.type == 'mps':
+        torch.mps.set_rng_state(state['mps'])
 
 
 def end_distributed(code: int = 0):

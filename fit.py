@@ -18,6 +18,7 @@ from contextlib import nullcontext
 
 import torch
 
+from common import rng_state, set_rng_state
 from util import causes, out_of_memory
 
 
@@ -101,8 +102,7 @@ def fit_step(model, runtime, batch_size: int, block_size: int, ctx, optimizer, f
     """(the model to train, the micro-batch size that fits, whether the model is compiled): see the module's
     docstring. uncompiled() wraps the model again without compiling it; train=False probes a forward only (an
     evaluation). SystemExit when not even one row fits."""
-    rng = torch.get_rng_state()  # dropout in the probe draws random numbers: given back after
-    cuda_rng = torch.cuda.get_rng_state(runtime.device) if runtime.device_type == 'cuda' else None
+    rng = rng_state(runtime.device)  # dropout in the probe draws random numbers: given back after
     sizes = [d for d in range(batch_size, 0, -1) if batch_size % d == 0] if fit and not sharded else [batch_size]
     chosen, k = None, 0
     while k < len(sizes):
@@ -143,9 +143,7 @@ def fit_step(model, runtime, batch_size: int, block_size: int, ctx, optimizer, f
         k += 1
         if compiled:  # the next size compiled afresh, static, as the run will use it (not a graph for any batch)
             torch._dynamo.reset()
-    torch.set_rng_state(rng)
-    if cuda_rng is not None:
-        torch.cuda.set_rng_state(cuda_rng, runtime.device)
+    set_rng_state(rng, runtime.device)
     if chosen is None:  # every rank ends here: one says why
         raise _no_fit(runtime, sizes[-1], block_size, train, sharded) if runtime.master_process else SystemExit(1)
     return model, chosen, compiled
@@ -156,12 +154,9 @@ def generate_fitted(model, x, num_samples: int, max_new_tokens: int, **sampling)
     """num_samples continuations of the prompt x (1, t) as few batches as memory allows: decoding a token reads
     every weight once whatever the batch, so rows cost little until memory runs out. (num_samples, t + new)."""
     rows = num_samples
-    rng = torch.get_rng_state()
-    cuda_rng = torch.cuda.get_rng_state(x.device) if x.is_cuda else None
+    rng = rng_state(x.device)
     while True:
-        torch.set_rng_state(rng)  # a retry in smaller batches draws what a run at that size draws
-        if cuda_rng is not None:
-            torch.cuda.set_rng_state(cuda_rng, x.device)
+        set_rng_state(rng, x.device)  # a retry in smaller batches draws what a run at that size draws
         try:
             out = [model.generate(x.expand(min(rows, num_samples - k), -1), max_new_tokens, **sampling)
                    for k in range(0, num_samples, rows)]

@@ -15,7 +15,7 @@ from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 from torch.distributed.tensor import DTensor, distribute_tensor, init_device_mesh
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from common import PTDTYPES, print0
+from common import PTDTYPES, print0, rng_state, set_rng_state
 
 DATA_PARALLEL = ('ddp', 'fsdp')  # the values of the data_parallel key
 
@@ -98,11 +98,9 @@ def load_optimizer_state(optimizer, state: dict):
 
 
 def rng_states(runtime) -> dict:
-    """Every rank's RNG states, {rank: {'cpu': ..., 'cuda': ...}}, gathered on all ranks (a collective under DDP)
-    so that rank 0 can save them: after a resume each rank draws the dropout masks it would have drawn."""
-    rng = {'cpu': torch.get_rng_state()}
-    if runtime.device_type == 'cuda':
-        rng['cuda'] = torch.cuda.get_rng_state(runtime.device)
+    """Every rank's RNG states, {rank: common.rng_state}, gathered on all ranks (a collective under DDP) so that
+    rank 0 can save them: after a resume each rank draws the dropout masks it would have drawn."""
+    rng = rng_state(runtime.device)
     rngs = [rng]
     if runtime.ddp:
         rngs = [None] * runtime.world_size
@@ -113,8 +111,5 @@ def rng_states(runtime) -> dict:
 def restore_rng(rngs: dict, runtime):
     """This rank's RNG states from rng_states' dict, where the checkpoint has them: dropout continues with the
     masks it would have drawn."""
-    rng = rngs.get(runtime.rank)
-    if rng is not None:
-        torch.set_rng_state(rng['cpu'])
-        if 'cuda' in rng and runtime.device_type == 'cuda':
-            torch.cuda.set_rng_state(rng['cuda'], runtime.device)
+    if (rng := rngs.get(runtime.rank)) is not None:
+        set_rng_state(rng, runtime.device)

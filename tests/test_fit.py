@@ -203,6 +203,7 @@ class Picky(torch.nn.Module):
     def forward(self, x, y):
         self.grad_enabled.append(torch.is_grad_enabled())
         self.modes.append((self.training, x is y))
+        torch.rand(3)  # as dropout draws
         if len(x) > self.rows:
             torch.empty(10 ** 15 // 4)
         return None, (x.float().mean() + y.float().mean()) * self.w.sum()
@@ -222,7 +223,9 @@ def test_an_evaluation_fits_a_forward_and_a_retried_generation_draws_what_it_wou
     # an eval_only run probes a forward without gradients, and fits it as a training run would
     model = Picky()
     optimizer = torch.optim.AdamW(model.parameters())
+    rng = torch.get_rng_state()
     assert fit_step(model, runtime, 8, 4, runtime.ctx, optimizer, True, False, False, None, train=False)[1] == 2
+    assert torch.equal(torch.get_rng_state(), rng)  # what the probe drew is given back
     assert model.grad_enabled == [False] * 3 and not optimizer.state
     # in eval mode, as estimate_loss runs it (compiled: the graph it will use), with targets a tensor of their own
     assert model.modes == [(False, False)] * 3 and model.training
