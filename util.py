@@ -34,10 +34,10 @@ def causes(e: BaseException):
 
 def out_of_memory(e: BaseException):
     """The out-of-memory error in e or in what caused it (a CUDA OutOfMemoryError, an allocation the CPU allocator
-    refused, a MemoryError, CUDA's libraries out of memory: cuBLAS, Triton, NCCL), or None."""
+    refused, a MemoryError, CUDA's libraries out of memory: cuBLAS, cuDNN, Triton, NCCL), or None."""
     return next((c for c in causes(e) if type(c).__name__ in ('OutOfMemoryError', 'MemoryError') or (
         isinstance(c, RuntimeError) and any(s in str(c) for s in ("can't allocate memory", 'out of memory',
-                                                                 'CUBLAS_STATUS_ALLOC_FAILED')))), None)
+                                                                 '_ALLOC_FAILED')))), None)
 
 
 def _one_line_errors(exc_type, exc, tb):

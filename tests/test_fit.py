@@ -102,6 +102,7 @@ def test_out_of_memory_is_recognised_in_every_form_torch_and_cudas_libraries_rai
     from util import out_of_memory
     for message in ["CUDA error: out of memory\nCUDA kernel errors might be asynchronously reported",
                     "CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate(handle)`",
+                    "cuDNN error: CUDNN_STATUS_ALLOC_FAILED",
                     "Triton Error [CUDA]: out of memory", "NCCL error: unhandled cuda error (out of memory)",
                     "[enforce fail at alloc_cpu.cpp:119] DefaultCPUAllocator: can't allocate memory"]:
         e = RuntimeError(message)
