@@ -104,10 +104,9 @@ def bench(cfg, runtime, probe=None) -> dict:
     raw_model = model
     # as train.py: a micro-batch that does not fit runs as accumulated smaller ones, compile falls back
     t0 = time.time()
-    model, fitted, compiled = fit_step(wrap_model(raw_model, runtime, cfg.data_parallel, cfg.compile), runtime,
-                                       cfg.batch_size, cfg.block_size, ctx, optimizer,
-                                       cfg.fit_batch_size, cfg.compile, runtime.ddp and cfg.data_parallel == 'fsdp',
-                                       lambda: wrap_model(raw_model, runtime, cfg.data_parallel, compile=False))
+    model, fitted, compiled = fit_step(lambda compile: wrap_model(raw_model, runtime, cfg.data_parallel, compile),
+                                       runtime, cfg.batch_size, cfg.block_size, ctx, optimizer, cfg.fit_batch_size,
+                                       cfg.compile, runtime.ddp and cfg.data_parallel == 'fsdp')
     probe_ms = (time.time() - t0) * 1000  # what train.py spends before its first step (compiling, when compiled)
     print0(f"  fitting probe: {probe_ms:.0f} ms")
     accumulation = cfg.gradient_accumulation_steps * cfg.batch_size // fitted

@@ -13,6 +13,7 @@ fit the same way (generate_fitted).
 
 import gc
 import re
+import sys
 import traceback
 from contextlib import nullcontext
 
@@ -97,11 +98,13 @@ def _no_fit(runtime, batch_size: int, block_size: int, train: bool, sharded: boo
                       f"{block_size}: use {', '.join(advice[:-1])}, or {advice[-1]}")
 
 
-def fit_step(model, runtime, batch_size: int, block_size: int, ctx, optimizer, fit: bool, compiled: bool,
-             sharded: bool, uncompiled, train: bool = True) -> tuple[object, int, bool]:
+def fit_step(wrap, runtime, batch_size: int, block_size: int, ctx, optimizer, fit: bool, compiled: bool,
+             sharded: bool, train: bool = True) -> tuple[object, int, bool]:
     """(the model to train, the micro-batch size that fits, whether the model is compiled): see the module's
-    docstring. uncompiled() wraps the model again without compiling it; train=False probes a forward only (an
+    docstring. wrap(compile) makes the model the step runs (parallel.wrap_model): called here, so that this is the one
+    reference to a wrapper that fails, let go before the next is made. train=False probes a forward only (an
     evaluation). SystemExit when not even one row fits."""
+    model = wrap(compiled)
     rng = rng_state(runtime.device)  # dropout in the probe draws random numbers: given back after
     sizes = [d for d in range(batch_size, 0, -1) if batch_size % d == 0] if fit and not sharded else [batch_size]
     chosen, k = None, 0
@@ -132,10 +135,11 @@ def fit_step(model, runtime, batch_size: int, block_size: int, ctx, optimizer, f
             if first.item() == runtime.rank:
                 print(f"note: torch.compile does not work here ({_compile_failure(result)}): training uncompiled "
                       f"(--compile=False silences this)", flush=True)
-            # the failed wrapper given back before the next is built: DDP's gradient buckets are 4 bytes a parameter
+            # the failed wrapper given back before the next is made: DDP's gradient buckets are 4 bytes a parameter
             result = model = None
+            torch._dynamo.reset()
             free_memory(runtime.device)
-            model, compiled = uncompiled(), False
+            model, compiled = wrap(False), False
             continue  # the same size again, uncompiled
         if outcome.item() == 0.0:
             chosen = sizes[k]
@@ -144,8 +148,15 @@ def fit_step(model, runtime, batch_size: int, block_size: int, ctx, optimizer, f
         if compiled:  # the next size compiled afresh, static, as the run will use it (not a graph for any batch)
             torch._dynamo.reset()
     set_rng_state(rng, runtime.device)
-    if chosen is None:  # every rank ends here: one says why
-        raise _no_fit(runtime, sizes[-1], block_size, train, sharded) if runtime.master_process else SystemExit(1)
+    if chosen is None:
+        error = _no_fit(runtime, sizes[-1], block_size, train, sharded)
+        if not runtime.ddp:
+            raise error
+        # every rank ends here: one says why, and none ends before it has (torchrun would stop it mid-sentence)
+        if runtime.master_process:
+            print(error.code, file=sys.stderr, flush=True)
+        torch.distributed.barrier()
+        raise SystemExit(1)
     return model, chosen, compiled
 
 

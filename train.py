@@ -315,13 +315,11 @@ if __name__ == '__main__':
     # compile the model, and wrap it into DDP; checkpoints save raw_model, without the _orig_mod. prefix.
     # Then fit the run to this machine before its first step (fit.py): a micro-batch that does not fit in memory
     # becomes smaller ones, accumulated (the same tokens per iteration, the same math); compile falls back where it
-    # fails (fit_step holds the only reference to the wrapper, so that a failed one is let go)
+    # fails
     raw_model = model
-    model, micro_batch, _ = fit_step(wrap_model(raw_model, runtime, data_parallel, compile), runtime, batch_size,
-                                     block_size, ctx, optimizer, fit_batch_size, compile,
-                                     ddp and data_parallel == 'fsdp',
-                                     lambda: wrap_model(raw_model, runtime, data_parallel, compile=False),
-                                     train=not eval_only)
+    model, micro_batch, _ = fit_step(lambda compile: wrap_model(raw_model, runtime, data_parallel, compile), runtime,
+                                     batch_size, block_size, ctx, optimizer, fit_batch_size, compile,
+                                     ddp and data_parallel == 'fsdp', train=not eval_only)
     if micro_batch != batch_size:
         memory = device_memory(device)
         too_big = f"note: batch_size={batch_size} does not fit in the memory of {device}{f' ({memory})' * bool(memory)}"

@@ -35,9 +35,9 @@ def causes(e: BaseException):
 def out_of_memory(e: BaseException):
     """The out-of-memory error in e or in what caused it (a CUDA OutOfMemoryError, an allocation the CPU allocator
     refused, a MemoryError, CUDA's libraries out of memory: cuBLAS, cuDNN, Triton, NCCL), or None."""
+    words = r"can't allocate memory|out of memory|ALLOC(ATION)?_FAILED"
     return next((c for c in causes(e) if type(c).__name__ in ('OutOfMemoryError', 'MemoryError') or (
-        isinstance(c, RuntimeError) and any(s in str(c) for s in ("can't allocate memory", 'out of memory',
-                                                                 '_ALLOC_FAILED')))), None)
+        isinstance(c, RuntimeError) and re.search(words, str(c)))), None)
 
 
 def _one_line_errors(exc_type, exc, tb):

@@ -77,14 +77,14 @@ def test_not_even_one_row_fits_and_running_out_later_end_in_one_line(tmp_path):
     runtime = setup_runtime('cpu', 'float32')
     with pytest.raises(SystemExit, match=r'out of memory for one forward and backward at batch_size=1, block_size=8: '
                                          r'use a smaller model or block_size, --chunked_loss=True'):
-        fit_step(model, runtime, 4, 8, runtime.ctx, optimizer, True, False, False, None)
+        fit_step(lambda compile: model, runtime, 4, 8, runtime.ctx, optimizer, True, False, False)
     # where only the configured size was tried (no fitting, or FSDP), a smaller batch_size is the first advice
     with pytest.raises(SystemExit, match=r'at batch_size=4, block_size=8: use a smaller batch_size \(more '
                                          r'gradient_accumulation_steps\), a smaller model or block_size, '
                                          r'--chunked_loss=True, or --data_parallel=fsdp on several GPUs'):
-        fit_step(model, runtime, 4, 8, runtime.ctx, optimizer, False, False, False, None)
+        fit_step(lambda compile: model, runtime, 4, 8, runtime.ctx, optimizer, False, False, False)
     with pytest.raises(SystemExit, match=r'--chunked_loss=True$'):  # FSDP is what it runs already
-        fit_step(model, runtime, 4, 8, runtime.ctx, optimizer, True, False, True, None)
+        fit_step(lambda compile: model, runtime, 4, 8, runtime.ctx, optimizer, True, False, True)
     # out of memory later in a run, where nothing fits it any more: one line that says what to change
     proc = subprocess.run([sys.executable, '-c', 'import util, torch; util.one_line_errors(); '
                            'torch.empty(10 ** 15 // 4)'], cwd=REPO, capture_output=True, text=True)
@@ -103,6 +103,7 @@ def test_out_of_memory_is_recognised_in_every_form_torch_and_cudas_libraries_rai
     for message in ["CUDA error: out of memory\nCUDA kernel errors might be asynchronously reported",
                     "CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate(handle)`",
                     "cuDNN error: CUDNN_STATUS_ALLOC_FAILED",
+                    "cuDNN error: CUDNN_STATUS_INTERNAL_ERROR_DEVICE_ALLOCATION_FAILED",  # cuDNN 9's words
                     "Triton Error [CUDA]: out of memory", "NCCL error: unhandled cuda error (out of memory)",
                     "[enforce fail at alloc_cpu.cpp:119] DefaultCPUAllocator: can't allocate memory"]:
         e = RuntimeError(message)
@@ -143,16 +144,14 @@ def test_a_failed_attempt_holds_nothing_when_its_memory_is_given_back(monkeypatc
     runtime = setup_runtime('cpu', 'float32')
     plain, wrappers, wrapper_alive = Picky(), [], []
 
-    def wrapped():  # the run's wrapper: fit_step holds the only reference to it, as train.py and bench.py pass it
+    def wrap(compile):  # as parallel.wrap_model: fit_step holds the only reference to what it makes
+        if not compile:  # by now the failed wrapper (a DDP's gradient buckets: 4 bytes a parameter) is let go
+            wrapper_alive.append(wrappers[0]() is not None)
+            return plain
         model = Failing()
         wrappers.append(weakref.ref(model))
         return model
-
-    def uncompiled():  # by now the failed wrapper (a DDP's gradient buckets: 4 bytes a parameter) is let go
-        wrapper_alive.append(wrappers[0]() is not None)
-        return plain
-    result = fit.fit_step(wrapped(), runtime, 4, 8, runtime.ctx, torch.optim.AdamW(plain.parameters()), True, True,
-                          False, uncompiled)
+    result = fit.fit_step(wrap, runtime, 4, 8, runtime.ctx, torch.optim.AdamW(plain.parameters()), True, True, False)
     assert result == (plain, 2, False)
     assert alive_at_free[0] == [False]  # the first free_memory: after the compile failure, before the retry
     assert wrapper_alive == [False]
@@ -183,8 +182,8 @@ def test_each_size_tried_compiled_is_compiled_afresh_as_the_static_graph_the_run
     model = Rows()
     runtime = setup_runtime('cpu', 'float32')
     compiled = torch.compile(model, backend=backend)
-    result = fit_step(compiled, runtime, 8, 4, runtime.ctx, torch.optim.AdamW(model.parameters()), True, True,
-                      False, None)
+    result = fit_step(lambda compile: compiled, runtime, 8, 4, runtime.ctx, torch.optim.AdamW(model.parameters()),
+                      True, True, False)
     assert result == (compiled, 2, True)
     assert len(graphs) == 3 and all(kinds and set(kinds) == {int} for kinds in graphs), graphs
     compiled(torch.zeros((2, 4), dtype=torch.long), torch.ones((2, 4), dtype=torch.long))  # the run's first step
@@ -225,7 +224,8 @@ def test_an_evaluation_fits_a_forward_and_a_retried_generation_draws_what_it_wou
     model = Picky()
     optimizer = torch.optim.AdamW(model.parameters())
     rng = torch.get_rng_state()
-    assert fit_step(model, runtime, 8, 4, runtime.ctx, optimizer, True, False, False, None, train=False)[1] == 2
+    _, rows, _ = fit_step(lambda compile: model, runtime, 8, 4, runtime.ctx, optimizer, True, False, False, train=False)
+    assert rows == 2
     assert torch.equal(torch.get_rng_state(), rng)  # what the probe drew is given back
     assert model.grad_enabled == [False] * 3 and not optimizer.state
     # in eval mode, as estimate_loss runs it (compiled: the graph it will use), with targets a tensor of their own
@@ -319,7 +319,7 @@ def test_ranks_that_see_different_things_act_together():
     code, out = fit_worker('ddp')
     assert code == 0, out[-3000:]
     for rank in (0, 1):
-        assert f"rank {rank}: 2 rows\n" in out and f"rank {rank}: 2 rows, compiled False, uncompiled True" in out
+        assert f"rank {rank}: 2 rows\n" in out and f"rank {rank}: 2 rows, compiled False, made [True, False]" in out
     # said once, by the rank where it failed, with its cause
     assert out.count('note: torch.compile does not work here') == 1
     assert 'note: torch.compile does not work here (backend compiler failed: no C++ compiler): training uncompiled' \
@@ -327,8 +327,8 @@ def test_ranks_that_see_different_things_act_together():
     assert "rank 1: ValueError: a bug on rank 1" in out
     assert "rank 0: SystemExit: error: the first step failed on another rank: its error is above" in out
     # where not even one row fits on one rank, every rank ends, and one line says why
-    assert "rank 0: exit error: out of memory for one forward and backward at batch_size=1, block_size=4" in out
-    assert "rank 1: exit 1\n" in out and out.count('error: out of memory') == 1
+    assert "error: out of memory for one forward and backward at batch_size=1, block_size=4" in out
+    assert "rank 0: exit 1\n" in out and "rank 1: exit 1\n" in out and out.count('error: out of memory') == 1
     # FSDP: rank 1 out of memory while rank 0 waits for it in a collective ends the run with its line, at once
     code, out = fit_worker('fsdp')
     assert code != 0 and 'rank 0: fitted' not in out
