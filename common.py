@@ -1,9 +1,8 @@
 """
 The runtime that train.py, sample.py, bench.py and the evaluation scripts share: one setup of the device, the DDP
 process group, dtype, autocast and seeds (setup_runtime), and its end under torchrun (end_distributed); the RNG state
-of a device (rng_state, set_rng_state); rank-0
-printing; the all-rank guard on stop requests and non-finite steps; the device's peak FLOPS for MFU and its
-description; where a dataset lives.
+of a device (rng_state, set_rng_state); rank-0 printing; the all-rank guard on stop requests and non-finite steps;
+the device's peak FLOPS for MFU and its description; where a dataset lives.
 """
 
 import os

@@ -312,10 +312,9 @@ if __name__ == '__main__':
         checkpointer.restore(checkpoint)  # optimizer, scaler, data position, RNG: continue exactly
     checkpoint = None  # free up memory
 
-    # compile the model, and wrap it into DDP; checkpoints save raw_model, without the _orig_mod. prefix.
-    # Then fit the run to this machine before its first step (fit.py): a micro-batch that does not fit in memory
-    # becomes smaller ones, accumulated (the same tokens per iteration, the same math); compile falls back where it
-    # fails
+    # compile the model and wrap it into DDP (checkpoints save raw_model, without the _orig_mod. prefix), fitting the
+    # run to this machine before its first step (fit.py): a micro-batch that does not fit in memory becomes smaller
+    # ones, accumulated (the same tokens per iteration, the same math); compile falls back where it fails
     raw_model = model
     model, micro_batch, _ = fit_step(lambda compile: wrap_model(raw_model, runtime, data_parallel, compile), runtime,
                                      batch_size, block_size, ctx, optimizer, fit_batch_size, compile,

@@ -169,17 +169,7 @@ def test_each_size_tried_compiled_is_compiled_afresh_as_the_static_graph_the_run
         graphs.append([type(s) for t in inputs for s in (t.shape if isinstance(t, torch.Tensor) else [t])])
         return gm.forward
 
-    class Rows(torch.nn.Module):  # more than 2 rows do not fit
-        def __init__(self):
-            super().__init__()
-            self.w = torch.nn.Parameter(torch.ones(1))
-
-        def forward(self, x, y):
-            if len(x) > 2:
-                torch.empty(10 ** 15 // 4)
-            return None, (x.float().mean() + y.float().mean()) * self.w.sum()
-
-    model = Rows()
+    model = Rows()  # more than 2 rows do not fit
     runtime = setup_runtime('cpu', 'float32')
     compiled = torch.compile(model, backend=backend)
     result = fit_step(lambda compile: compiled, runtime, 8, 4, runtime.ctx, torch.optim.AdamW(model.parameters()),
@@ -191,22 +181,33 @@ def test_each_size_tried_compiled_is_compiled_afresh_as_the_static_graph_the_run
     torch._dynamo.reset()
 
 
-class Picky(torch.nn.Module):
-    """A model for which more than `rows` rows are a real out-of-memory (the CPU allocator refuses a petabyte),
-    after a first random draw, as a long generation that ran out part way would have made."""
+class Rows(torch.nn.Module):
+    """A model for which more than `rows` rows are a real out-of-memory (the CPU allocator refuses a petabyte)."""
+
+    def __init__(self, rows: int = 2):
+        super().__init__()
+        self.rows = rows
+        self.w = torch.nn.Parameter(torch.ones(1))
+
+    def forward(self, x, y):
+        if len(x) > self.rows:
+            torch.empty(10 ** 15 // 4)
+        return None, (x.float().mean() + y.float().mean()) * self.w.sum()
+
+
+class Picky(Rows):
+    """Rows that notes how it was called and draws random numbers (as dropout does) first; its generation runs out
+    of memory the same way after a first random draw, as a long generation that ran out part way would have made."""
 
     def __init__(self, model=None, rows: int = 2):
-        super().__init__()
-        self.model, self.rows, self.grad_enabled, self.modes = model, rows, [], []
-        self.w = torch.nn.Parameter(torch.ones(1))
+        super().__init__(rows)
+        self.model, self.grad_enabled, self.modes = model, [], []
 
     def forward(self, x, y):
         self.grad_enabled.append(torch.is_grad_enabled())
         self.modes.append((self.training, x is y))
         torch.rand(3)  # as dropout draws
-        if len(x) > self.rows:
-            torch.empty(10 ** 15 // 4)
-        return None, (x.float().mean() + y.float().mean()) * self.w.sum()
+        return super().forward(x, y)
 
     def generate(self, x, *args, **kwargs):
         torch.rand(7)
