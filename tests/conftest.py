@@ -17,6 +17,8 @@ import sys
 import pytest
 import torch
 
+import launcher
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # a model and run small enough for a CPU to train in a few seconds
@@ -39,12 +41,18 @@ def watchdog(proc, seconds: float = 300):
     return timer
 
 
-def run_script(*args, cwd=REPO, env=None, check=True, timeout=600):
-    """Run `python <args>` from the repository root; return the CompletedProcess (stdout and stderr as text)."""
+def run_script(*args, cwd=REPO, env=None, check=True, timeout=600, fresh=False):
+    """Run `python <args>` from the repository root; return the CompletedProcess (stdout and stderr as text).
+
+    The script runs in a process forked from tests/launcher.py's server, which imported torch once; fresh=True starts
+    a new interpreter instead, where the interpreter itself is what a test checks."""
     full_env = dict(os.environ, PYTHONUNBUFFERED='1', **(env or {}))
     script = os.path.join(REPO, args[0])  # scripts are named relative to the repository
-    proc = subprocess.run([sys.executable, script, *args[1:]], cwd=cwd, env=full_env, capture_output=True, text=True,
-                          timeout=timeout)
+    if fresh:
+        proc = subprocess.run([sys.executable, script, *args[1:]], cwd=cwd, env=full_env, capture_output=True,
+                              text=True, timeout=timeout)
+    else:
+        proc = launcher.run(script, args[1:], cwd=str(cwd), env=full_env, timeout=timeout)
     if check and proc.returncode != 0:
         raise AssertionError(f"{' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     return proc
