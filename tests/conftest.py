@@ -67,12 +67,24 @@ def torchrun(*args):
     return [sys.executable, '-m', 'torch.distributed.run', *args]
 
 
-def ddp_train(data, out_dir, *args, nproc=2):
-    """train.py under torchrun with nproc gloo processes on this machine."""
-    cmd = torchrun('--standalone', f'--nproc_per_node={nproc}', 'train.py', *TINY, f'--dataset={data}',
-                   f'--out_dir={out_dir}', *args)
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+def ddp_train(data, out_dir, *args, nproc=2, fresh=False):
+    """train.py as `torchrun --standalone --nproc_per_node=nproc` runs it, with gloo: its ranks forked by
+    tests/launcher.py, or under torchrun itself with fresh=True."""
+    return run_ranks('train.py', *TINY, f'--dataset={data}', f'--out_dir={out_dir}', *args, nproc=nproc, fresh=fresh)
+
+
+def run_ranks(*args, nproc=2, env=None, check=True, timeout=600, fresh=False):
+    """`torchrun --standalone --nproc_per_node=nproc <args>` from the repository root, its ranks forked from
+    tests/launcher.py's server; fresh=True runs torchrun itself, where torchrun is what a test checks."""
+    full_env = dict(os.environ, PYTHONUNBUFFERED='1', **(env or {}))
+    if fresh:
+        proc = subprocess.run(torchrun('--standalone', f'--nproc_per_node={nproc}', *args), cwd=REPO, env=full_env,
+                              capture_output=True, text=True, timeout=timeout)
+    else:
+        proc = launcher.run_ranks(os.path.join(REPO, args[0]), args[1:], nproc, cwd=REPO, env=full_env,
+                                  timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(args)} on {nproc} ranks failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}")
     return proc
 
 

@@ -10,12 +10,16 @@ Where the interpreter itself is what is tested (signals, torchrun, the README's 
 import atexit
 import json
 import multiprocessing
+import multiprocessing.connection
 import os
 import runpy
+import socket
 import subprocess
 import sys
 import tempfile
 import threading
+import time
+import uuid
 
 # imported once by the server: the bulk of a script's start (torch alone is 1.5 s), and none reads an option of ours
 # from the environment at import (the project's own modules do, e.g. TORCHELASTIC_RUN_ID, so they are not here;
@@ -48,6 +52,8 @@ def _child(script: str, args: list, cwd: str, env: dict, sys_path: list, out_pat
     sys.stdin = open(os.devnull)
     sys.argv = [script, *args]
     sys.path[:] = [os.path.dirname(os.path.abspath(script)), *sys_path]
+    if 'OMP_NUM_THREADS' in env:  # read by torch as it starts, which here was before the run's environment
+        sys.modules['torch'].set_num_threads(int(env['OMP_NUM_THREADS']))
     code = 0
     try:
         runpy.run_path(script, run_name='__main__')
@@ -69,22 +75,72 @@ def _child(script: str, args: list, cwd: str, env: dict, sys_path: list, out_pat
     os._exit(code & 0xFF)  # sys.exit(-1) is 255, as a shell sees it
 
 
-def run(script: str, args: list, cwd: str, env: dict, timeout: float) -> subprocess.CompletedProcess:
-    """`python script args` in cwd with env (the whole environment), as subprocess.run with capture_output does."""
+def _spawn(script: str, args, cwd, env: dict, out_path: str, err_path: str):
     context = _start()
+    child = context.Process(target=_child, args=(script, list(args), str(cwd), env, _sys_path, out_path, err_path))
+    child.start()
+    return child
+
+
+def _result(argv: list, code: int, folder: str) -> subprocess.CompletedProcess:
+    outputs = []
+    for name in ('out', 'err'):
+        with open(os.path.join(folder, name), encoding='utf-8', errors='replace') as f:
+            outputs.append(f.read())
+    return subprocess.CompletedProcess(argv, code, *outputs)
+
+
+def _files(folder: str) -> tuple[str, str]:
+    paths = os.path.join(folder, 'out'), os.path.join(folder, 'err')
+    for path in paths:
+        open(path, 'w').close()
+    return paths
+
+
+def run(script: str, args, cwd, env: dict, timeout: float) -> subprocess.CompletedProcess:
+    """`python script args` in cwd with env (the whole environment), as subprocess.run with capture_output does."""
     with tempfile.TemporaryDirectory() as folder:
-        out_path, err_path = os.path.join(folder, 'out'), os.path.join(folder, 'err')
-        open(out_path, 'w').close()
-        open(err_path, 'w').close()
-        child = context.Process(target=_child, args=(script, list(args), cwd, env, _sys_path, out_path, err_path))
-        child.start()
+        child = _spawn(script, args, cwd, env, *_files(folder))
         child.join(timeout)
         if child.exitcode is None:
             child.kill()
             child.join()
             raise subprocess.TimeoutExpired([script, *args], timeout)
-        with open(out_path, encoding='utf-8', errors='replace') as f:
-            stdout = f.read()
-        with open(err_path, encoding='utf-8', errors='replace') as f:
-            stderr = f.read()
-    return subprocess.CompletedProcess([sys.executable, script, *args], child.exitcode, stdout, stderr)
+        return _result([sys.executable, script, *args], child.exitcode, folder)
+
+
+def run_ranks(script: str, args, nproc: int, cwd, env: dict, timeout: float) -> subprocess.CompletedProcess:
+    """`torchrun --standalone --nproc_per_node=nproc script args` with its ranks forked: each rank gets the variables
+    torchrun gives its workers, their output goes to one stdout and one stderr as torchrun's workers' does, and where
+    a rank fails the others are ended and the code is 1, as torchrun's. What torchrun's agent does beyond that
+    (restarts, its rendezvous store, its own messages) is tested through torchrun itself."""
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        port = s.getsockname()[1]
+    common = dict(env, WORLD_SIZE=str(nproc), LOCAL_WORLD_SIZE=str(nproc), GROUP_RANK='0', ROLE_RANK='0',
+                  ROLE_WORLD_SIZE=str(nproc), MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port),
+                  TORCHELASTIC_RUN_ID=uuid.uuid4().hex, TORCHELASTIC_RESTART_COUNT='0', TORCHELASTIC_MAX_RESTARTS='0')
+    common.setdefault('OMP_NUM_THREADS', '1')  # torchrun's default for several workers
+    argv = [sys.executable, '-m', 'torch.distributed.run', '--standalone', f'--nproc_per_node={nproc}', script, *args]
+    with tempfile.TemporaryDirectory() as folder:
+        paths = _files(folder)
+        ranks = [_spawn(script, args, cwd, dict(common, RANK=str(r), LOCAL_RANK=str(r)), *paths) for r in range(nproc)]
+        deadline = time.monotonic() + timeout
+        running = list(ranks)
+        while running and time.monotonic() < deadline:
+            multiprocessing.connection.wait([r.sentinel for r in running], deadline - time.monotonic())
+            running = [r for r in running if r.exitcode is None]
+            if any(r.exitcode for r in ranks):  # one failed: torchrun ends the others
+                for r in running:
+                    r.terminate()
+                for r in running:
+                    r.join(30)
+                    if r.exitcode is None:
+                        r.kill()
+                break
+        if any(r.exitcode is None for r in ranks):
+            for r in ranks:
+                r.kill()
+                r.join()
+            raise subprocess.TimeoutExpired(argv, timeout)
+        return _result(argv, int(any(r.exitcode for r in ranks)), folder)

@@ -4,12 +4,10 @@ fresh CPU, and runs the DDP and FSDP steps under torchrun; benchmarks/fsdp_memor
 """
 import json
 import re
-import subprocess
-import sys
 
 import pytest
 
-from conftest import REPO, one_line_error, run_script
+from conftest import one_line_error, run_ranks, run_script
 from model import GPT, GPTConfig
 
 SMALL = ['--device=cpu', '--compile=False', '--n_layer=2', '--n_head=2', '--n_embd=32', '--block_size=32',
@@ -62,10 +60,8 @@ def test_bench_on_a_fresh_machine_times_a_small_model_on_synthetic_tokens(tmp_pa
 def test_bench_times_the_ddp_and_fsdp_steps_under_torchrun(tmp_path):
     for data_parallel in ('ddp', 'fsdp'):
         out = tmp_path / f'{data_parallel}.json'
-        cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2', 'bench.py', *SMALL,
-               '--real_data=False', '--vocab_size=64', f'--data_parallel={data_parallel}', f'--json={out}']
-        proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
-        assert proc.returncode == 0, proc.stderr[-3000:]
+        proc = run_ranks('bench.py', *SMALL, '--real_data=False', '--vocab_size=64', f'--data_parallel={data_parallel}',
+                         f'--json={out}', timeout=300)
         assert f'256 tokens per step, synthetic data, 2 ranks, {data_parallel.upper()}' in proc.stdout  # 2 x 4 x 32
         assert proc.stdout.count('ms/iter,') == 1  # rank 0 prints
         result = json.load(open(out))['results'][0]

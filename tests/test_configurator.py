@@ -49,6 +49,8 @@ def test_wrong_type_is_an_error(tmp_path):
         configure(DEFAULTS, ['--compile=1'], verbose=False)
     with pytest.raises(SystemExit, match='learning_rate must be a float'):
         configure(DEFAULTS, ['--learning_rate=fast'], verbose=False)
+    with pytest.raises(SystemExit, match='learning_rate must be a float'):  # a bool is an int to Python, not a float
+        configure(DEFAULTS, ['--learning_rate=True'], verbose=False)
     path = tmp_path / 'cfg.py'
     path.write_text("device = 3\n")
     with pytest.raises(SystemExit, match='device must be a str'):

@@ -208,6 +208,30 @@ def test_loader_reads_shards_in_proportion(tmp_path):
     assert all(len(set(row)) == 1 for row in x.tolist())  # a window never straddles two shards
 
 
+def test_a_shard_missing_or_one_the_prepare_never_wrote_is_refused(tmp_path):
+    from data.tokenfiles import write_meta
+    tokens = np.arange(300) % 50
+
+    def shards(folder, count):
+        folder.mkdir()
+        with TokenWriter(str(folder), lambda i: 'val' if i == 0 else 'train', shard_size=100) as w:
+            w.write(tokens[:count * 100])
+        write_meta(str(folder), tokenizer='gpt2', vocab_size=50257)
+
+    # the first shard missing: the numbers that are present have no gap between them
+    shards(tmp_path / 'a', 3)
+    os.remove(tmp_path / 'a' / 'val_000000.bin')
+    (tmp_path / 'a' / 'val_000003.bin').write_bytes((tmp_path / 'a' / 'train_000001.bin').read_bytes())
+    with pytest.raises(SystemExit, match=r'has shards up to number 3 but not 000000 \(1 missing\)'):
+        Dataset(str(tmp_path / 'a'), note=lambda _: None)
+    # a shard after the last one the prepare wrote (a larger, older prepare's, or a copy): no gap, but not listed
+    shards(tmp_path / 'b', 3)
+    Dataset(str(tmp_path / 'b'), note=lambda _: None)
+    (tmp_path / 'b' / 'train_000003.bin').write_bytes((tmp_path / 'b' / 'train_000002.bin').read_bytes())
+    with pytest.raises(SystemExit, match=r'train_000003.bin was not written by the prepare that wrote meta.json'):
+        Dataset(str(tmp_path / 'b'), note=lambda _: None)
+
+
 def test_loader_errors(tmp_path, monkeypatch):
     with pytest.raises(SystemExit, match=r'no train data in .*: write'):
         TokenLoader(Dataset(str(tmp_path)), 'train', 4, 16)

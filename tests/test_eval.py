@@ -7,15 +7,13 @@ import json
 import math
 import os
 import re
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import torch
 from torch.nn import functional as F
 
-from conftest import REPO, bpe_data, eval_losses, read_log, run_script
+from conftest import REPO, bpe_data, eval_losses, read_log, run_ranks, run_script
 from configurator import configure
 from model import GPT, GPTConfig
 
@@ -80,10 +78,7 @@ def test_hellaswag_scores_equal_direct_computation(hf_gpt2_dir, gpt2_tokenizer, 
     proc = run_script('hellaswag.py', f'--init_from={hf_gpt2_dir}', f'--data_file={path}', '--device=cpu')
     line = f"12 examples, acc_norm {correct_norm / 12:.4f}, acc {correct / 12:.4f}"
     assert line in proc.stdout, proc.stdout
-    cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2', 'hellaswag.py',
-           f'--init_from={hf_gpt2_dir}', f'--data_file={path}', '--device=cpu']
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    proc = run_ranks('hellaswag.py', f'--init_from={hf_gpt2_dir}', f'--data_file={path}', '--device=cpu')
     assert line in proc.stdout and proc.stdout.count('acc_norm') == 1  # rank 0 prints the reduced counts
 
 
@@ -96,10 +91,7 @@ def train_with_hellaswag(tmp_path, records, *args, nproc=0):
             f'--dataset={tmp_path}', f'--out_dir={tmp_path / "out"}', f'--hellaswag_file={records[0]}', *args]
     if not nproc:
         return run_script(*args)
-    cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', f'--nproc_per_node={nproc}', *args]
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return proc
+    return run_ranks(*args, nproc=nproc, timeout=300)
 
 
 def hellaswag_records(tmp_path) -> list[dict]:

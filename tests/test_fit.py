@@ -60,6 +60,47 @@ def test_a_batch_that_does_not_fit_trains_as_accumulated_smaller_ones(char_data,
     assert f"resuming with the checkpoint's batch_size={fitted} and gradient_accumulation_steps={steps}" in proc.stdout
 
 
+def test_the_size_chosen_leaves_room_for_adamws_state(monkeypatch):
+    # a device whose memory the test counts: what is alive of the room the probe holds for AdamW's two tensors per
+    # parameter (8 MB here), plus 1 MB of activations per row; beyond 10 MB it is out of memory. Room held: 2 rows
+    # fit; without the room, all 8 would seem to, and the first optimizer step would run out of memory.
+    import weakref
+    from common import setup_runtime
+    from fit import fit_step
+    live = [0]
+    empty_like = torch.empty_like
+
+    def release(nbytes):
+        live[0] -= nbytes
+
+    def counted(p, *args, **kwargs):
+        t = empty_like(p, *args, **kwargs)
+        live[0] += t.nbytes
+        weakref.finalize(t, release, t.nbytes)  # when the probe lets the room go
+        return t
+
+    class Wide(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(1000, 1000))  # 4 MB
+
+        def forward(self, x, y):
+            if live[0] + x.size(0) * 2**20 > 10 * 2**20:
+                raise torch.OutOfMemoryError('out of memory')
+            return None, self.w.sum() * 0
+
+    monkeypatch.setattr(torch, 'empty_like', counted)
+    model = Wide()
+    optimizer = torch.optim.AdamW(model.parameters())
+    runtime = setup_runtime('cpu', 'float32')
+    _, fitted, _ = fit_step(lambda compile: model, runtime, 8, 4, runtime.ctx, optimizer, True, False, False)
+    assert fitted == 2 and live[0] == 0  # and the room given back
+    # an evaluation (no optimizer step) holds no room
+    _, fitted, _ = fit_step(lambda compile: model, runtime, 8, 4, runtime.ctx, optimizer, True, False, False,
+                            train=False)
+    assert fitted == 8
+
+
 def test_not_even_one_row_fits_and_running_out_later_end_in_one_line(tmp_path):
     from common import setup_runtime
     from fit import fit_step
@@ -112,6 +153,13 @@ def test_out_of_memory_is_recognised_in_every_form_torch_and_cudas_libraries_rai
             raise ValueError('backend compiler failed') from e
         except ValueError as wrapper:
             assert out_of_memory(wrapper) is e
+        try:  # raised while handling it (an implicit __context__, no `from`), as a cleanup that fails in turn does
+            try:
+                raise e
+            except RuntimeError:
+                raise KeyError('a cleanup that failed')
+        except KeyError as later:
+            assert later.__cause__ is None and out_of_memory(later) is e
     assert out_of_memory(torch.OutOfMemoryError('CUDA out of memory.')) is not None
     assert out_of_memory(RuntimeError('mat1 and mat2 shapes cannot be multiplied')) is None
     assert out_of_memory(ValueError('memory')) is None

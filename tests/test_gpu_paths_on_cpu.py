@@ -2,12 +2,11 @@
 What a GPU run adds, exercised on the CPU: torch.compile (inductor emits C++ here), alone and inside DDP, and mixed
 precision (bfloat16 autocast; float16 with the GradScaler).
 """
-import subprocess
 
 import pytest
 import torch
 
-from conftest import REPO, TINY, eval_losses, iter_losses, load_model_state, torchrun, train
+from conftest import TINY, eval_losses, iter_losses, load_model_state, run_ranks, train
 
 COMPILED = ['--compile=True', '--eval_interval=2', '--max_iters=4', '--lr_decay_iters=4', '--dropout=0.0']
 
@@ -33,10 +32,8 @@ def test_compiled_training_matches_eager_and_resumes(char_data, tmp_path):
 @pytest.mark.slow
 def test_compiled_model_inside_ddp(char_data, tmp_path):
     train(char_data, tmp_path / 'single', *COMPILED[1:], '--compile=False', '--gradient_accumulation_steps=2')
-    proc = subprocess.run(torchrun('--standalone', '--nproc_per_node=2', 'train.py', *TINY, f'--dataset={char_data}',
-                                   f'--out_dir={tmp_path / "ddp"}', *COMPILED, '--gradient_accumulation_steps=2'),
-                          cwd=REPO, capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_ranks('train.py', *TINY, f'--dataset={char_data}', f'--out_dir={tmp_path / "ddp"}', *COMPILED,
+              '--gradient_accumulation_steps=2', timeout=900)
     a, b = eval_losses(tmp_path / 'single'), eval_losses(tmp_path / 'ddp')
     assert sorted(b) == [0, 2, 4] and all(abs(a[i] - b[i]) < 1e-3 for i in a), (a, b)
     assert not any(k.startswith(('_orig_mod.', 'module.')) for k in load_model_state(tmp_path / 'ddp')['model'])

@@ -35,9 +35,11 @@ def test_a_new_run_does_not_overwrite_a_checkpoint(char_data, tmp_path):
 
 @pytest.mark.slow
 def test_torchrun_restart_continues_exactly(char_data, tmp_path):
-    # two gloo ranks, a worker killed with SIGKILL mid-run: torchrun restarts both, and they resume from the
-    # last checkpoint (every 2 iterations) to the very weights of a run that was never interrupted
-    args = [*TINY, f'--dataset={char_data}', '--max_iters=10', '--eval_interval=100', '--checkpoint_interval=2',
+    # two gloo ranks under torchrun, rank 0 killed with SIGKILL twice: before the first checkpoint (the restart
+    # starts over) and after it (the restart resumes from it); both end with the very weights of a run never
+    # interrupted. Each kill comes many iterations before the next checkpoint, so a slow reader of the output
+    # cannot kill too late.
+    args = [*TINY, f'--dataset={char_data}', '--max_iters=60', '--eval_interval=1000', '--checkpoint_interval=20',
             '--dropout=0.1', '--gradient_accumulation_steps=4']
     whole = subprocess.run(torchrun('--standalone', '--nproc_per_node=2', 'train.py', *args,
                                     f'--out_dir={tmp_path / "whole"}'), cwd=REPO, capture_output=True, text=True,
@@ -46,22 +48,26 @@ def test_torchrun_restart_continues_exactly(char_data, tmp_path):
     # the restarted workers must not share torchrun's rendezvous store with the first ones: with it, a restarted
     # rank can read the address a dead rank published (pytorch/pytorch#135712), as the README says
     env = dict(os.environ, PYTHONUNBUFFERED='1', TORCH_DISABLE_SHARE_RDZV_TCP_STORE='1')
-    proc = subprocess.Popen(torchrun('--standalone', '--nproc_per_node=2', '--max-restarts=1', 'train.py', *args,
+    proc = subprocess.Popen(torchrun('--standalone', '--nproc_per_node=2', '--max-restarts=2', 'train.py', *args,
                                      f'--out_dir={tmp_path / "restarted"}'), cwd=REPO, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=env)
     watchdog(proc)
-    killed = False
+    kills = iter(['iter 2:', 'iter 30:'])  # the first attempt's iter 2, then the second attempt's iter 30
+    kill_at, resumed_before_second_kill = next(kills), None
     lines = []
     for line in proc.stdout:
         lines.append(line)
-        if line.startswith('iter 5:') and not killed:
+        if kill_at and line.startswith(kill_at):
             workers = subprocess.run(['pgrep', '-P', str(proc.pid)], capture_output=True, text=True).stdout.split()
             assert len(workers) == 2, workers
             os.kill(int(min(workers, key=int)), signal.SIGKILL)  # rank 0, the one that saves
-            killed = True
+            if kill_at == 'iter 30:':
+                resumed_before_second_kill = 'restarted by torchrun: resuming' in ''.join(lines)
+            kill_at = next(kills, None)
     stderr = proc.stderr.read()
     assert proc.wait(timeout=600) == 0, ''.join(lines)[-2000:] + stderr[-3000:]
-    assert killed and 'restarted by torchrun: resuming' in ''.join(lines)
+    assert kill_at is None and resumed_before_second_kill is False  # the first restart started over
+    assert ''.join(lines).count('restarted by torchrun: resuming') == 1  # the second resumed
     assert_same_weights(tmp_path / 'whole', tmp_path / 'restarted')
 
 

@@ -278,6 +278,13 @@ def test_sample_next_top_k_top_p():
     draws = torch.cat([sample_next(logits, 1.0, top_p=0.5) for _ in range(50)])
     assert set(draws.flatten().tolist()) == {0}
     assert sample_next(logits, 0.0).item() == 0
+    # the same logits in another order, two rows: the kept tokens are found where they are, not where sorting put them
+    order = torch.tensor([[3, 0, 4, 1, 2], [2, 4, 1, 3, 0]])
+    shuffled = logits[0][order]  # row r, column c holds logits[order[r, c]]
+    draws = torch.cat([sample_next(shuffled, 1.0, top_p=0.8) for _ in range(200)], dim=1)
+    for row in range(2):
+        kept = {int((order[row] == i).nonzero()) for i in (0, 1)}  # where the two most likely tokens went
+        assert set(draws[row].tolist()) == kept, (row, kept)
 
 
 @pytest.mark.skipif(not hasattr(torch.nn, 'LinearCrossEntropyOptions'), reason='F.linear_cross_entropy needs torch >= 2.13')
@@ -298,10 +305,12 @@ def test_chunked_loss_equals_the_plain_loss_and_gradients():
     logits, plain, plain_grads = loss_and_grads(False)
     no_logits, chunked, chunked_grads = loss_and_grads(True)
     assert no_logits is None and logits.shape == (4, 64, 1000)
-    assert torch.allclose(chunked, plain, rtol=1e-6, atol=0)
+    # float32 sums of a few thousand terms, reduced in an order that depends on the thread count: a few ulps apart,
+    # where a chunk left out or counted twice is off by far more (a 1-in-256 share of the loss is 4e-3)
+    assert torch.allclose(chunked, plain, rtol=1e-5, atol=0)
     for name, g in plain_grads.items():
         err = (chunked_grads[name] - g).abs().max() / g.abs().max()
-        assert err <= 1e-6, (name, err.item())
+        assert err <= 1e-5, (name, err.item())
     # generation is untouched: no targets, the last position's logits
     model.eval()
     assert model(idx[:, :5])[0].shape == (4, 1, 1000)

@@ -8,6 +8,7 @@ from the run's log.jsonl.
 """
 import os
 import re
+import shutil
 import subprocess
 
 import numpy as np
@@ -96,7 +97,7 @@ def test_ddp_equals_single_process_with_twice_the_accumulation(char_data, tmp_pa
     common = ['--max_iters=4', '--eval_interval=2', '--dropout=0.0', '--gradient_accumulation_steps=4',
               '--eval_iters=4']
     train(char_data, tmp_path / 'single', *common)
-    ddp_train(char_data, tmp_path / 'ddp', *common)
+    ddp_train(char_data, tmp_path / 'ddp', *common, fresh=True)  # under torchrun itself, as a user runs it
     # the eval batches are spread over the ranks and the rank means averaged: the same figures as one process
     a, b = eval_losses(tmp_path / 'single'), eval_losses(tmp_path / 'ddp')
     assert sorted(a) == sorted(b) == [0, 2, 4]
@@ -115,12 +116,22 @@ def test_ddp_ranks_draw_their_own_dropout_and_resume_exactly(char_data, tmp_path
     ddp_train(char_data, tmp_path / 'cut', '--max_iters=3', *args)
     first = load_model_state(tmp_path / 'cut')
     assert first['iter_num'] == 3 and ranks_rng_differ(first)  # every rank its own dropout masks
+    shutil.copytree(tmp_path / 'cut', tmp_path / 'fitted')
     ddp_train(char_data, tmp_path / 'cut', '--max_iters=6', '--init_from=resume', *args)
     whole, resumed = load_model_state(tmp_path / 'whole'), load_model_state(tmp_path / 'cut')
     assert resumed['iter_num'] == 6 and ranks_rng_differ(resumed)  # and still after the resume
     for k, v in whole['model'].items():
         assert torch.equal(v, resumed['model'][k]), k
     assert all(torch.equal(whole['rng'][r]['cpu'], resumed['rng'][r]['cpu']) for r in (0, 1))
+    # the checkpoint of a run whose micro-batch was fitted (8 rows, 4 accumulated over 2 ranks, where 16 x 2 were
+    # asked): resumed with the sizes asked, it keeps the fitted ones, 2 micro-steps per rank, and continues exactly
+    proc = ddp_train(char_data, tmp_path / 'fitted', '--max_iters=6', '--init_from=resume', *args, '--batch_size=16',
+                     '--gradient_accumulation_steps=2')
+    assert "resuming with the checkpoint's batch_size=8 and gradient_accumulation_steps=4" in proc.stdout
+    fitted = load_model_state(tmp_path / 'fitted')
+    assert (fitted['config']['batch_size'], fitted['config']['gradient_accumulation_steps']) == (8, 4)
+    for k, v in whole['model'].items():
+        assert torch.equal(v, fitted['model'][k]), k
 
 
 def test_every_evaluation_reads_the_same_batches(char_data, tmp_path):
