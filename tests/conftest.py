@@ -58,9 +58,10 @@ def run_script(*args, cwd=REPO, env=None, check=True, timeout=600, fresh=False):
     return proc
 
 
-def train(data, out_dir, *args, env=None, check=True):
+def train(data, out_dir, *args, env=None, check=True, fresh=False):
     """train.py in one process, TINY, on data into out_dir."""
-    return run_script('train.py', *TINY, f'--dataset={data}', f'--out_dir={out_dir}', *args, env=env, check=check)
+    return run_script('train.py', *TINY, f'--dataset={data}', f'--out_dir={out_dir}', *args, env=env, check=check,
+                      fresh=fresh)
 
 
 def torchrun(*args):

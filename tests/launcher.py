@@ -21,11 +21,12 @@ import threading
 import time
 import uuid
 
-# imported once by the server: the bulk of a script's start (torch alone is 1.5 s), and none reads an option of ours
-# from the environment at import (the project's own modules do, e.g. TORCHELASTIC_RUN_ID, so they are not here;
-# nor torch._inductor, which reads CXX at import)
-PRELOAD = ['numpy', 'torch', 'torch.distributed.fsdp', 'torch.distributed.tensor', 'torch.nn.parallel', 'tqdm',
-           'tiktoken']
+# imported once by the server: the bulk of a script's start (torch alone is 1.5 s; torch._dynamo, which creating an
+# optimizer imports, 0.7 s). The project's own modules read the environment at import (TORCHELASTIC_RUN_ID), so they
+# are not here, nor huggingface_hub (HF_HUB_OFFLINE). torch._dynamo brings torch._inductor's config, which reads CXX
+# at import: a test that changes the compiler runs a new interpreter.
+PRELOAD = ['numpy', 'torch', 'torch._dynamo', 'torch.distributed.fsdp', 'torch.distributed.tensor', 'torch.nn.parallel',
+           'tqdm', 'tiktoken']
 
 _context = None
 _sys_path = None  # what a new interpreter has on sys.path after the script's own folder

@@ -7,6 +7,12 @@ import resource
 import runpy
 import sys
 
+# glibc reads MALLOC_MMAP_THRESHOLD_ as a process starts; a process forked from one that started without it (as
+# tests/launcher.py's are) sets it here, before the run allocates
+if os.environ.get('MALLOC_MMAP_THRESHOLD_'):
+    import ctypes
+    ctypes.CDLL(None).mallopt(-3, int(os.environ['MALLOC_MMAP_THRESHOLD_']))  # -3: M_MMAP_THRESHOLD
+
 limit = int(sys.argv[1])
 if limit:
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))

@@ -3,7 +3,6 @@ Fitting a run to the machine (fit.py): a micro-batch that does not fit in memory
 with the very losses of a run started at that size, a model that does not fit at all stops with one line,
 torch.compile falls back when its compiler is missing, and sample.py draws its samples as one batch.
 """
-import os
 import re
 import subprocess
 import sys
@@ -14,8 +13,8 @@ import torch
 from conftest import (REPO, after_meta, eval_losses, iter_losses, load_model_state, one_line_error, run_script,
                       torchrun, train)
 
-# a model whose activations grow fast with the batch: 256 rows need about a GB more address space than 16
-WIDE = ['--device=cpu', '--compile=False', '--n_layer=2', '--n_head=2', '--n_embd=128', '--block_size=256',
+# a model whose activations grow fast with the batch: 256 rows need about half a GB more address space than 16
+WIDE = ['--device=cpu', '--compile=False', '--n_layer=2', '--n_head=2', '--n_embd=128', '--block_size=128',
         '--eval_iters=1', '--log_interval=1', '--max_iters=2', '--eval_interval=2', '--wandb_log=False',
         '--gradient_accumulation_steps=1']
 
@@ -24,9 +23,8 @@ def limited(limit: int, *args):
     """train.py (WIDE) with its address space limited to limit bytes (0: unlimited): (process, peak bytes)."""
     # large blocks mmap'd and unmapped when freed, as a GPU's caching allocator holds only what is live: without it
     # glibc's heap keeps freed address space and the limit would measure fragmentation rather than the run
-    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_='131072')
-    proc = subprocess.run([sys.executable, os.path.join(REPO, 'tests', 'limited.py'), str(limit), 'train.py', *WIDE,
-                           *args], cwd=REPO, capture_output=True, text=True, timeout=600, env=env)
+    proc = run_script('tests/limited.py', str(limit), 'train.py', *WIDE, *args, env={'MALLOC_MMAP_THRESHOLD_': '131072'},
+                      check=False)
     peak = re.search(r'VmPeak:\s+(\d+) kB', proc.stderr)
     return proc, int(peak.group(1)) * 1024 if peak else None
 
@@ -42,7 +40,7 @@ def test_a_batch_that_does_not_fit_trains_as_accumulated_smaller_ones(char_data,
     proc, _ = limited(limit, f'--dataset={char_data}', f'--out_dir={tmp_path / "fitted"}', '--batch_size=256')
     assert proc.returncode == 0, proc.stderr[-3000:]
     note = re.search(r'note: batch_size=256 does not fit in the memory of cpu: training with batch_size=(\d+) and '
-                     r'gradient_accumulation_steps=(\d+), the same 65,536 tokens per iteration', proc.stdout)
+                     r'gradient_accumulation_steps=(\d+), the same 32,768 tokens per iteration', proc.stdout)
     assert note, proc.stdout[-3000:]
     fitted, steps = int(note.group(1)), int(note.group(2))
     assert fitted * steps == 256 and fitted < 256
@@ -336,7 +334,8 @@ def test_the_memory_named_is_what_this_process_may_use_of_the_gpu(monkeypatch):
 @pytest.mark.slow
 def test_compile_falls_back_when_its_compiler_is_missing(char_data, tmp_path):
     proc = train(char_data, tmp_path / 'fallback', '--max_iters=3', '--compile=True',
-                 env={'CXX': '/nonexistent/g++', 'TORCHINDUCTOR_CACHE_DIR': str(tmp_path / 'inductor')})
+                 env={'CXX': '/nonexistent/g++', 'TORCHINDUCTOR_CACHE_DIR': str(tmp_path / 'inductor')},
+                 fresh=True)  # torch reads CXX as it starts
     assert re.search(r'note: torch.compile does not work here \(\w+: .+\): training uncompiled', proc.stdout), \
         proc.stdout[-3000:]
     train(char_data, tmp_path / 'eager', '--max_iters=3', '--compile=False')

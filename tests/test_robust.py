@@ -41,8 +41,7 @@ def test_an_unforeseen_error_reaches_the_terminal_on_every_rank_under_torchrun(t
 
 def run_measured(*args, timeout=300):
     """(CompletedProcess of `python <args>`, its peak resident memory in bytes), through tests/limited.py."""
-    proc = subprocess.run([sys.executable, os.path.join(REPO, 'tests', 'limited.py'), '0', *args], cwd=REPO,
-                          capture_output=True, text=True, timeout=timeout)
+    proc = run_script('tests/limited.py', '0', *args, check=False, timeout=timeout)
     peak = re.search(r'VmHWM:\s+(\d+) kB', proc.stderr)
     return proc, int(peak.group(1)) * 1024
 
