@@ -13,6 +13,7 @@ import re
 import socket
 import subprocess
 import sys
+import tempfile
 
 import pytest
 import torch
@@ -54,8 +55,33 @@ def run_script(*args, cwd=REPO, env=None, check=True, timeout=600, fresh=False):
     else:
         proc = launcher.run(script, args[1:], cwd=str(cwd), env=full_env, timeout=timeout)
     if check and proc.returncode != 0:
-        raise AssertionError(f"{' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+        raise AssertionError(f"{' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n"
+                             f"{proc.stderr[-3000:]}")
     return proc
+
+
+def popen_script(*args, env=None, fresh=False, seconds: float = 300):
+    """`python <args>` from the repository root started in the background, its stdout and stderr piped (text), killed
+    by a watchdog after seconds: forked as run_script's runs are, or a new interpreter with fresh=True."""
+    full_env = dict(os.environ, PYTHONUNBUFFERED='1', **(env or {}))
+    script = os.path.join(REPO, args[0])
+    if fresh:
+        proc = subprocess.Popen([sys.executable, script, *args[1:]], cwd=REPO, env=full_env, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+    else:
+        proc = launcher.Popen(script, args[1:], REPO, full_env)
+    watchdog(proc, seconds)
+    return proc
+
+
+def run_code(code: str, *args, check=True, timeout=600):
+    """`python -c code args` from the repository root, forked as run_script's runs are (a wrapper that patches the
+    project, then runs a script)."""
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, 'code.py')
+        with open(path, 'w') as f:
+            f.write(code)
+        return run_script(path, *args, env={'PYTHONPATH': REPO}, check=check, timeout=timeout)
 
 
 def train(data, out_dir, *args, env=None, check=True, fresh=False):

@@ -13,6 +13,7 @@ import multiprocessing
 import multiprocessing.connection
 import os
 import runpy
+import signal
 import socket
 import subprocess
 import sys
@@ -35,50 +36,66 @@ _sys_path = None  # what a new interpreter has on sys.path after the script's ow
 def _start():
     global _context, _sys_path
     if _context is None:
-        _sys_path = json.loads(subprocess.check_output([sys.executable, '-c', 'import sys, json; print(json.dumps(sys.path[1:]))']))
+        without = {k: v for k, v in os.environ.items() if k != 'PYTHONPATH'}  # a run's own is added in _child
+        printed = subprocess.check_output([sys.executable, '-c', 'import sys, json; print(json.dumps(sys.path[1:]))'],
+                                          env=without)
+        _sys_path = json.loads(printed)
         _context = multiprocessing.get_context('forkserver')
         _context.set_forkserver_preload(PRELOAD)
     return _context
 
 
-def _child(script: str, args: list, cwd: str, env: dict, sys_path: list, out_path: str, err_path: str):
-    """Runs in the forked process: becomes `python script args` in cwd with env, output to the two files."""
+def _child(script: str, args: list, cwd: str, env: dict, sys_path: list, out, err):
+    """Runs in the forked process: becomes `python script args` in cwd with env, its output to out and err."""
     os.chdir(cwd)
     os.environ.clear()
     os.environ.update(env)
-    for fd, path in ((1, out_path), (2, err_path)):
-        os.dup2(os.open(path, os.O_WRONLY | os.O_APPEND), fd)
+    for fd, target in ((1, out), (2, err)):  # a file's path, or the writing end of a pipe (Popen)
+        os.dup2(target.fileno() if hasattr(target, 'fileno') else os.open(target, os.O_WRONLY | os.O_APPEND), fd)
     sys.stdout = open(1, 'w', buffering=1, encoding='utf-8', closefd=False)
     sys.stderr = open(2, 'w', buffering=1, encoding='utf-8', errors='backslashreplace', closefd=False)
     sys.stdin = open(os.devnull)
     sys.argv = [script, *args]
-    sys.path[:] = [os.path.dirname(os.path.abspath(script)), *sys_path]
+    sys.path[:] = [os.path.dirname(os.path.abspath(script)),
+                   *(os.path.abspath(p) for p in env.get('PYTHONPATH', '').split(os.pathsep) if p), *sys_path]
     if 'OMP_NUM_THREADS' in env:  # read by torch as it starts, which here was before the run's environment
         sys.modules['torch'].set_num_threads(int(env['OMP_NUM_THREADS']))
-    code = 0
+    interrupted = False
     try:
-        runpy.run_path(script, run_name='__main__')
-    except SystemExit as e:  # what the interpreter makes of sys.exit(code)
-        if e.code is None:
+        try:
+            runpy.run_path(script, run_name='__main__')
             code = 0
-        elif isinstance(e.code, int):
-            code = e.code
-        else:
-            print(e.code, file=sys.stderr)
+        except SystemExit:
+            raise
+        except BaseException as e:  # as the interpreter does: the hook (the scripts' may sys.exit with a code)
+            interrupted = isinstance(e, KeyboardInterrupt)
+            sys.excepthook(*sys.exc_info())
             code = 1
-    except BaseException:
-        sys.excepthook(*sys.exc_info())  # the scripts' one-line error hook, as the interpreter would call it
-        code = 1
+    except SystemExit as e:  # what the interpreter makes of sys.exit(code)
+        interrupted = False
+        code = _exit_code(e.code)
     threading._shutdown()  # as at an interpreter's exit: wait for the threads that are not daemons, then atexit
     atexit._run_exitfuncs()
     sys.stdout.flush()
     sys.stderr.flush()
+    if interrupted:  # an interpreter ended by an uncaught KeyboardInterrupt dies of SIGINT
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGINT)
     os._exit(code & 0xFF)  # sys.exit(-1) is 255, as a shell sees it
 
 
-def _spawn(script: str, args, cwd, env: dict, out_path: str, err_path: str):
+def _exit_code(code) -> int:
+    if code is None:
+        return 0
+    if isinstance(code, int):
+        return code
+    print(code, file=sys.stderr)
+    return 1
+
+
+def _spawn(script: str, args, cwd, env: dict, out, err):
     context = _start()
-    child = context.Process(target=_child, args=(script, list(args), str(cwd), env, _sys_path, out_path, err_path))
+    child = context.Process(target=_child, args=(script, list(args), str(cwd), env, _sys_path, out, err))
     child.start()
     return child
 
@@ -145,3 +162,54 @@ def run_ranks(script: str, args, nproc: int, cwd, env: dict, timeout: float) -> 
                 r.join()
             raise subprocess.TimeoutExpired(argv, timeout)
         return _result(argv, int(any(r.exitcode for r in ranks)), folder)
+
+
+class Popen:
+    """subprocess.Popen([python, script, *args], stdout=PIPE, stderr=PIPE, text=True) with the process forked: its
+    output read from .stdout and .stderr as it comes, .pid to signal, and Popen's send_signal, kill, poll, wait and
+    communicate."""
+
+    def __init__(self, script: str, args, cwd, env: dict):
+        ends = [os.pipe(), os.pipe()]
+        # the writing ends go to the child through the fork server, as multiprocessing hands over a Connection
+        writers = [multiprocessing.connection.Connection(w, readable=False) for _, w in ends]
+        self._child = _spawn(script, args, cwd, env, *writers)
+        for w in writers:
+            w.close()  # the child holds them now: its exit is the readers' end of file
+        self.stdout, self.stderr = (open(r, encoding='utf-8', errors='replace') for r, _ in ends)
+        self.pid = self._child.pid
+        self.args = [sys.executable, script, *args]
+
+    @property
+    def returncode(self):
+        return self._child.exitcode
+
+    def poll(self):
+        return self._child.exitcode
+
+    def send_signal(self, sig: int):
+        if self._child.exitcode is None:
+            os.kill(self.pid, sig)
+
+    def kill(self):
+        self.send_signal(signal.SIGKILL)
+
+    def terminate(self):
+        self.send_signal(signal.SIGTERM)
+
+    def wait(self, timeout: float | None = None) -> int:
+        self._child.join(timeout)
+        if self._child.exitcode is None:
+            raise subprocess.TimeoutExpired(self.args, timeout)
+        return self._child.exitcode
+
+    def communicate(self, timeout: float | None = None) -> tuple[str, str]:
+        outputs = {}
+        readers = [threading.Thread(target=lambda k=k, f=f: outputs.__setitem__(k, f.read()), daemon=True)
+                   for k, f in (('out', self.stdout), ('err', self.stderr)) if not f.closed]
+        for t in readers:
+            t.start()
+        self.wait(timeout)
+        for t in readers:
+            t.join(timeout)
+        return outputs.get('out', ''), outputs.get('err', '')

@@ -13,7 +13,7 @@ import time
 import pytest
 import torch
 
-from conftest import REPO, TINY, one_line_error, run_script, snapshot, train, watchdog
+from conftest import REPO, TINY, one_line_error, popen_script, run_code, run_script, snapshot, train
 
 
 class RunsCode:
@@ -106,8 +106,7 @@ def test_a_mix_of_two_prepares_is_refused(dataset, tmp_path):
 def test_a_killed_prepare_leaves_a_refused_dataset(dataset, tmp_path):
     big = tmp_path / 'big.txt'
     big.write_text('the quick brown fox jumps over the lazy dog\n' * 400_000)  # 18 MB: seconds to prepare
-    proc = subprocess.Popen([sys.executable, os.path.join(REPO, 'data/shakespeare_char/prepare.py'), '--input',
-                             str(big), '--out_dir', str(dataset)], stdout=subprocess.DEVNULL)
+    proc = popen_script('data/shakespeare_char/prepare.py', '--input', str(big), '--out_dir', str(dataset))
     deadline = time.time() + 60
     while b'"complete": false' not in (dataset / 'meta.json').read_bytes() and time.time() < deadline:
         time.sleep(0.005)
@@ -147,9 +146,8 @@ def test_a_full_disk_during_a_save_keeps_the_previous_checkpoint(dataset, tmp_pa
             "torch.save = full\n"
             "sys.argv = sys.argv[1:]\n"
             "runpy.run_path(sys.argv[0], run_name='__main__')\n")
-    proc = subprocess.run([sys.executable, '-c', code, os.path.join(REPO, 'train.py'), *TINY, f'--dataset={dataset}',
-                           f'--out_dir={out}', '--max_iters=2', '--eval_interval=1', '--init_from=resume'],
-                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    proc = run_code(code, os.path.join(REPO, 'train.py'), *TINY, f'--dataset={dataset}', f'--out_dir={out}',
+                    '--max_iters=2', '--eval_interval=1', '--init_from=resume', check=False)
     one_line_error(proc, 'the disk is full', 'ckpt.pt.tmp')
     assert snapshot(out)['ckpt.pt'] == before and sorted(os.listdir(out)) == ['ckpt.pt', 'log.jsonl', 'run.lock']
 
@@ -247,11 +245,8 @@ def test_wandb_log_without_wandb(char_data, tmp_path):
 
 
 def test_ctrl_c_is_a_clean_exit(char_data, tmp_path):
-    proc = subprocess.Popen([sys.executable, os.path.join(REPO, 'train.py'), *TINY, f'--dataset={char_data}',
-                             f'--out_dir={tmp_path / "out"}', '--max_iters=100000', '--eval_interval=100000'],
-                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=dict(os.environ, PYTHONUNBUFFERED='1'))
-    watchdog(proc)
+    proc = popen_script('train.py', *TINY, f'--dataset={char_data}', f'--out_dir={tmp_path / "out"}',
+                        '--max_iters=100000', '--eval_interval=100000')
     for line in proc.stdout:
         if line.startswith('iter 2:'):
             break

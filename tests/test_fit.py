@@ -5,7 +5,6 @@ torch.compile falls back when its compiler is missing, and sample.py draws its s
 """
 import re
 import subprocess
-import sys
 
 import pytest
 import torch
@@ -23,8 +22,8 @@ def limited(limit: int, *args):
     """train.py (WIDE) with its address space limited to limit bytes (0: unlimited): (process, peak bytes)."""
     # large blocks mmap'd and unmapped when freed, as a GPU's caching allocator holds only what is live: without it
     # glibc's heap keeps freed address space and the limit would measure fragmentation rather than the run
-    proc = run_script('tests/limited.py', str(limit), 'train.py', *WIDE, *args, env={'MALLOC_MMAP_THRESHOLD_': '131072'},
-                      check=False)
+    proc = run_script('tests/limited.py', str(limit), 'train.py', *WIDE, *args,
+                      env={'MALLOC_MMAP_THRESHOLD_': '131072'}, check=False)
     peak = re.search(r'VmPeak:\s+(\d+) kB', proc.stderr)
     return proc, int(peak.group(1)) * 1024 if peak else None
 
@@ -125,15 +124,15 @@ def test_not_even_one_row_fits_and_running_out_later_end_in_one_line(tmp_path):
     with pytest.raises(SystemExit, match=r'--chunked_loss=True$'):  # FSDP is what it runs already
         fit_step(lambda compile: model, runtime, 4, 8, runtime.ctx, optimizer, True, False, True)
     # out of memory later in a run, where nothing fits it any more: one line that says what to change
-    proc = subprocess.run([sys.executable, '-c', 'import util, torch; util.one_line_errors(); '
-                           'torch.empty(10 ** 15 // 4)'], cwd=REPO, capture_output=True, text=True)
+    script = tmp_path / 'later.py'
+    script.write_text('import util, torch; util.one_line_errors(); torch.empty(10 ** 15 // 4)')
+    proc = run_script(str(script), env={'PYTHONPATH': REPO}, check=False)
     one_line_error(proc, 'out of memory (tried to allocate 1000000000000000 bytes)', 'batch_size',
                    '--chunked_loss=True')
     # the same where another error wraps it, as torch.compile's backends do
-    proc = subprocess.run([sys.executable, '-c', 'import util, torch; util.one_line_errors()\ntry:\n'
-                           '    torch.empty(10 ** 15 // 4)\nexcept RuntimeError as e:\n'
-                           '    raise ValueError("backend compiler failed") from e'], cwd=REPO, capture_output=True,
-                          text=True)
+    script.write_text('import util, torch; util.one_line_errors()\ntry:\n    torch.empty(10 ** 15 // 4)\n'
+                      'except RuntimeError as e:\n    raise ValueError("backend compiler failed") from e')
+    proc = run_script(str(script), env={'PYTHONPATH': REPO}, check=False)
     one_line_error(proc, 'out of memory (tried to allocate 1000000000000000 bytes)', '--chunked_loss=True')
 
 

@@ -1,5 +1,5 @@
-"""FSDP2 (data_parallel='fsdp') against DDP, on the CPU with gloo ranks launched as torchrun launches them: the same training,
-one whole nanoGPT-format checkpoint, exact resumes, and resumes across the two wrappers and rank counts."""
+"""FSDP2 (data_parallel='fsdp') against DDP, on the CPU with gloo ranks started as torchrun starts them: the same
+training, one whole nanoGPT-format checkpoint, exact resumes, and resumes across the two wrappers and rank counts."""
 import os
 import shutil
 

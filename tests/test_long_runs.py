@@ -7,13 +7,12 @@ import os
 import signal
 import struct
 import subprocess
-import sys
 
 import pytest
 import torch
 
-from conftest import (REPO, TINY, iter_losses, load_model_state, one_line_error, read_log, run_script, snapshot,
-                      torchrun, train, watchdog)
+from conftest import (REPO, TINY, iter_losses, load_model_state, one_line_error, popen_script, read_log, run_code,
+                      run_script, snapshot, torchrun, train, watchdog)
 
 
 def assert_same_weights(a, b):
@@ -74,10 +73,7 @@ def test_torchrun_restart_continues_exactly(char_data, tmp_path):
 def test_sigterm_saves_and_resume_continues_exactly(char_data, tmp_path):
     args = ['--max_iters=12', '--eval_interval=100', '--dropout=0.1', '--lr_decay_iters=12']
     train(char_data, tmp_path / 'whole', *args)
-    proc = subprocess.Popen([sys.executable, os.path.join(REPO, 'train.py'), *TINY, f'--dataset={char_data}',
-                             f'--out_dir={tmp_path / "stopped"}', *args], cwd=REPO, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=dict(os.environ, PYTHONUNBUFFERED='1'))
-    watchdog(proc)
+    proc = popen_script('train.py', *TINY, f'--dataset={char_data}', f'--out_dir={tmp_path / "stopped"}', *args)
     for line in proc.stdout:
         if line.startswith('iter 3:'):
             proc.send_signal(signal.SIGTERM)
@@ -109,10 +105,8 @@ def test_non_finite_steps_are_skipped_then_stop(char_data, tmp_path):
             "model.GPT.forward = nan_forward\n"
             "sys.argv = sys.argv[1:]\n"
             "runpy.run_path(sys.argv[0], run_name='__main__')\n")
-    proc = subprocess.run([sys.executable, '-c', code, os.path.join(REPO, 'train.py'), *TINY,
-                           f'--dataset={char_data}', f'--out_dir={out}', '--init_from=resume', '--max_iters=30',
-                           '--eval_interval=3', '--max_bad_steps=4'], cwd=REPO, capture_output=True, text=True,
-                          timeout=300)
+    proc = run_code(code, os.path.join(REPO, 'train.py'), *TINY, f'--dataset={char_data}', f'--out_dir={out}',
+                    '--init_from=resume', '--max_iters=30', '--eval_interval=3', '--max_bad_steps=4', check=False)
     one_line_error(proc, '4 steps in a row had a non-finite loss or gradients (iters 11 to 14)', 'max_bad_steps')
     assert 'step skipped (1 in a row)' in proc.stdout
     ckpt = load_model_state(out)
@@ -127,9 +121,7 @@ def test_log_jsonl_across_a_resume_and_the_plot(char_data, tmp_path):
             '--checkpoint_interval=2']
     run_script('train.py', *args, f'--out_dir={tmp_path / "whole"}')
     # a run killed after iteration 5 (its last checkpoint at 4), then resumed: iteration 5 runs twice
-    proc = subprocess.Popen([sys.executable, os.path.join(REPO, 'train.py'), *args, f'--out_dir={tmp_path / "resumed"}'],
-                            cwd=REPO, stdout=subprocess.PIPE, text=True, env=dict(os.environ, PYTHONUNBUFFERED='1'))
-    watchdog(proc)
+    proc = popen_script('train.py', *args, f'--out_dir={tmp_path / "resumed"}')
     for line in proc.stdout:
         if line.startswith('iter 5:'):
             proc.kill()

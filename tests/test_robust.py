@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from conftest import (REPO, TINY, after_meta, bpe_data, eval_losses, iter_losses, load_model_state, one_line_error,
-                      read_log, run_ranks, run_script, snapshot, torchrun, train, watchdog)
+                      popen_script, read_log, run_ranks, run_script, snapshot, torchrun, train)
 
 
 @pytest.mark.slow
@@ -46,13 +46,9 @@ def run_measured(*args, timeout=300):
     return proc, int(peak.group(1)) * 1024
 
 
-def popen_train(char_data, out_dir, *args):
+def popen_train(char_data, out_dir, *args, fresh=False):
     """train.py (TINY) started in the background, its stdout and stderr piped, killed by a watchdog if it hangs."""
-    proc = subprocess.Popen([sys.executable, os.path.join(REPO, 'train.py'), *TINY, f'--dataset={char_data}',
-                             f'--out_dir={out_dir}', *args], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env=dict(os.environ, PYTHONUNBUFFERED='1'))
-    watchdog(proc)
-    return proc
+    return popen_script('train.py', *TINY, f'--dataset={char_data}', f'--out_dir={out_dir}', *args, fresh=fresh)
 
 
 @pytest.mark.slow
@@ -117,8 +113,9 @@ def test_a_second_run_into_a_held_folder_refuses_and_a_dead_holders_lock_is_take
 
 
 def test_ctrl_c_after_the_terminal_pipe_closed_still_saves(char_data, tmp_path):
-    # `python train.py ... | tee log`, then Ctrl-C: tee dies first, and the next print meets a closed pipe
-    proc = popen_train(char_data, tmp_path, '--max_iters=100000', '--eval_interval=1000')
+    # `python train.py ... | tee log`, then Ctrl-C: tee dies first, and the next print meets a closed pipe (a new
+    # interpreter: the signals and the pipe as a user's shell gives them)
+    proc = popen_train(char_data, tmp_path, '--max_iters=100000', '--eval_interval=1000', fresh=True)
     for line in proc.stdout:
         if line.startswith('iter 3:'):
             break
