@@ -9,6 +9,7 @@ import signal
 
 import pytest
 
+import launcher
 from conftest import REPO, popen_script, run_ranks, run_script
 
 VIEW = """import json, os, sys
@@ -16,7 +17,7 @@ import torch, train_view_state  # a module the run changes: the next run must fi
 train_view_state.runs.append(1)
 print(json.dumps({'argv': sys.argv, 'cwd': os.getcwd(), 'path': sys.path, 'name': __name__,
                   'env': os.environ.get('LAUNCHER_TEST'), 'runs': len(train_view_state.runs),
-                  'threads': torch.get_num_threads(), 'stdin': sys.stdin.read()}))
+                  'threads': torch.get_num_threads(), 'stdin': sys.stdin.read(), 'has_path': 'PATH' in os.environ}))
 """
 
 
@@ -35,12 +36,10 @@ def test_a_forked_run_sees_what_a_new_interpreter_sees(scripts, tmp_path):
     view = json.loads(fresh.stdout)
     assert view['runs'] == 1 and view['env'] == 'set' and view['threads'] == 1 and view['name'] == '__main__'
     assert view['path'][0] == str(scripts) and view['cwd'] == str(tmp_path) and view['stdin'] == ''
-    # a variable the test's own process has is absent where the run's environment lacks it
-    os.environ['LAUNCHER_TEST'] = 'outside'
-    try:
-        assert json.loads(run_script(str(scripts / 'view.py'), env={'LAUNCHER_TEST': 'set'}).stdout)['env'] == 'set'
-    finally:
-        del os.environ['LAUNCHER_TEST']
+    assert view['has_path']
+    # the run's environment is the whole of it: a variable the server started with is gone where the run lacks it
+    env = {k: v for k, v in os.environ.items() if k != 'PATH'}
+    assert not json.loads(launcher.run(str(scripts / 'view.py'), [], tmp_path, env, timeout=60).stdout)['has_path']
     assert json.loads(run_script(str(scripts / 'view.py')).stdout)['env'] is None
 
 
