@@ -1,7 +1,12 @@
 """
-What the tests share: running the scripts (run_script, train, torchrun, ddp_train), the tiny training config, reading
-what a run left (log.jsonl records, checkpoints), the checks of a refused input, and the fixtures (a tiny random
-GPT-2 in Hugging Face format, GPT-2's tokenizer, a small character dataset). Test modules import from here only.
+What the tests share: running the scripts (run_script, train, run_ranks, ddp_train, popen_script, run_code), the tiny
+training config, reading what a run left (log.jsonl records, checkpoints), the checks of a refused input, and the
+fixtures (a tiny random GPT-2 in Hugging Face format, GPT-2's tokenizer, a small character dataset). Test modules
+import from here only.
+
+Scripts run in processes forked from tests/launcher.py's server, which imported torch once: a run costs what it
+computes, not an interpreter's start (benchmarks/launch.py). fresh=True starts a new interpreter (or torchrun itself)
+where that is what a test checks.
 
 Tests marked slow (torchrun launches, torch.compile) are left out by `python -m pytest -m "not slow"`, a loop of a
 couple of minutes while developing; CI runs them all.
@@ -51,7 +56,7 @@ def run_script(*args, cwd=REPO, env=None, check=True, timeout=600, fresh=False):
     script = os.path.join(REPO, args[0])  # scripts are named relative to the repository
     if fresh:
         proc = subprocess.run([sys.executable, script, *args[1:]], cwd=cwd, env=full_env, capture_output=True,
-                              text=True, timeout=timeout)
+                              text=True, timeout=timeout, stdin=subprocess.DEVNULL)
     else:
         proc = launcher.run(script, args[1:], cwd=str(cwd), env=full_env, timeout=timeout)
     if check and proc.returncode != 0:
@@ -67,7 +72,7 @@ def popen_script(*args, env=None, fresh=False, seconds: float = 300):
     script = os.path.join(REPO, args[0])
     if fresh:
         proc = subprocess.Popen([sys.executable, script, *args[1:]], cwd=REPO, env=full_env, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True)
+                                stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
     else:
         proc = launcher.Popen(script, args[1:], REPO, full_env)
     watchdog(proc, seconds)

@@ -1,13 +1,23 @@
 """
 `python script.py args` without paying for the interpreter's start: a fork server that imported torch once forks a
 child per run, and the child runs the script as `__main__`. The child is a real process, so a run keeps what a test
-relies on (its own exit code and output, signal handlers, globals, process group, dynamo cache, resource limits),
-and nothing a script changes reaches the next run or the test process. What differs from a new interpreter is only
-that the modules below were imported before the run's environment was set: they read nothing from it at import.
+relies on (its own exit code and output, signals and their handlers, globals, process group, dynamo cache, resource
+limits), and nothing a script changes reaches the next run or the test process. What differs from a new interpreter:
+- the modules in PRELOAD were imported before the run's environment was set: what they read from it at import
+  (TORCH_LOGS, TQDM_*, inductor's settings such as CXX, OpenBLAS's thread count) is the test process's, so a test
+  that sets one of those starts a new interpreter; torch's thread count follows OMP_NUM_THREADS;
+- Python's own start-up settings (PYTHONHASHSEED: every run shares the server's string hashing; PYTHONWARNINGS) are
+  the server's, PYTHONUNBUFFERED is honoured;
+- after atexit the process ends without the interpreter's finalization, where gloo's exit race lives: that is
+  tested under torchrun itself (test_end_distributed_leaves_before_interpreter_shutdown).
+run() stands in for subprocess.run, run_ranks() for torchrun, Popen for subprocess.Popen: tests/test_launcher.py holds
+each to what it stands in for.
 
-Where the interpreter itself is what is tested (signals, torchrun, the README's commands), tests start a real one.
+Where a new interpreter is what is tested (torchrun itself and its restarts, the README's commands, Ctrl-C into a
+closed pipe, the C++ compiler torch reads as it starts), tests start one.
 """
 import atexit
+import io
 import json
 import multiprocessing
 import multiprocessing.connection
@@ -52,14 +62,19 @@ def _child(script: str, args: list, cwd: str, env: dict, sys_path: list, out, er
     os.environ.update(env)
     for fd, target in ((1, out), (2, err)):  # a file's path, or the writing end of a pipe (Popen)
         os.dup2(target.fileno() if hasattr(target, 'fileno') else os.open(target, os.O_WRONLY | os.O_APPEND), fd)
-    sys.stdout = open(1, 'w', buffering=1, encoding='utf-8', closefd=False)
-    sys.stderr = open(2, 'w', buffering=1, encoding='utf-8', errors='backslashreplace', closefd=False)
-    sys.stdin = open(os.devnull)
+    # as an interpreter's streams into a file or pipe: stdout buffered, stderr by lines, both written through with -u
+    unbuffered = bool(env.get('PYTHONUNBUFFERED'))
+    sys.stdout = io.TextIOWrapper(io.FileIO(1, 'w', closefd=False), encoding='utf-8', write_through=unbuffered)
+    sys.stderr = io.TextIOWrapper(io.FileIO(2, 'w', closefd=False), encoding='utf-8', errors='backslashreplace',
+                                  line_buffering=not unbuffered, write_through=unbuffered)
+    os.dup2(os.open(os.devnull, os.O_RDONLY), 0)  # stdin=DEVNULL, for the script and what it starts
+    sys.stdin = open(0, closefd=False)
     sys.argv = [script, *args]
     sys.path[:] = [os.path.dirname(os.path.abspath(script)),
                    *(os.path.abspath(p) for p in env.get('PYTHONPATH', '').split(os.pathsep) if p), *sys_path]
     if 'OMP_NUM_THREADS' in env:  # read by torch as it starts, which here was before the run's environment
         sys.modules['torch'].set_num_threads(int(env['OMP_NUM_THREADS']))
+    multiprocessing.set_start_method(None, force=True)  # a Pool in the script starts as in a new interpreter's
     interrupted = False
     try:
         try:
@@ -76,8 +91,11 @@ def _child(script: str, args: list, cwd: str, env: dict, sys_path: list, out, er
         code = _exit_code(e.code)
     threading._shutdown()  # as at an interpreter's exit: wait for the threads that are not daemons, then atexit
     atexit._run_exitfuncs()
-    sys.stdout.flush()
-    sys.stderr.flush()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # the reader went away: the interpreter's code for a failed flush at exit
+            code = code or 120
     if interrupted:  # an interpreter ended by an uncaught KeyboardInterrupt dies of SIGINT
         signal.signal(signal.SIGINT, signal.SIG_DFL)
         os.kill(os.getpid(), signal.SIGINT)
@@ -119,12 +137,20 @@ def run(script: str, args, cwd, env: dict, timeout: float) -> subprocess.Complet
     """`python script args` in cwd with env (the whole environment), as subprocess.run with capture_output does."""
     with tempfile.TemporaryDirectory() as folder:
         child = _spawn(script, args, cwd, env, *_files(folder))
-        child.join(timeout)
+        try:
+            child.join(timeout)
+            if child.exitcode is None:
+                raise subprocess.TimeoutExpired([script, *args], timeout)
+            return _result([sys.executable, script, *args], child.exitcode, folder)
+        finally:  # as subprocess.run: a run that outlives the call (a timeout, an interrupted test) is killed
+            _end([child])
+
+
+def _end(children: list):
+    for child in children:
         if child.exitcode is None:
             child.kill()
             child.join()
-            raise subprocess.TimeoutExpired([script, *args], timeout)
-        return _result([sys.executable, script, *args], child.exitcode, folder)
 
 
 def run_ranks(script: str, args, nproc: int, cwd, env: dict, timeout: float) -> subprocess.CompletedProcess:
@@ -138,30 +164,32 @@ def run_ranks(script: str, args, nproc: int, cwd, env: dict, timeout: float) -> 
     common = dict(env, WORLD_SIZE=str(nproc), LOCAL_WORLD_SIZE=str(nproc), GROUP_RANK='0', ROLE_RANK='0',
                   ROLE_WORLD_SIZE=str(nproc), MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port),
                   TORCHELASTIC_RUN_ID=uuid.uuid4().hex, TORCHELASTIC_RESTART_COUNT='0', TORCHELASTIC_MAX_RESTARTS='0')
-    common.setdefault('OMP_NUM_THREADS', '1')  # torchrun's default for several workers
+    if nproc > 1:
+        common.setdefault('OMP_NUM_THREADS', '1')  # torchrun's default for several workers
     argv = [sys.executable, '-m', 'torch.distributed.run', '--standalone', f'--nproc_per_node={nproc}', script, *args]
     with tempfile.TemporaryDirectory() as folder:
         paths = _files(folder)
-        ranks = [_spawn(script, args, cwd, dict(common, RANK=str(r), LOCAL_RANK=str(r)), *paths) for r in range(nproc)]
-        deadline = time.monotonic() + timeout
-        running = list(ranks)
-        while running and time.monotonic() < deadline:
-            multiprocessing.connection.wait([r.sentinel for r in running], deadline - time.monotonic())
-            running = [r for r in running if r.exitcode is None]
-            if any(r.exitcode for r in ranks):  # one failed: torchrun ends the others
-                for r in running:
-                    r.terminate()
-                for r in running:
-                    r.join(30)
-                    if r.exitcode is None:
-                        r.kill()
-                break
-        if any(r.exitcode is None for r in ranks):
-            for r in ranks:
-                r.kill()
-                r.join()
-            raise subprocess.TimeoutExpired(argv, timeout)
-        return _result(argv, int(any(r.exitcode for r in ranks)), folder)
+        ranks = []
+        try:
+            for r in range(nproc):
+                ranks.append(_spawn(script, args, cwd, dict(common, RANK=str(r), LOCAL_RANK=str(r)), *paths))
+            deadline = time.monotonic() + timeout
+            running = list(ranks)
+            while running and time.monotonic() < deadline:
+                multiprocessing.connection.wait([r.sentinel for r in running], deadline - time.monotonic())
+                running = [r for r in running if r.exitcode is None]
+                if any(r.exitcode for r in ranks):  # one failed: torchrun ends the others, SIGTERM then SIGKILL
+                    for r in running:
+                        r.terminate()
+                    for r in running:
+                        r.join(30)
+                    _end(running)
+                    break
+            if any(r.exitcode is None for r in ranks):
+                raise subprocess.TimeoutExpired(argv, timeout)
+            return _result(argv, int(any(r.exitcode for r in ranks)), folder)
+        finally:
+            _end(ranks)
 
 
 class Popen:
@@ -179,17 +207,19 @@ class Popen:
         self.stdout, self.stderr = (open(r, encoding='utf-8', errors='replace') for r, _ in ends)
         self.pid = self._child.pid
         self.args = [sys.executable, script, *args]
-
-    @property
-    def returncode(self):
-        return self._child.exitcode
+        self.returncode = None  # set by poll and wait, in the test's thread (a watchdog's kill only reads it)
 
     def poll(self):
-        return self._child.exitcode
+        if self.returncode is None:
+            self.returncode = self._child.exitcode
+        return self.returncode
 
     def send_signal(self, sig: int):
-        if self._child.exitcode is None:
-            os.kill(self.pid, sig)
+        if self.returncode is None:  # as subprocess's: a process seen to end is not signalled (its pid may be reused)
+            try:
+                os.kill(self.pid, sig)
+            except ProcessLookupError:  # ended, not yet seen
+                pass
 
     def kill(self):
         self.send_signal(signal.SIGKILL)
@@ -199,9 +229,9 @@ class Popen:
 
     def wait(self, timeout: float | None = None) -> int:
         self._child.join(timeout)
-        if self._child.exitcode is None:
+        if self.poll() is None:
             raise subprocess.TimeoutExpired(self.args, timeout)
-        return self._child.exitcode
+        return self.returncode
 
     def communicate(self, timeout: float | None = None) -> tuple[str, str]:
         outputs = {}
@@ -209,7 +239,12 @@ class Popen:
                    for k, f in (('out', self.stdout), ('err', self.stderr)) if not f.closed]
         for t in readers:
             t.start()
-        self.wait(timeout)
+        deadline = None if timeout is None else time.monotonic() + timeout
         for t in readers:
-            t.join(timeout)
+            t.join(None if deadline is None else max(deadline - time.monotonic(), 0))
+            if t.is_alive():
+                raise subprocess.TimeoutExpired(self.args, timeout)
+        self.wait(None if deadline is None else max(deadline - time.monotonic(), 0))
+        self.stdout.close()
+        self.stderr.close()
         return outputs.get('out', ''), outputs.get('err', '')

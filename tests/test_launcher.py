@@ -17,7 +17,9 @@ import torch, train_view_state  # a module the run changes: the next run must fi
 train_view_state.runs.append(1)
 print(json.dumps({'argv': sys.argv, 'cwd': os.getcwd(), 'path': sys.path, 'name': __name__,
                   'env': os.environ.get('LAUNCHER_TEST'), 'runs': len(train_view_state.runs),
-                  'threads': torch.get_num_threads(), 'stdin': sys.stdin.read(), 'has_path': 'PATH' in os.environ}))
+                  'threads': torch.get_num_threads(), 'stdin': sys.stdin.read(), 'has_path': 'PATH' in os.environ,
+                  'streams': [(s.line_buffering, s.write_through) for s in (sys.stdout, sys.stderr)],
+                  'start_method': __import__('multiprocessing').get_start_method()}))
 """
 
 
