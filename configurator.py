@@ -71,6 +71,7 @@ def configure(defaults: dict, argv: list[str], ranges: dict | None = None, verbo
     if verbose is None:
         verbose = int(os.environ.get('RANK', 0)) == 0  # under torchrun only rank 0 prints
     config = dict(defaults)
+    echo = []  # what was overridden, printed once every argument is checked: a typo's error comes first, alone
     nullable = {k for k, spec in (ranges or {}).items() if isinstance(spec, str) and spec.endswith(' or None')}
     for arg in argv:
         if not arg.startswith('--'):
@@ -79,8 +80,7 @@ def configure(defaults: dict, argv: list[str], ranges: dict | None = None, verbo
                 raise SystemExit(f"error: config file {arg!r} not found (arguments are config files or --key=value)")
             with open(arg) as f:
                 source = f.read()
-            if verbose:
-                print(f"Overriding config with {arg}:\n{source}")
+            echo.append(f"Overriding config with {arg}:\n{source}")
             namespace = dict(config)
             try:
                 exec(compile(source, arg, 'exec'), namespace)
@@ -110,9 +110,11 @@ def configure(defaults: dict, argv: list[str], ranges: dict | None = None, verbo
             if isinstance(default, str) and not isinstance(value, str):
                 value = raw  # --wandb_run_name=2024 stays a string
             config[key] = _check_type(key, value, default, arg, nullable)
-            if verbose:
-                print(f"Overriding: {key} = {config[key]!r}")
+            echo.append(f"Overriding: {key} = {config[key]!r}")
     check_ranges(config, ranges or {})
+    if verbose:
+        for line in echo:
+            print(line)
     return SimpleNamespace(**config)
 
 

@@ -48,7 +48,9 @@ def config_args_from_hf(hf_config: dict, source: str) -> dict:
 
 
 def hf_config_from(config, vocab_size: int) -> dict:
-    """The config.json of a GPTConfig, for transformers' GPT2LMHeadModel."""
+    """The config.json of a GPTConfig, for transformers' GPT2LMHeadModel: every field true of the model (a character
+    model has no end-of-text token, so no bos/eos id)."""
+    end_of_text = GPT2_VOCAB - 1 if vocab_size >= GPT2_VOCAB else None
     return {
         'architectures': ['GPT2LMHeadModel'], 'model_type': 'gpt2',
         'n_layer': config.n_layer, 'n_head': config.n_head, 'n_embd': config.n_embd,
@@ -57,7 +59,7 @@ def hf_config_from(config, vocab_size: int) -> dict:
         'resid_pdrop': config.dropout, 'embd_pdrop': config.dropout, 'attn_pdrop': config.dropout,
         'scale_attn_weights': True, 'scale_attn_by_inverse_layer_idx': False, 'reorder_and_upcast_attn': False,
         'tie_word_embeddings': True, 'use_cache': True,
-        'bos_token_id': GPT2_VOCAB - 1, 'eos_token_id': GPT2_VOCAB - 1,
+        'bos_token_id': end_of_text, 'eos_token_id': end_of_text,
     }
 
 

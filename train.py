@@ -43,6 +43,7 @@ from configurator import config_defaults, configure
 from data.loader import TokenLoader
 from data.tokenfiles import Dataset
 from fit import device_memory, fit_step
+from hf_gpt2 import PRETRAINED
 from model import GPT, GPTConfig
 from parallel import DATA_PARALLEL, place_model, wrap_model
 import rundir
@@ -266,7 +267,8 @@ if __name__ == '__main__':
                           gradient_accumulation_steps=gradient_accumulation_steps * ddp_world_size)
     else:
         # OpenAI's GPT-2 (gpt2, gpt2-medium, ...) or a Hugging Face GPT-2 folder
-        print0(f"Initializing from OpenAI GPT-2 weights: {init_from}")
+        source = 'OpenAI GPT-2 weights' if init_from in PRETRAINED else 'a GPT-2 folder'
+        print0(f"Initializing from {source}: {init_from}")
         model, pretrained = load_model(init_from, dropout=dropout)
         check_tokens(pretrained, init_from, data)
         if block_size > model.config.block_size:

@@ -31,9 +31,14 @@ def test_config_file(tmp_path):
     assert cfg.batch_size == 8 and cfg.learning_rate == pytest.approx(6e-4)
 
 
-def test_unknown_key_names_the_closest(tmp_path):
+def test_unknown_key_names_the_closest(tmp_path, capsys):
     with pytest.raises(SystemExit, match="unknown config key 'batchsize': did you mean 'batch_size'"):
         configure(DEFAULTS, ['--batchsize=3'], verbose=False)
+    # the error alone, not after the echo of what was overridden before the typo (a config file's 50 lines)
+    (tmp_path / 'ok.py').write_text("batch_size = 64\n")
+    with pytest.raises(SystemExit, match="did you mean 'batch_size'"):
+        configure(DEFAULTS, [str(tmp_path / 'ok.py'), '--device=cpu', '--batchsize=3'], verbose=True)
+    assert capsys.readouterr().out == ''
     path = tmp_path / 'cfg.py'
     path.write_text("learning_rat = 1e-3\n")
     with pytest.raises(SystemExit, match="'learning_rat': did you mean 'learning_rate'"):

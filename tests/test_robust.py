@@ -303,9 +303,20 @@ class RunsCode:
         return os.system, (f'touch {self.marker}',)
 
 
-def test_an_exported_character_model_samples_from_its_folder(char_data, tmp_path):
+def test_an_exported_character_model_samples_from_its_folder(char_data, tmp_path, caplog):
     train(char_data, tmp_path / 'run', '--max_iters=2', '--eval_interval=2')
     run_script('export_hf.py', f'--out_dir={tmp_path / "run"}', f'--dest={tmp_path / "hf"}')
+    # transformers loads it without a warning: no GPT-2 end-of-text id outside its 16 characters
+    transformers = pytest.importorskip('transformers')
+    config = json.loads((tmp_path / 'hf' / 'config.json').read_text())
+    assert config['vocab_size'] == 16 and config['bos_token_id'] is None and config['eos_token_id'] is None
+    transformers.logging.enable_propagation()
+    try:
+        with caplog.at_level('WARNING'):
+            transformers.GPT2LMHeadModel.from_pretrained(tmp_path / 'hf')
+    finally:
+        transformers.logging.disable_propagation()
+    assert not [r for r in caplog.records if r.levelname == 'WARNING'], caplog.text
     args = ['--device=cpu', '--num_samples=1', '--max_new_tokens=20', '--start=to be']
     from_ckpt = run_script('sample.py', f'--out_dir={tmp_path / "run"}', *args).stdout
     from_folder = run_script('sample.py', f'--init_from={tmp_path / "hf"}', *args).stdout

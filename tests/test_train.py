@@ -189,6 +189,7 @@ def test_finetune_pretrained_crops_block_size(hf_gpt2_dir, tmp_path):
             w.write(np.random.default_rng(0).integers(0, 50257, 2000))
     proc = run_script('train.py', *TINY, f'--dataset={d}', f'--out_dir={tmp_path / "out"}', f'--init_from={hf_gpt2_dir}',
                       '--max_iters=2', '--eval_interval=2', '--bias=True', '--n_layer=2', '--n_head=4', '--n_embd=64')
+    assert f'Initializing from a GPT-2 folder: {hf_gpt2_dir}' in proc.stdout and 'OpenAI' not in proc.stdout
     ckpt = load_model_state(tmp_path / 'out')
     assert ckpt['model_args']['block_size'] == 32 and ckpt['model']['transformer.wpe.weight'].shape == (32, 64)
     proc = run_script('train.py', *TINY, f'--dataset={d}', f'--out_dir={tmp_path / "out2"}', f'--init_from={hf_gpt2_dir}',
