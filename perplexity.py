@@ -30,7 +30,7 @@ device = 'auto'  # 'auto' (cuda, else mps, else cpu), or 'cpu', 'cuda', 'cuda:1'
 dtype = 'auto'  # 'auto' (bfloat16 where supported on cuda, else float16; float32 elsewhere), 'float32', ...
 seed = 1337
 # -----------------------------------------------------------------------------
-RANGES = dict(batch_size='> 0', max_tokens='>= 0')
+RANGES = dict(batch_size='> 0', max_tokens='>= 0', split=('train', 'val'))
 defaults = config_defaults(globals())
 
 

@@ -12,17 +12,14 @@ To shard the weights, gradients and AdamW state over the GPUs instead of copying
 too large for one GPU's memory with DDP:
 $ torchrun --standalone --nproc_per_node=8 train.py --data_parallel=fsdp
 
-To run with DDP on 4 gpus across 2 nodes, example:
-- Run on the first (master) node with example IP 123.456.123.456:
-$ torchrun --nproc_per_node=8 --nnodes=2 --node_rank=0 --master_addr=123.456.123.456 --master_port=1234 train.py
+To run with DDP on 16 gpus across 2 nodes of 8, example:
+- Run on the first (master) node, whose address the other node reaches (example IP 10.0.0.1):
+$ torchrun --nproc_per_node=8 --nnodes=2 --node_rank=0 --master_addr=10.0.0.1 --master_port=1234 train.py
 - Run on the worker node:
-$ torchrun --nproc_per_node=8 --nnodes=2 --node_rank=1 --master_addr=123.456.123.456 --master_port=1234 train.py
+$ torchrun --nproc_per_node=8 --nnodes=2 --node_rank=1 --master_addr=10.0.0.1 --master_port=1234 train.py
 (If your cluster does not have Infiniband interconnect prepend NCCL_IB_DISABLE=1)
 
-The pieces (LR schedule, one optimisation step, loss estimate) live at module level so that bench.py and the tests
-import the very same code; the run sits below them under `if __name__ == '__main__':` and reads the configuration
-as plain globals, overridden by config files and --key=value (see configurator.py; --help lists the keys). What is
-not the training story has a small home of its own: parallel.py (DDP/FSDP), checkpoint.py, runlog.py (log.jsonl).
+Config files (config/*.py) and --key=value override the keys below; --help lists them with their defaults.
 """
 
 import math

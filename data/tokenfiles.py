@@ -240,10 +240,20 @@ def split_files(data_dir: str, split: str) -> list[str]:
 
 
 def prepare_hint(data_dir: str) -> str:
+    """What to do about a dataset folder that is missing files: its prepare script, a folder of a close name where
+    there is no such folder (a misspelt --dataset), else the files to write."""
     script = os.path.join(data_dir, 'prepare.py')
     if os.path.exists(script):
         inside = os.path.abspath(script).startswith(REPO_DIR + os.sep)
         return f"run python {os.path.relpath(script, REPO_DIR) if inside else script}"
+    parent = os.path.dirname(os.path.abspath(data_dir))
+    if not os.path.isdir(data_dir) and os.path.isdir(parent):
+        import difflib
+        close = difflib.get_close_matches(os.path.basename(data_dir), sorted(
+            n for n in os.listdir(parent) if os.path.isdir(os.path.join(parent, n))), n=1)
+        if close:  # a name of data/ as a name, a path as a path
+            named = close[0] if parent == os.path.join(REPO_DIR, 'data') else os.path.join(parent, close[0])
+            return f"there is no such folder: did you mean --dataset={named}?"
     return f"write {data_dir}/train.bin and val.bin (uint16 token ids) or shards, see data/tokenfiles.py"
 
 

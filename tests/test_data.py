@@ -243,6 +243,14 @@ def test_loader_errors(tmp_path, monkeypatch):
     monkeypatch.setattr(data.tokenfiles, 'REPO_DIR', str(repo))
     with pytest.raises(SystemExit, match=r'no train data in .*openwebtext.*: run python data/openwebtext/prepare.py$'):
         TokenLoader(Dataset(str(repo / 'data' / 'openwebtext')), 'train', 4, 16)
+    # a misspelt dataset: the folder of the closest name, as a name inside data/ and as a path elsewhere
+    with pytest.raises(SystemExit, match=r'there is no such folder: did you mean --dataset=openwebtext\?$'):
+        Dataset(str(repo / 'data' / 'open-webtext'))
+    (tmp_path / 'chardata').mkdir()
+    with pytest.raises(SystemExit, match=rf'did you mean --dataset={tmp_path}/chardata\?$'):
+        Dataset(str(tmp_path / 'char_data'))
+    with pytest.raises(SystemExit, match=r': write .*train.bin and val.bin'):  # nothing close: what to write
+        Dataset(str(tmp_path / 'zzzzzz'))
     make_split(tmp_path, n=10)
     with pytest.raises(SystemExit, match='too few for one block of 16'):
         TokenLoader(Dataset(str(tmp_path)), 'train', 4, 16)

@@ -230,6 +230,9 @@ def test_perplexity_on_text_and_split(tmp_path, char_data):
     proc = run_script('perplexity.py', f'--out_dir={tmp_path}', f'--dataset={char_data}', '--split=val',
                       '--device=cpu', '--max_tokens=500')
     assert '499 tokens' in proc.stdout
+    # a split that no prepare writes is named as such, not sent to run a prepare script
+    proc = run_script('perplexity.py', f'--out_dir={tmp_path}', f'--dataset={char_data}', '--split=valid', check=False)
+    assert proc.returncode == 1 and proc.stderr.strip() == "error: split='valid': use 'train' or 'val'"
 
 
 def test_every_config_parses():
