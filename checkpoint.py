@@ -136,10 +136,12 @@ def check_shapes(model_args: dict, shapes: dict, source: str):
                          f"not belong together: export or download the model again")
 
 
-def load_checkpoint(ckpt_path: str) -> dict:
+def load_checkpoint(ckpt_path: str, takes_init_from: bool = True) -> dict:
+    """The checkpoint at ckpt_path, checked to be one; SystemExit naming what to do where there is none (OpenAI's
+    weights too, for a script that takes --init_from)."""
     if not os.path.exists(ckpt_path):
-        raise SystemExit(f"error: no checkpoint at {ckpt_path}: train one with train.py (out_dir sets where), "
-                         f"or pass --init_from=gpt2 for OpenAI's weights")
+        raise SystemExit(f"error: no checkpoint at {ckpt_path}: train one with train.py (out_dir sets where)"
+                         f"{', or pass --init_from=gpt2 for OpenAI weights' if takes_init_from else ''}")
     checkpoint = torch_load(ckpt_path, 'checkpoint')
     if not isinstance(checkpoint, dict) or 'model' not in checkpoint or 'model_args' not in checkpoint:
         raise SystemExit(f"error: {ckpt_path} is not a checkpoint of this project (no 'model' and 'model_args')")

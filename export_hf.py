@@ -26,7 +26,7 @@ defaults = config_defaults(globals())
 
 
 def export(ckpt_path: str, dest: str, trim_vocab: bool = False):
-    checkpoint = load_checkpoint(ckpt_path)
+    checkpoint = load_checkpoint(ckpt_path, takes_init_from=False)
     model = model_from_checkpoint(checkpoint, ckpt_path)
     vocab_size = model.config.vocab_size
     if trim_vocab:

@@ -201,6 +201,18 @@ def test_export_errors(tmp_path):
     assert not (tmp_path / 'hf' / 'model.safetensors').exists()
 
 
+@pytest.mark.parametrize('script, args', [('export_hf.py', ['--dest=x']), ('sample.py', []),
+                                          ('perplexity.py', ['--text_file=x'])])
+def test_a_missing_checkpoints_advice_names_keys_its_script_takes(tmp_path, script, args):
+    import importlib
+    proc = run_script(script, f'--out_dir={tmp_path / "typo"}', *args, check=False)
+    line = proc.stderr.strip()
+    assert proc.returncode == 1 and line.startswith('error: no checkpoint at') and '\n' not in line, proc.stderr
+    keys = set(re.findall(r'--(\w+)', line))
+    assert keys <= set(importlib.import_module(script[:-3]).defaults), (keys, line)
+    assert ('init_from' in keys) == (script != 'export_hf.py')  # OpenAI's weights, where the script can take them
+
+
 # -----------------------------------------------------------------------------
 # perplexity, configs
 
