@@ -25,7 +25,7 @@ import torch
 from common import dataset_dir, describe_device, device_peak_flops, end_distributed, print0, setup_runtime
 from configurator import config_defaults, configure
 from data.loader import SyntheticLoader, TokenLoader
-from data.tokenfiles import Dataset, split_files
+from data.tokenfiles import Dataset, read_vocab, split_files
 from fit import fit_step, free_memory
 from model import GPT, GPTConfig
 from parallel import DATA_PARALLEL, place_model, wrap_model
@@ -90,7 +90,7 @@ def bench(cfg, runtime, probe=None) -> dict:
     tokens_per_iter = cfg.batch_size * cfg.block_size * cfg.gradient_accumulation_steps * runtime.world_size
     ranks = f", {runtime.world_size} ranks, {cfg.data_parallel.upper()}" if runtime.ddp else ""
     print0(f"{cfg.n_layer} layers, {cfg.n_embd} wide, {tokens_per_iter:,} tokens per step, "
-           f"{'real' if cfg.real_data else 'synthetic'} data{ranks}")
+           f"{'real' if cfg.real_data else 'synthetic'} data{ranks}, vocab_size {cfg.vocab_size}")
     model = GPT(GPTConfig(block_size=cfg.block_size, n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd,
                           dropout=cfg.dropout, bias=cfg.bias, vocab_size=cfg.vocab_size), seed=cfg.seed)
     model.chunked_loss = cfg.chunked_loss
@@ -192,6 +192,10 @@ if __name__ == '__main__':
         argv.append('--real_data=False')
         print0(f"note: no prepared data in {dataset_dir(base.dataset)}: timing synthetic tokens (prepare the dataset, "
                f"or pass --real_data=False to silence this)")
+    elif base.real_data and 'vocab_size' not in given and (vocab := read_vocab(dataset_dir(base.dataset))):
+        argv.append(f'--vocab_size={len(vocab)}')  # the model train.py trains on that dataset
+        print0(f"note: {dataset_dir(base.dataset)} has a vocabulary of {len(vocab)} characters: timing "
+               f"vocab_size={len(vocab)}, as train.py trains on it")
     # every setting and the output path checked before the first one runs: a bad one costs no results
     if base.json and not os.path.isdir(os.path.dirname(os.path.abspath(base.json))):
         raise SystemExit(f"error: --json={base.json}: its folder does not exist: create it, or choose another path")

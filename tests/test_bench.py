@@ -22,6 +22,10 @@ def test_bench_synthetic_and_real_data(char_data):
     assert '256 tokens per step' in proc.stdout  # 4 x 32 x 2 accumulation steps
     proc = run_script('bench.py', *SMALL, f'--dataset={char_data}', '--vocab_size=16', '--peak_flops=1e12')
     assert re.search(r'ms/iter, [\d,]+ tokens/s, MFU \d+\.\d+%', proc.stdout), proc.stdout
+    # no vocab_size given: the dataset's characters, as train.py's model on it (not GPT-2's 50304), said so
+    proc = run_script('bench.py', *SMALL, f'--dataset={char_data}')
+    assert 'has a vocabulary of 16 characters: timing vocab_size=16' in proc.stdout
+    assert '128 tokens per step, real data, vocab_size 16' in proc.stdout
     proc = run_script('bench.py', *SMALL, f'--dataset={char_data}', '--vocab_size=8', check=False)
     assert proc.returncode != 0 and "outside the model's vocabulary of 8" in proc.stderr
 
