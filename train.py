@@ -346,10 +346,11 @@ if __name__ == '__main__':
     guard = RunGuard(runtime, max_bad_steps, out_dir, runlog.log)
 
     # training loop
-    t_start = t0 = time.time()
+    t0 = time.time()
     local_iter_num = 0  # number of iterations in the lifetime of this process
     t0_iter = iter_num  # the iteration at which t0 was taken
     running_mfu = -1.0
+    running_dt = None  # recent time per iteration, for the ETA: it follows a machine that slows down or speeds up
     while True:
         # determine and set the learning rate for this iteration
         lr = get_lr(iter_num, learning_rate, warmup_iters, lr_decay_iters, min_lr) if decay_lr else learning_rate
@@ -410,7 +411,8 @@ if __name__ == '__main__':
             if local_iter_num >= 5 * log_interval and peak_flops:  # let the training loop settle a bit
                 mfu = raw_model.estimate_mfu(batch_size * gradient_accumulation_steps, dt, peak_flops)
                 running_mfu = mfu if running_mfu == -1.0 else 0.9 * running_mfu + 0.1 * mfu
-            eta = (max_iters - iter_num) * (time.time() - t_start) / local_iter_num
+            running_dt = dt if running_dt is None else 0.8 * running_dt + 0.2 * dt
+            eta = (max_iters - iter_num) * running_dt
             mfu_text = f"{running_mfu * 100:.2f}%" if running_mfu >= 0 else "n/a"
             print(f"iter {iter_num}: loss {lossf:.4f}, lr {lr:.3e}, time {dt * 1000:.2f}ms, "
                   f"{tokens_per_iter / dt:,.0f} tok/s, mfu {mfu_text}, eta {eta / 60:.1f}min", flush=True)
