@@ -3,7 +3,7 @@ out_dir as a unit: what a run may do with the folder another run left, and who h
 
     ckpt.pt    the checkpoint (checkpoint.py)
     log.jsonl  the run log (runlog.py)
-    run.lock   the host and pid of the run that holds the folder
+    run.lock   the host and pid of the run that holds the folder (removed when that run ends)
 
 A run that does not continue the folder's run (--init_from other than resume) refuses a folder that holds a
 checkpoint or a log, since it would overwrite them; a torchrun restart of the same job continues from the checkpoint.
@@ -45,9 +45,9 @@ def claim(out_dir: str, init_from: str, eval_only: bool, master: bool) -> str:
         raise SystemExit(f"error: out_dir={out_dir!r} is a file, not a directory: choose another out_dir")
     if eval_only:
         return init_from
-    lock_path = os.path.join(out_dir, LOCK)
-    if master and os.path.exists(lock_path):
-        _lock(lock_path).close()  # a live holder first: it explains what the files below would not
+    lock = _lock(os.path.join(out_dir, LOCK), create=False) if master else None
+    if lock:
+        lock.close()  # a live holder first: it explains what the files below would not
     return _check_files(out_dir, init_from, master)
 
 
@@ -84,10 +84,26 @@ def _check_files(out_dir: str, init_from: str, master: bool) -> str:
 _held = []  # the open lock file of the folder this process holds (the flock lives as long as it is open)
 
 
-def _lock(path: str):
+def _lock(path: str, create: bool = True):
     """The lock file, opened and flocked by this process (created if missing, left unchanged otherwise); SystemExit
-    while another process holds it."""
-    f = open(path, 'a+', encoding='utf-8')
+    while another process holds it. create=False: None where there is no lock file (a look that writes nothing)."""
+    while True:
+        try:
+            f = _try_lock(path, create)
+        except FileNotFoundError:  # create=False, and none there
+            if create:
+                raise
+            return None
+        try:  # a run that ends removes the file before it lets go: a lock on a file no longer at path holds nothing
+            if fcntl is None or os.stat(path).st_ino == os.fstat(f.fileno()).st_ino:
+                return f
+        except FileNotFoundError:
+            pass
+        f.close()
+
+
+def _try_lock(path: str, create: bool):
+    f = open(path, 'a+' if create else 'r+', encoding='utf-8')
     if fcntl is None:  # Windows: no flock, the folder is not held
         return f
     try:
@@ -131,10 +147,12 @@ def _read_holder(f) -> str:
 
 
 def release():
-    """Let go of the folder this process holds: the lock file is emptied, so the next run takes it without a
-    note."""
+    """Let go of the folder this process holds: the lock file is removed while still held (a run that opened it
+    meanwhile finds it gone and opens a new one), so an ended run leaves no run.lock behind."""
     while _held:
         f = _held.pop()
-        f.seek(0)
-        f.truncate()
+        try:
+            os.remove(f.name)
+        except OSError:  # already gone, or a folder that no longer lets us: the flock still goes with the file
+            pass
         f.close()

@@ -108,8 +108,30 @@ def test_a_second_run_into_a_held_folder_refuses_and_a_dead_holders_lock_is_take
         first.wait()
     proc = train(char_data, tmp_path, '--max_iters=4', '--init_from=resume')
     assert f'run.lock was left by a run that did not end (pid {first.pid}' in proc.stdout
-    assert (tmp_path / 'run.lock').read_text() == ''  # released at the end: the next run takes it silently
+    assert not (tmp_path / 'run.lock').exists()  # released at the end: the next run takes the folder silently
     assert 'run.lock' not in train(char_data, tmp_path, '--max_iters=6', '--init_from=resume').stdout
+
+
+def test_a_lock_file_removed_between_its_open_and_its_lock_is_opened_again(tmp_path, monkeypatch):
+    # a run opens run.lock just as the run holding it ends, removing the file before it lets go: the flock it then
+    # gets is on a file no longer in the folder, which a third run would not see; it must lock the file at the path
+    import rundir
+    path = str(tmp_path / 'run.lock')
+    opened, try_lock = [], rundir._try_lock
+
+    def removed_after_open(p, create):
+        f = try_lock(p, create)
+        if not opened:
+            os.remove(p)
+        opened.append(os.fstat(f.fileno()).st_ino)
+        return f
+
+    monkeypatch.setattr(rundir, '_try_lock', removed_after_open)
+    lock = rundir._lock(path)
+    assert len(opened) == 2 and os.fstat(lock.fileno()).st_ino == os.stat(path).st_ino == opened[1]
+    lock.close()
+    os.remove(path)
+    assert rundir._lock(path, create=False) is None and not os.path.exists(path)  # a look creates nothing
 
 
 def test_ctrl_c_after_the_terminal_pipe_closed_still_saves(char_data, tmp_path):
@@ -162,7 +184,7 @@ def test_a_really_full_disk_is_named_and_keeps_the_earlier_checkpoint(char_data,
     proc = train(char_data, out, '--max_iters=4', '--eval_interval=2', '--init_from=resume', check=False)
     one_line_error(proc, 'the disk is full writing', 'ckpt.pt', 'free some space')
     assert (out / 'ckpt.pt').read_bytes() == before
-    assert sorted(os.listdir(out)) == ['ckpt.pt', 'log.jsonl', 'run.lock']  # no partial temporary file left
+    assert sorted(os.listdir(out)) == ['ckpt.pt', 'log.jsonl']  # no partial temporary file left, no lock
 
 
 def char_dataset(folder, text: str):
