@@ -129,13 +129,30 @@ def read_folder(path: str) -> tuple[dict, dict]:
     raise FileNotFoundError(f"{path} has neither model.safetensors nor pytorch_model.bin")
 
 
+def _reach_hub(repo_id: str):
+    """One request to the hub, so that a machine offline is told at once rather than after the client's retries
+    (five, about half a minute); OSError when it cannot be reached."""
+    from huggingface_hub import constants
+    from huggingface_hub.utils import get_session
+    if constants.HF_HUB_OFFLINE:  # the client refuses the network itself, at once
+        return
+    try:
+        get_session().head(f"{constants.ENDPOINT}/{repo_id}/resolve/main/config.json", timeout=10)
+    except Exception as e:
+        raise OSError(f"cannot reach {constants.ENDPOINT}: {e}") from e
+
+
 def download_pretrained(name: str) -> tuple[dict, dict]:
     from huggingface_hub import hf_hub_download
     repo_id, shape = PRETRAINED[name]
     print(f"loading weights from pretrained gpt: {name} ({repo_id} on the Hugging Face hub)")
     try:
-        config_file = hf_hub_download(repo_id, 'config.json')
-        weights_file = hf_hub_download(repo_id, 'model.safetensors')
+        try:  # already in the local cache: no network needed (OpenAI's files do not change)
+            config_file, weights_file = (hf_hub_download(repo_id, f, local_files_only=True)
+                                         for f in ('config.json', 'model.safetensors'))
+        except Exception:
+            _reach_hub(repo_id)
+            config_file, weights_file = (hf_hub_download(repo_id, f) for f in ('config.json', 'model.safetensors'))
     except Exception as e:  # network, authentication or cache errors all end the same way
         raise RuntimeError(
             f"could not download {name} from the Hugging Face hub ({type(e).__name__}: {e}). If this machine is "

@@ -83,12 +83,33 @@ def test_from_pretrained_errors(hf_gpt2_dir, tmp_path, monkeypatch):
 
     # a download that fails says so and points at local directories
     import huggingface_hub
+    import huggingface_hub.utils
+    downloads = []
 
     def offline(*args, **kwargs):
+        downloads.append(kwargs.get('local_files_only', False))
         raise OSError("network is unreachable")
+
+    class Reachable:
+        def head(self, url, timeout):
+            return None
+
     monkeypatch.setattr(huggingface_hub, 'hf_hub_download', offline)
+    monkeypatch.setattr(huggingface_hub.utils, 'get_session', lambda: Reachable())
     with pytest.raises(RuntimeError, match='could not download gpt2 from the Hugging Face hub.*local directory'):
         GPT.from_pretrained('gpt2')
+    assert downloads == [True, False]  # the local cache first, then the hub
+
+    # offline: one request says so at once, before the client's retries would begin
+    class Unreachable:
+        def head(self, url, timeout):
+            raise ConnectionError('Name or service not known')
+
+    downloads.clear()
+    monkeypatch.setattr(huggingface_hub.utils, 'get_session', lambda: Unreachable())
+    with pytest.raises(RuntimeError, match=r'could not download gpt2 .*cannot reach https?://\S+: Name or service'):
+        GPT.from_pretrained('gpt2')
+    assert downloads == [True]  # the cache looked in, no download tried
 
 
 # -----------------------------------------------------------------------------
