@@ -188,14 +188,15 @@ if __name__ == '__main__':
         argv = [*(f'--{k}={v}' for k, v in small.items()), *argv]
         print0(f"note: on a CPU bench.py times a small GPT: {', '.join(f'{k}={v}' for k, v in small.items())} "
                f"(give a key to set it yourself)")
-    if base.real_data and not split_files(dataset_dir(base.dataset), 'train'):
+    folder = dataset_dir(base.dataset)
+    if base.real_data and not split_files(folder, 'train'):
         argv.append('--real_data=False')
-        print0(f"note: no prepared data in {dataset_dir(base.dataset)}: timing synthetic tokens (prepare the dataset, "
-               f"or pass --real_data=False to silence this)")
-    elif base.real_data and 'vocab_size' not in given and (vocab := read_vocab(dataset_dir(base.dataset))):
+        print0(f"note: no prepared data in {folder}: timing synthetic tokens (prepare the dataset, or pass "
+               f"--real_data=False to silence this)")
+    elif base.real_data and 'vocab_size' not in given and (vocab := read_vocab(folder)):
         argv.append(f'--vocab_size={len(vocab)}')  # the model train.py trains on that dataset
-        print0(f"note: {dataset_dir(base.dataset)} has a vocabulary of {len(vocab)} characters: timing "
-               f"vocab_size={len(vocab)}, as train.py trains on it")
+        print0(f"note: {folder} has a vocabulary of {len(vocab)} characters: timing vocab_size={len(vocab)}, as "
+               f"train.py trains on it")
     # every setting and the output path checked before the first one runs: a bad one costs no results
     if base.json and not os.path.isdir(os.path.dirname(os.path.abspath(base.json))):
         raise SystemExit(f"error: --json={base.json}: its folder does not exist: create it, or choose another path")

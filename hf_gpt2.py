@@ -146,13 +146,13 @@ def download_pretrained(name: str) -> tuple[dict, dict]:
     from huggingface_hub import hf_hub_download
     repo_id, shape = PRETRAINED[name]
     print(f"loading weights from pretrained gpt: {name} ({repo_id} on the Hugging Face hub)")
+    files = ('config.json', 'model.safetensors')
     try:
         try:  # already in the local cache: no network needed (OpenAI's files do not change)
-            config_file, weights_file = (hf_hub_download(repo_id, f, local_files_only=True)
-                                         for f in ('config.json', 'model.safetensors'))
+            config_file, weights_file = (hf_hub_download(repo_id, f, local_files_only=True) for f in files)
         except Exception:
             _reach_hub(repo_id)
-            config_file, weights_file = (hf_hub_download(repo_id, f) for f in ('config.json', 'model.safetensors'))
+            config_file, weights_file = (hf_hub_download(repo_id, f) for f in files)
     except Exception as e:  # network, authentication or cache errors all end the same way
         raise RuntimeError(
             f"could not download {name} from the Hugging Face hub ({type(e).__name__}: {e}). If this machine is "

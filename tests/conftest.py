@@ -15,7 +15,6 @@ import hashlib
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 import tempfile
@@ -24,6 +23,7 @@ import pytest
 import torch
 
 import launcher
+from launcher import free_port  # noqa: F401 (the tests import it from here)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -47,28 +47,36 @@ def watchdog(proc, seconds: float = 300):
     return timer
 
 
+def environment(env: dict | None) -> dict:
+    """A run's whole environment: this process's, unbuffered output, and env on top."""
+    return dict(os.environ, PYTHONUNBUFFERED='1', **(env or {}))
+
+
+def checked(proc, check: bool, what: str):
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{what} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return proc
+
+
 def run_script(*args, cwd=REPO, env=None, check=True, timeout=600, fresh=False):
     """Run `python <args>` from the repository root; return the CompletedProcess (stdout and stderr as text).
 
     The script runs in a process forked from tests/launcher.py's server, which imported torch once; fresh=True starts
     a new interpreter instead, where the interpreter itself is what a test checks."""
-    full_env = dict(os.environ, PYTHONUNBUFFERED='1', **(env or {}))
+    full_env = environment(env)
     script = os.path.join(REPO, args[0])  # scripts are named relative to the repository
     if fresh:
         proc = subprocess.run([sys.executable, script, *args[1:]], cwd=cwd, env=full_env, capture_output=True,
                               text=True, timeout=timeout, stdin=subprocess.DEVNULL)
     else:
         proc = launcher.run(script, args[1:], cwd=str(cwd), env=full_env, timeout=timeout)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"{' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n"
-                             f"{proc.stderr[-3000:]}")
-    return proc
+    return checked(proc, check, ' '.join(args))
 
 
 def popen_script(*args, env=None, fresh=False, seconds: float = 300):
     """`python <args>` from the repository root started in the background, its stdout and stderr piped (text), killed
     by a watchdog after seconds: forked as run_script's runs are, or a new interpreter with fresh=True."""
-    full_env = dict(os.environ, PYTHONUNBUFFERED='1', **(env or {}))
+    full_env = environment(env)
     script = os.path.join(REPO, args[0])
     if fresh:
         proc = subprocess.Popen([sys.executable, script, *args[1:]], cwd=REPO, env=full_env, stdout=subprocess.PIPE,
@@ -108,16 +116,14 @@ def ddp_train(data, out_dir, *args, nproc=2, fresh=False):
 def run_ranks(*args, nproc=2, env=None, check=True, timeout=600, fresh=False):
     """`torchrun --standalone --nproc_per_node=nproc <args>` from the repository root, its ranks forked from
     tests/launcher.py's server; fresh=True runs torchrun itself, where torchrun is what a test checks."""
-    full_env = dict(os.environ, PYTHONUNBUFFERED='1', **(env or {}))
+    full_env = environment(env)
     if fresh:
         proc = subprocess.run(torchrun('--standalone', f'--nproc_per_node={nproc}', *args), cwd=REPO, env=full_env,
                               capture_output=True, text=True, timeout=timeout)
     else:
         proc = launcher.run_ranks(os.path.join(REPO, args[0]), args[1:], nproc, cwd=REPO, env=full_env,
                                   timeout=timeout)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"{' '.join(args)} on {nproc} ranks failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}")
-    return proc
+    return checked(proc, check, f"{' '.join(args)} on {nproc} ranks")
 
 
 def bpe_data(folder):
@@ -128,12 +134,6 @@ def bpe_data(folder):
     for split in ('train', 'val'):
         with TokenWriter(str(folder), split) as w:
             w.write(np.random.default_rng(0).integers(0, 50257, 3000))
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
 
 
 def read_log(out_dir, last_run: bool = False) -> list[dict]:

@@ -153,14 +153,19 @@ def _end(children: list):
             child.join()
 
 
+def free_port() -> int:
+    """A TCP port free on this machine now (rank 0's rendezvous, a two-node test's master)."""
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+
 def run_ranks(script: str, args, nproc: int, cwd, env: dict, timeout: float) -> subprocess.CompletedProcess:
     """`torchrun --standalone --nproc_per_node=nproc script args` with its ranks forked: each rank gets the variables
     torchrun gives its workers, their output goes to one stdout and one stderr as torchrun's workers' does, and where
     a rank fails the others are ended and the code is 1, as torchrun's. What torchrun's agent does beyond that
     (restarts, its rendezvous store, its own messages) is tested through torchrun itself."""
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        port = s.getsockname()[1]
+    port = free_port()
     common = dict(env, WORLD_SIZE=str(nproc), LOCAL_WORLD_SIZE=str(nproc), GROUP_RANK='0', ROLE_RANK='0',
                   ROLE_WORLD_SIZE=str(nproc), MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port),
                   TORCHELASTIC_RUN_ID=uuid.uuid4().hex, TORCHELASTIC_RESTART_COUNT='0', TORCHELASTIC_MAX_RESTARTS='0')
