@@ -22,15 +22,15 @@ import time
 
 import torch
 
-from common import dataset_dir, describe_device, device_peak_flops, end_distributed, print0, setup_runtime
 from configurator import config_defaults, configure
-from data.loader import SyntheticLoader, TokenLoader
-from data.tokenfiles import Dataset, read_vocab, split_files
-from fit import fit_step, free_memory
 from model import GPT, GPTConfig
-from parallel import DATA_PARALLEL, place_model, wrap_model
+from nanogpt.errors import one_line_errors, out_of_memory
+from nanogpt.fit import fit_step, free_memory
+from nanogpt.loader import SyntheticLoader, TokenLoader
+from nanogpt.parallel import DATA_PARALLEL, place_model, wrap_model
+from nanogpt.runtime import describe_device, device_peak_flops, end_distributed, print0, setup_runtime
+from nanogpt.tokenfiles import Dataset, dataset_dir, read_vocab, split_files
 from train import train_step
-from util import one_line_errors, out_of_memory
 
 # -----------------------------------------------------------------------------
 batch_size = 12
@@ -56,7 +56,7 @@ weight_decay = 1e-1
 burnin_steps = 10  # not timed: compilation, allocator and autotuning warm-up
 benchmark_steps = 20
 profile = False  # use pytorch profiler, or just simple benchmarking?
-peak_flops = None  # the device's peak FLOPS for MFU; None looks the GPU up in common.PEAK_BF16_FLOPS
+peak_flops = None  # the device's peak FLOPS for MFU; None looks the GPU up in nanogpt.runtime.PEAK_BF16_FLOPS
 json = ''  # also write the results to this file, for later comparison
 fit_batch_size = True  # a batch_size that does not fit in memory is timed as smaller micro-batches, as train.py's
 # -----------------------------------------------------------------------------

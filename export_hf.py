@@ -12,10 +12,10 @@ A model trained with bias=False gets zero biases, which compute the same functio
 import os
 import sys
 
-from checkpoint import load_checkpoint, model_from_checkpoint
 from configurator import config_defaults, configure
-from hf_gpt2 import GPT2_VOCAB, write_json, write_pretrained
-from util import one_line_errors
+from nanogpt.checkpoint import load_checkpoint, model_from_checkpoint
+from nanogpt.errors import one_line_errors
+from nanogpt.weights import GPT2_VOCAB, write_json, write_pretrained
 
 # -----------------------------------------------------------------------------
 out_dir = 'out'  # the checkpoint to export is out_dir/ckpt.pt

@@ -22,10 +22,13 @@ from contextlib import nullcontext
 import torch
 from torch.nn import functional as F
 
-from checkpoint import load_model
-from common import REPO_DIR, end_distributed, print0, setup_runtime
 from configurator import config_defaults, configure
-from util import download, gpt2_encoding, one_line_errors
+from nanogpt.checkpoint import load_model
+from nanogpt.errors import one_line_errors
+from nanogpt.files import download
+from nanogpt.runtime import end_distributed, print0, setup_runtime
+from nanogpt.tokenfiles import REPO_DIR
+from nanogpt.tokenizer import gpt2_encoding
 
 URL = 'https://raw.githubusercontent.com/rowanz/hellaswag/master/data/hellaswag_val.jsonl'
 N_VAL = 10042

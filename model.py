@@ -232,7 +232,7 @@ class GPT(nn.Module):
     def from_pretrained(cls, name_or_path: str, override_args: dict | None = None) -> 'GPT':
         """OpenAI's GPT-2 (gpt2, gpt2-medium, gpt2-large, gpt2-xl) from the Hugging Face hub, or a local
         directory holding a Hugging Face GPT-2 checkpoint (config.json and model.safetensors or pytorch_model.bin)."""
-        from hf_gpt2 import read_pretrained  # the file format, only needed here
+        from nanogpt.weights import read_pretrained  # the file format, only needed here
         override_args = override_args or {}
         if set(override_args) - {'dropout'}:
             raise ValueError(f"only dropout can be overridden in a pretrained model, not {sorted(override_args)}")

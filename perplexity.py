@@ -12,11 +12,12 @@ import sys
 import numpy as np
 import torch
 
-from checkpoint import check_tokens, get_tokenizer, load_model
-from common import dataset_dir, print0, setup_runtime
 from configurator import config_defaults, configure
-from data.tokenfiles import DTYPE, Dataset
-from util import one_line_errors
+from nanogpt.checkpoint import load_model
+from nanogpt.errors import one_line_errors
+from nanogpt.runtime import print0, setup_runtime
+from nanogpt.tokenfiles import DTYPE, Dataset, dataset_dir
+from nanogpt.tokenizer import check_tokens, get_tokenizer
 
 # -----------------------------------------------------------------------------
 init_from = 'resume'  # 'resume' (from out_dir/ckpt.pt), a GPT-2 name ('gpt2', 'gpt2-xl', ...) or a HF directory

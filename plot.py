@@ -16,7 +16,7 @@ Needs matplotlib: pip install -e ".[plot]".
 import argparse
 import os
 
-import runlog
+from nanogpt import runlog
 
 WIDTH, HEIGHT, DPI = 10, 7, 120  # a 1200 x 840 pixel figure
 TITLE_RUNS = 3  # a title line per run up to this many; beyond, the legend names them

@@ -11,11 +11,12 @@ import time
 
 import torch
 
-from checkpoint import get_tokenizer, load_model
-from fit import generate_fitted
-from common import setup_runtime
 from configurator import config_defaults, configure
-from util import one_line_errors
+from nanogpt.checkpoint import load_model
+from nanogpt.errors import one_line_errors
+from nanogpt.fit import generate_fitted
+from nanogpt.runtime import setup_runtime
+from nanogpt.tokenizer import get_tokenizer
 
 # -----------------------------------------------------------------------------
 init_from = 'resume'  # 'resume' (from out_dir/ckpt.pt), a GPT-2 name ('gpt2', 'gpt2-xl', ...) or a HF directory

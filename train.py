@@ -34,18 +34,19 @@ from torch.distributed.fsdp import FSDPModule
 from torch.distributed.tensor import DTensor
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from checkpoint import Checkpointer, check_tokens, load_model
-from common import RunGuard, dataset_dir, device_peak_flops, end_distributed, print0, setup_runtime
 from configurator import config_defaults, configure
-from data.loader import TokenLoader
-from data.tokenfiles import Dataset
-from fit import device_memory, fit_step
-from hf_gpt2 import PRETRAINED
 from model import GPT, GPTConfig
-from parallel import DATA_PARALLEL, place_model, wrap_model
-import rundir
-from runlog import RunLog
-from util import one_line_errors
+from nanogpt import rundir
+from nanogpt.checkpoint import Checkpointer, load_model
+from nanogpt.errors import one_line_errors
+from nanogpt.fit import device_memory, fit_step
+from nanogpt.loader import TokenLoader
+from nanogpt.parallel import DATA_PARALLEL, place_model, wrap_model
+from nanogpt.runlog import RunLog
+from nanogpt.runtime import RunGuard, device_peak_flops, end_distributed, print0, setup_runtime
+from nanogpt.tokenfiles import Dataset, dataset_dir
+from nanogpt.tokenizer import check_tokens
+from nanogpt.weights import PRETRAINED
 
 # -----------------------------------------------------------------------------
 # default config values designed to train a gpt2 (124M) on OpenWebText
@@ -95,7 +96,7 @@ compile = True  # use PyTorch 2.0 to compile the model to be faster (uncompiled,
 fit_batch_size = True  # a batch_size that does not fit in memory trains as smaller micro-batches, accumulated
 chunked_loss = False  # lm_head + cross-entropy in chunks, never materialising the logits (torch >= 2.13)
 seed = 1337
-peak_flops = None  # the device's peak FLOPS for MFU; None looks the GPU up in common.PEAK_BF16_FLOPS
+peak_flops = None  # the device's peak FLOPS for MFU; None looks the GPU up in nanogpt.runtime.PEAK_BF16_FLOPS
 # evaluation
 hellaswag_interval = 0  # HellaSwag acc_norm every this many iterations (0: never), see hellaswag.py
 hellaswag_limit = 0  # examples per HellaSwag evaluation (0: all 10,042)

@@ -82,8 +82,8 @@ def worker(argv: list[str]):
     """Under torchrun: bench() of one setting (bench.py's keys) with the HostMemory probe; rank 0 writes --json."""
     sys.path.insert(0, REPO_DIR)
     import bench
-    from common import end_distributed, setup_runtime
     from configurator import configure
+    from nanogpt.runtime import end_distributed, setup_runtime
     cfg = configure(bench.defaults, argv, bench.RANGES, verbose=False)
     runtime = setup_runtime(cfg.device, cfg.dtype, cfg.seed)
     result = bench.bench(cfg, runtime, HostMemory())

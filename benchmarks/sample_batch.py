@@ -15,8 +15,8 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from fit import generate_fitted  # noqa: E402
 from model import GPT  # noqa: E402
+from nanogpt.fit import generate_fitted  # noqa: E402
 
 
 def timed(fn, device):

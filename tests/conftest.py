@@ -19,10 +19,9 @@ import subprocess
 import sys
 import tempfile
 
+import launcher
 import pytest
 import torch
-
-import launcher
 from launcher import free_port  # noqa: F401 (the tests import it from here)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -129,7 +128,8 @@ def run_ranks(*args, nproc=2, env=None, check=True, timeout=600, fresh=False):
 def bpe_data(folder):
     """Random GPT-2 BPE token files (train and val, 3000 tokens each), enough for a tiny model to train on."""
     import numpy as np
-    from data.tokenfiles import TokenWriter
+
+    from nanogpt.tokenfiles import TokenWriter
     os.makedirs(folder, exist_ok=True)
     for split in ('train', 'val'):
         with TokenWriter(str(folder), split) as w:

@@ -12,9 +12,9 @@ import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from common import end_distributed, setup_runtime  # noqa: E402
-from fit import fit_step  # noqa: E402
-from parallel import shard_model  # noqa: E402
+from nanogpt.fit import fit_step  # noqa: E402
+from nanogpt.parallel import shard_model  # noqa: E402
+from nanogpt.runtime import end_distributed, setup_runtime  # noqa: E402
 
 
 class Block(torch.nn.Module):

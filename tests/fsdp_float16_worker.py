@@ -10,9 +10,9 @@ import torch
 from torch.distributed.fsdp import FSDPModule
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from common import end_distributed  # noqa: E402
 from model import GPT, GPTConfig  # noqa: E402
-from parallel import shard_model  # noqa: E402
+from nanogpt.parallel import shard_model  # noqa: E402
+from nanogpt.runtime import end_distributed  # noqa: E402
 from train import train_step  # noqa: E402
 
 

@@ -9,10 +9,10 @@ import os
 import numpy as np
 import pytest
 import torch
-
 from conftest import REPO, run_script
-from data.loader import TokenLoader
-from data.tokenfiles import Dataset, TokenWriter, split_files
+
+from nanogpt.loader import TokenLoader
+from nanogpt.tokenfiles import Dataset, TokenWriter, split_files
 
 SHAKESPEARE = os.path.join(REPO, '..', 'shared', 'data', 'tinyshakespeare', 'input.txt')
 needs_shakespeare = pytest.mark.skipif(not os.path.exists(SHAKESPEARE), reason='no ../shared Tiny Shakespeare')
@@ -31,7 +31,7 @@ def write_docs(path, n=40, seed=0):
 
 
 def read_plain_pickle(path):
-    from data.tokenfiles import _PlainUnpickler  # nanoGPT's meta.pkl, read as plain data only
+    from nanogpt.tokenfiles import _PlainUnpickler  # nanoGPT's meta.pkl, read as plain data only
     with open(path, 'rb') as f:
         return _PlainUnpickler(f).load()
 
@@ -209,7 +209,7 @@ def test_loader_reads_shards_in_proportion(tmp_path):
 
 
 def test_a_shard_missing_or_one_the_prepare_never_wrote_is_refused(tmp_path):
-    from data.tokenfiles import write_meta
+    from nanogpt.tokenfiles import write_meta
     tokens = np.arange(300) % 50
 
     def shards(folder, count):
@@ -236,11 +236,11 @@ def test_loader_errors(tmp_path, monkeypatch):
     with pytest.raises(SystemExit, match=r'no train data in .*: write'):
         TokenLoader(Dataset(str(tmp_path)), 'train', 4, 16)
     # a dataset folder of the repository with its prepare script (here a stand-in repository, never prepared)
-    import data.tokenfiles
+    from nanogpt import tokenfiles
     repo = tmp_path / 'repo'
     (repo / 'data' / 'openwebtext').mkdir(parents=True)
     (repo / 'data' / 'openwebtext' / 'prepare.py').write_text('')
-    monkeypatch.setattr(data.tokenfiles, 'REPO_DIR', str(repo))
+    monkeypatch.setattr(tokenfiles, 'REPO_DIR', str(repo))
     with pytest.raises(SystemExit, match=r'no train data in .*openwebtext.*: run python data/openwebtext/prepare.py$'):
         TokenLoader(Dataset(str(repo / 'data' / 'openwebtext')), 'train', 4, 16)
     # a misspelt dataset: the folder of the closest name, as a name inside data/ and as a path elsewhere

@@ -11,9 +11,9 @@ import re
 import numpy as np
 import pytest
 import torch
+from conftest import REPO, bpe_data, eval_losses, read_log, run_ranks, run_script
 from torch.nn import functional as F
 
-from conftest import REPO, bpe_data, eval_losses, read_log, run_ranks, run_script
 from configurator import configure
 from model import GPT, GPTConfig
 
@@ -57,8 +57,8 @@ def records(tmp_path_factory):
 
 def test_hellaswag_scores_equal_direct_computation(hf_gpt2_dir, gpt2_tokenizer, records):
     transformers = pytest.importorskip('transformers')
-    from common import setup_runtime
     from hellaswag import evaluate_hellaswag, load_examples, render_example, score_example
+    from nanogpt.runtime import setup_runtime
     hf = transformers.GPT2LMHeadModel.from_pretrained(hf_gpt2_dir).eval()
     model = GPT.from_pretrained(hf_gpt2_dir).eval()
     path, examples = records
@@ -227,7 +227,8 @@ def test_perplexity_on_text_and_split(tmp_path, char_data):
     m = re.search(r'([\d,]+) tokens, loss ([\d.]+), perplexity ([\d.]+)', proc.stdout)
     assert m and int(m.group(1).replace(',', '')) == len(text) - 1  # every character but the first, once
     # the same figure computed directly: windows of 16 + 1 characters, each window from scratch
-    from checkpoint import get_tokenizer, load_checkpoint, model_from_checkpoint
+    from nanogpt.checkpoint import load_checkpoint, model_from_checkpoint
+    from nanogpt.tokenizer import get_tokenizer
     ckpt = load_checkpoint(str(tmp_path / 'ckpt.pt'))
     model = model_from_checkpoint(ckpt).eval()
     ids = get_tokenizer(ckpt)[0](text)

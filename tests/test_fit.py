@@ -8,7 +8,6 @@ import subprocess
 
 import pytest
 import torch
-
 from conftest import (REPO, after_meta, eval_losses, iter_losses, load_model_state, one_line_error, run_script,
                       torchrun, train)
 
@@ -62,8 +61,9 @@ def test_the_size_chosen_leaves_room_for_adamws_state(monkeypatch):
     # parameter (8 MB here), plus 1 MB of activations per row; beyond 10 MB it is out of memory. Room held: 2 rows
     # fit; without the room, all 8 would seem to, and the first optimizer step would run out of memory.
     import weakref
-    from common import setup_runtime
-    from fit import fit_step
+
+    from nanogpt.fit import fit_step
+    from nanogpt.runtime import setup_runtime
     live = [0]
     empty_like = torch.empty_like
 
@@ -99,8 +99,8 @@ def test_the_size_chosen_leaves_room_for_adamws_state(monkeypatch):
 
 
 def test_not_even_one_row_fits_and_running_out_later_end_in_one_line(tmp_path):
-    from common import setup_runtime
-    from fit import fit_step
+    from nanogpt.fit import fit_step
+    from nanogpt.runtime import setup_runtime
 
     class Huge(torch.nn.Module):  # asks the CPU allocator for a petabyte: a real refusal, on any machine
         def __init__(self):
@@ -125,19 +125,19 @@ def test_not_even_one_row_fits_and_running_out_later_end_in_one_line(tmp_path):
         fit_step(lambda compile: model, runtime, 4, 8, runtime.ctx, optimizer, True, False, True)
     # out of memory later in a run, where nothing fits it any more: one line that says what to change
     script = tmp_path / 'later.py'
-    script.write_text('import util, torch; util.one_line_errors(); torch.empty(10 ** 15 // 4)')
+    script.write_text('from nanogpt.errors import one_line_errors; import torch; one_line_errors(); torch.empty(10 ** 15 // 4)')
     proc = run_script(str(script), env={'PYTHONPATH': REPO}, check=False)
     one_line_error(proc, 'out of memory (tried to allocate 1000000000000000 bytes)', 'batch_size',
                    '--chunked_loss=True')
     # the same where another error wraps it, as torch.compile's backends do
-    script.write_text('import util, torch; util.one_line_errors()\ntry:\n    torch.empty(10 ** 15 // 4)\n'
+    script.write_text('from nanogpt.errors import one_line_errors; import torch; one_line_errors()\ntry:\n    torch.empty(10 ** 15 // 4)\n'
                       'except RuntimeError as e:\n    raise ValueError("backend compiler failed") from e')
     proc = run_script(str(script), env={'PYTHONPATH': REPO}, check=False)
     one_line_error(proc, 'out of memory (tried to allocate 1000000000000000 bytes)', '--chunked_loss=True')
 
 
 def test_out_of_memory_is_recognised_in_every_form_torch_and_cudas_libraries_raise():
-    from util import out_of_memory
+    from nanogpt.errors import out_of_memory
     for message in ["CUDA error: out of memory\nCUDA kernel errors might be asynchronously reported",
                     "CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate(handle)`",
                     "cuDNN error: CUDNN_STATUS_ALLOC_FAILED",
@@ -166,8 +166,9 @@ def test_a_failed_attempt_holds_nothing_when_its_memory_is_given_back(monkeypatc
     # the failed compiled call's error is kept (to name it), but not the tensors its frames held: free_memory (the
     # CUDA allocator's cache emptied, for cuBLAS and Triton) runs while they would still be alive
     import weakref
-    import fit
-    from common import setup_runtime
+
+    from nanogpt import fit
+    from nanogpt.runtime import setup_runtime
     held, alive_at_free = [], []
 
     class Failing(torch.nn.Module):
@@ -205,8 +206,8 @@ def test_a_failed_attempt_holds_nothing_when_its_memory_is_given_back(monkeypatc
 def test_each_size_tried_compiled_is_compiled_afresh_as_the_static_graph_the_run_uses():
     # compiled, a size that does not fit is followed by a graph for the next size alone: not the graph for any
     # batch size that dynamo would otherwise make on seeing a second size, nor a graph for model(x, x)
-    from common import setup_runtime
-    from fit import fit_step
+    from nanogpt.fit import fit_step
+    from nanogpt.runtime import setup_runtime
     torch._dynamo.reset()
     graphs = []
 
@@ -262,9 +263,9 @@ class Picky(Rows):
 
 
 def test_an_evaluation_fits_a_forward_and_a_retried_generation_draws_what_it_would_have():
-    from common import setup_runtime
-    from fit import fit_step, generate_fitted
     from model import GPT, GPTConfig
+    from nanogpt.fit import fit_step, generate_fitted
+    from nanogpt.runtime import setup_runtime
     runtime = setup_runtime('cpu', 'float32')
     # an eval_only run probes a forward without gradients, and fits it as a training run would
     model = Picky()
@@ -322,7 +323,8 @@ def test_an_evaluation_in_parts_forwards_parts_and_gives_the_losses_of_whole_bat
 def test_the_memory_named_is_what_this_process_may_use_of_the_gpu(monkeypatch):
     # torch.cuda.set_per_process_memory_fraction(0.25) on an 80 GiB GPU leaves this process 20 GiB: the notes say so
     from types import SimpleNamespace
-    from fit import device_memory
+
+    from nanogpt.fit import device_memory
     monkeypatch.setattr(torch.cuda, 'current_device', lambda: 1)
     monkeypatch.setattr(torch.cuda, 'get_device_properties', lambda i: SimpleNamespace(total_memory=80 * 2**30 * i))
     monkeypatch.setattr(torch.cuda, 'get_per_process_memory_fraction', lambda i: 0.25 * i)

@@ -3,7 +3,6 @@ import re
 
 import pytest
 import torch
-
 from conftest import run_script
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA GPU')
@@ -68,18 +67,18 @@ def test_flash_attention_matches_the_explicit_softmax():
 
 
 def test_loader_pins_and_moves_batches(char_data):
-    from data.loader import TokenLoader
+    from nanogpt.loader import TokenLoader
     loader = TokenLoader(char_data, 'train', 4, 16, 16, 'cuda')
     x, y = loader.next_batch()
     assert x.is_cuda and y.is_cuda and torch.equal(x[:, 1:], y[:, :-1])
 
 
 def test_estimate_mfu_uses_this_gpus_peak():
-    from common import device_peak_flops
+    from nanogpt.runtime import device_peak_flops
     model = tiny_gpu_model()
     peak = device_peak_flops('cuda')
     if peak is None:
-        pytest.skip(f"{torch.cuda.get_device_name()} is not in common.PEAK_BF16_FLOPS")
+        pytest.skip(f"{torch.cuda.get_device_name()} is not in nanogpt.runtime.PEAK_BF16_FLOPS")
     assert model.estimate_mfu(4, 0.1, peak) == pytest.approx(model.estimate_mfu(4, 0.1, 1.0) / peak)
 
 
@@ -89,6 +88,7 @@ def test_fsdp_on_one_gpu_trains_and_saves_a_whole_checkpoint(char_data, tmp_path
     # mixed-precision policy in bfloat16/float16 on the GPU, compiled
     import subprocess
     import sys
+
     from conftest import REPO, TINY, eval_losses
     args = [a for a in TINY if a not in ('--device=cpu', '--compile=False')]
     cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=1', 'train.py', *args,
@@ -109,8 +109,8 @@ def gpt2_limit():
     defaults) cannot take fit.py's probe but 6 x 1024 can, measured on this GPU, so the tests below depend on no
     estimate: halfway between what the caching allocator reserved at 6 rows and what was allocated at 12 (a limited
     allocator frees its cache and retries before it gives up, so 12 rows need little more than that)."""
-    from fit import _try_step
     from model import GPT, GPTConfig
+    from nanogpt.fit import _try_step
 
     def peaks(batch_size):
         model = GPT(GPTConfig(block_size=1024, vocab_size=50304, n_layer=12, n_head=12, n_embd=768, dropout=0.0,
@@ -134,6 +134,7 @@ def gpu_limited(limit: int, script: str, *args):
     import os
     import subprocess
     import sys
+
     from conftest import REPO
     fraction = limit / torch.cuda.get_device_properties(0).total_memory
     code = (f"import runpy, sys, torch; torch.cuda.set_per_process_memory_fraction({fraction}); "

@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from model import GPT, GPTConfig, CausalSelfAttention, KVCache, sample_next
+from model import GPT, CausalSelfAttention, GPTConfig, KVCache, sample_next
 
 
 def tiny_config(**kw):
@@ -54,7 +54,9 @@ def test_greedy_continuation_matches_transformers(hf_gpt2_dir):
 
 def test_from_pretrained_reads_pytorch_bin_and_unprefixed_keys(hf_gpt2_dir, tmp_path):
     # pytorch_model.bin of a GPT2Model (keys without 'transformer.'), as older hub checkpoints are
-    import json, shutil
+    import json
+    import shutil
+
     from safetensors.torch import load_file
     sd = load_file(f"{hf_gpt2_dir}/model.safetensors")
     sd = {k.removeprefix('transformer.'): v for k, v in sd.items() if not k.startswith('lm_head')}
@@ -261,9 +263,9 @@ def test_configure_optimizers_decays_only_matrices():
 
 
 def test_estimate_mfu_uses_device_peak(monkeypatch):
-    import common
+    from nanogpt import runtime
     model = GPT(tiny_config())
-    assert model.estimate_mfu(1, 0.1, common.device_peak_flops('cpu')) is None  # CPU: no known peak
+    assert model.estimate_mfu(1, 0.1, runtime.device_peak_flops('cpu')) is None  # CPU: no known peak
     mfu = model.estimate_mfu(4, 0.5, flops_promised=1e12)
     cfg = model.config
     flops = (6 * model.get_num_params() + 12 * cfg.n_layer * cfg.n_head * 8 * 32) * 32 * 4
@@ -271,7 +273,7 @@ def test_estimate_mfu_uses_device_peak(monkeypatch):
     # the peak comes from the GPU actually in use
     monkeypatch.setattr(torch.cuda, 'is_available', lambda: True)
     monkeypatch.setattr(torch.cuda, 'get_device_name', lambda device=None: 'NVIDIA H100 80GB HBM3')
-    assert model.estimate_mfu(4, 0.5, common.device_peak_flops('cuda:0')) == pytest.approx(flops / 0.5 / 989e12)
+    assert model.estimate_mfu(4, 0.5, runtime.device_peak_flops('cuda:0')) == pytest.approx(flops / 0.5 / 989e12)
 
 
 @pytest.mark.parametrize('name, flops', [
@@ -280,11 +282,11 @@ def test_estimate_mfu_uses_device_peak(monkeypatch):
 ])
 def test_peak_flops_reads_the_device_name(monkeypatch, name, flops):
     # the GPU's name as torch reports it picks the entry; a name that contains a shorter one (H100 PCIe) wins
-    import common
+    from nanogpt import runtime
     monkeypatch.setattr(torch.cuda, 'is_available', lambda: True)
     monkeypatch.setattr(torch.cuda, 'get_device_name', lambda device=None: name)
-    assert common.device_peak_flops('cuda:0') == flops
-    assert common.device_peak_flops('cpu') is None
+    assert runtime.device_peak_flops('cuda:0') == flops
+    assert runtime.device_peak_flops('cpu') is None
 
 
 def test_sample_next_top_k_top_p():

@@ -17,7 +17,6 @@ import time
 
 import pytest
 import torch
-
 from conftest import (REPO, TINY, after_meta, bpe_data, eval_losses, iter_losses, load_model_state, one_line_error,
                       popen_script, read_log, run_ranks, run_script, snapshot, torchrun, train)
 
@@ -115,7 +114,7 @@ def test_a_second_run_into_a_held_folder_refuses_and_a_dead_holders_lock_is_take
 def test_a_lock_file_removed_between_its_open_and_its_lock_is_opened_again(tmp_path, monkeypatch):
     # a run opens run.lock just as the run holding it ends, removing the file before it lets go: the flock it then
     # gets is on a file no longer in the folder, which a third run would not see; it must lock the file at the path
-    import rundir
+    from nanogpt import rundir
     path = str(tmp_path / 'run.lock')
     opened, try_lock = [], rundir._try_lock
 
@@ -350,7 +349,7 @@ def test_an_exported_character_model_samples_from_its_folder(char_data, tmp_path
 
 def test_errors_the_scripts_did_not_foresee_name_where_they_happened(tmp_path):
     # an assert with no message inside the model: the last-resort line still says where
-    proc = subprocess.run([sys.executable, '-c', 'import util, model; util.one_line_errors(); '
+    proc = subprocess.run([sys.executable, '-c', 'import model; from nanogpt.errors import one_line_errors; one_line_errors(); '
                            'model.GPT(model.GPTConfig(n_embd=30, n_head=4))'], cwd=REPO, capture_output=True,
                           text=True)
     one_line_error(proc, 'AssertionError (at model.py:')

@@ -1,10 +1,10 @@
-"""common.setup_runtime: the device and dtype chosen by 'auto', and one-line refusals of devices and dtypes."""
+"""nanogpt.runtime.setup_runtime: the device and dtype chosen by 'auto', and one-line refusals of devices and dtypes."""
 import contextlib
 
 import pytest
 import torch
 
-from common import setup_runtime
+from nanogpt.runtime import setup_runtime
 
 
 def test_cpu_defaults_to_float32_without_autocast():

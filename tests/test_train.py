@@ -14,11 +14,12 @@ import subprocess
 import numpy as np
 import pytest
 import torch
-
 from conftest import (REPO, TINY, after_meta, ddp_train, eval_losses, free_port, iter_losses, load_init_weights,
                       load_model_state, run_script, torchrun, train)
-from data.tokenfiles import TokenWriter
+
+from nanogpt.tokenfiles import TokenWriter
 from train import get_lr
+
 
 def test_lr_schedule():
     lrs = [get_lr(it, 1.0, 10, 100, 0.1) for it in range(120)]
@@ -168,7 +169,7 @@ def test_end_distributed_leaves_before_interpreter_shutdown(tmp_path):
     script.write_text(f"""import atexit, sys
 sys.path.insert(0, {REPO!r})
 import torch
-from common import end_distributed
+from nanogpt.runtime import end_distributed
 torch.distributed.init_process_group('gloo')
 atexit.register(print, 'interpreter shutdown ran', flush=True)
 sys.stdout.write(f'rank {{torch.distributed.get_rank()}} ending\\n')  # one write: the ranks share stdout

@@ -9,10 +9,10 @@ from contextlib import nullcontext
 
 import pytest
 import torch
-
 from conftest import REPO
+
 from model import GPT, GPTConfig
-from checkpoint import save_checkpoint
+from nanogpt.checkpoint import save_checkpoint
 from train import estimate_loss, train_step
 
 VOCAB, T = 50, 16
@@ -167,7 +167,7 @@ def test_failed_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
 
 KILLED_SAVE = """
 import sys, time, torch
-from checkpoint import save_checkpoint
+from nanogpt.checkpoint import save_checkpoint
 path, ready = sys.argv[1], sys.argv[2]
 def slow_save(obj, f, *args, **kwargs):
     with open(f, 'wb') as out:

@@ -11,10 +11,9 @@ import argparse
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-from data.prepare_helpers import load_text_dataset, tokenize_to_files  # noqa: E402
-from data.tokenfiles import TokenWriter, begin_prepare, write_meta  # noqa: E402
-from util import one_line_errors  # noqa: E402
+from nanogpt.errors import one_line_errors
+from nanogpt.prepare import load_text_dataset, tokenize_to_files
+from nanogpt.tokenfiles import TokenWriter, begin_prepare, write_meta
 
 HUB_NAME = 'HuggingFaceFW/fineweb-edu'
 

@@ -5,15 +5,12 @@ train.bin and val.bin of uint16 token ids (no <|endoftext|>: it is one document)
     python data/shakespeare/prepare.py                 # input.txt beside this script, downloaded if missing
     python data/shakespeare/prepare.py --input FILE    # any text file
 """
-import os
-import sys
-
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-from data.prepare_helpers import shakespeare_splits  # noqa: E402
-from data.tokenfiles import TokenWriter, write_meta  # noqa: E402
-from util import gpt2_encoding, one_line_errors  # noqa: E402
+from nanogpt.errors import one_line_errors
+from nanogpt.prepare import shakespeare_splits
+from nanogpt.tokenfiles import TokenWriter, write_meta
+from nanogpt.tokenizer import gpt2_encoding
 
 
 def main(argv=None):

@@ -9,14 +9,13 @@ encoder and decoder and some other related info.
 """
 import os
 import pickle
-import sys
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-from data.prepare_helpers import shakespeare_splits  # noqa: E402
-from data.tokenfiles import TokenWriter, write_meta  # noqa: E402
-from util import atomic_path, one_line_errors  # noqa: E402
+from nanogpt.errors import one_line_errors
+from nanogpt.files import atomic_path
+from nanogpt.prepare import shakespeare_splits
+from nanogpt.tokenfiles import TokenWriter, write_meta
 
 
 def main(argv=None):

@@ -13,7 +13,7 @@ disk during an append), so that neither a resume nor plot.py fails on it.
 import json
 import os
 
-from util import atomic_path
+from nanogpt.files import atomic_path
 
 # each kind by the key that only its records have
 KINDS = {'start': 'params', 'step': 'loss', 'eval': 'val_loss', 'skipped': 'skipped', 'hellaswag': 'hellaswag'}

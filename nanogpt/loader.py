@@ -7,7 +7,7 @@ SyntheticLoader: random tokens, for bench.py without prepared data.
 import numpy as np
 import torch
 
-from data.tokenfiles import DTYPE, Dataset
+from nanogpt.tokenfiles import DTYPE, Dataset
 
 
 class TokenLoader:

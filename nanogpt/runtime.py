@@ -2,7 +2,7 @@
 The runtime that train.py, sample.py, bench.py and the evaluation scripts share: one setup of the device, the DDP
 process group, dtype, autocast and seeds (setup_runtime), and its end under torchrun (end_distributed); the RNG state
 of a device (rng_state, set_rng_state); rank-0 printing; the all-rank guard on stop requests and non-finite steps;
-the device's peak FLOPS for MFU and its description; where a dataset lives.
+the device's peak FLOPS for MFU and its description.
 """
 
 import os
@@ -14,7 +14,6 @@ from dataclasses import dataclass
 
 import torch
 
-REPO_DIR = os.path.dirname(os.path.abspath(__file__))
 PTDTYPES = {'float32': torch.float32, 'bfloat16': torch.bfloat16, 'float16': torch.float16}
 
 
@@ -196,10 +195,3 @@ def describe_device(runtime, compile: bool, chunked_loss: bool) -> str:
         attention = 'SDPA (CPU kernel)'
     return (f"device {runtime.device}: {name}; {versions}; dtype {runtime.dtype}; compile {compile}; "
             f"attention {attention}; loss {'chunked' if chunked_loss else 'plain'}")
-
-
-def dataset_dir(dataset: str) -> str:
-    """data/<dataset> of this repository, or `dataset` itself when it is a path."""
-    if os.sep in dataset or os.path.isdir(dataset):
-        return dataset
-    return os.path.join(REPO_DIR, 'data', dataset)

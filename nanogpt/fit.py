@@ -19,8 +19,8 @@ from contextlib import nullcontext
 
 import torch
 
-from common import rng_state, set_rng_state
-from util import causes, out_of_memory
+from nanogpt.errors import causes, out_of_memory
+from nanogpt.runtime import rng_state, set_rng_state
 
 
 def device_memory(device) -> str:

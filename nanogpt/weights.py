@@ -1,17 +1,85 @@
 """
-The Hugging Face GPT-2 file format, both ways: reading OpenAI's checkpoints (from the hub, or a local folder holding
-config.json and model.safetensors or pytorch_model.bin) for GPT.from_pretrained, and writing this project's models
-as such a folder for export_hf.py. The GPT-2 facts (Conv1D transposes, config keys) are written here once.
+Weight files from outside, read safely, and the Hugging Face GPT-2 format both ways. torch_load reads tensors and
+plain data only (a pickle that refers to code is refused, naming it); check_shapes holds a config against its
+weights' shapes before anything is built. Reading OpenAI's checkpoints (from the hub, or a local folder holding
+config.json and model.safetensors or pytorch_model.bin) hands GPT.from_pretrained a config and tensors; writing
+makes such a folder of this project's models for export_hf.py. The GPT-2 facts (Conv1D transposes, config keys) are
+written here once. Nothing here imports model.py: the model builds itself from what this module reads.
 """
 
 import json
 import os
+import pickle
+import re
 import sys
+import warnings
 
 import torch
 
-from checkpoint import check_shapes, torch_load
-from util import atomic_path
+from nanogpt.files import atomic_path
+
+
+def torch_load(path: str, what: str):
+    """torch.load of a file from outside, as tensors and plain data only (weights_only), so that loading never runs
+    code from it; SystemExit naming the file when it holds anything else or is damaged."""
+    try:
+        with warnings.catch_warnings():  # torch's notes on pickle protocols are not the user's concern
+            warnings.simplefilter('ignore')
+            return torch.load(path, map_location='cpu', weights_only=True)
+    except pickle.UnpicklingError as e:
+        found = re.search(r'GLOBAL (\S+)', str(e)) or _code_in(path)  # torch's message names it, or a scan does
+        if found is None:
+            raise SystemExit(f"error: could not read the {what} {path} (UnpicklingError: {e}): the file is "
+                             f"damaged or not a PyTorch {what}") from None
+        name = found if isinstance(found, str) else found.group(1)
+        raise SystemExit(f"error: refused to load {path}: it holds objects other than tensors and plain data, "
+                         f"which could run code when loaded (it refers to {name}); use {what}s you trust, "
+                         f"written by this project, nanoGPT or transformers") from None
+    except Exception as e:
+        raise SystemExit(f"error: could not read the {what} {path} ({type(e).__name__}: {e}): the file is "
+                         f"damaged or not a PyTorch {what}") from None
+
+
+def _code_in(path: str) -> str | None:
+    """The first function or class outside torch that a pickle (or a torch zip file's data.pkl) refers to, read
+    with pickletools, which executes nothing."""
+    import pickletools
+    import zipfile
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as z:
+                data = z.read(next(n for n in z.namelist() if n.endswith('data.pkl')))
+        else:
+            with open(path, 'rb') as f:
+                data = f.read()
+        strings = []
+        for op, arg, _ in pickletools.genops(data):
+            if isinstance(arg, str):
+                strings.append(arg)
+            name = arg.replace(' ', '.') if op.name == 'GLOBAL' else \
+                '.'.join(strings[-2:]) if op.name == 'STACK_GLOBAL' else None
+            if name and not name.startswith(('torch.', 'collections.OrderedDict', '_codecs.encode')):
+                return name
+    except Exception:  # not a pickle past some point: what was read held nothing foreign
+        pass
+    return None
+
+
+def check_shapes(model_args: dict, shapes: dict, source: str):
+    """SystemExit unless the sizes model_args describe (layers, vocabulary, context, width) are those of the
+    weights, whose shapes (name -> shape, this model's names) are read before anything is built: a config.json or
+    model_args that disagrees with its weights would otherwise allocate what it says first."""
+    layers = {int(k.split('.')[2]) for k in shapes if k.startswith('transformer.h.') and k.split('.')[2].isdigit()}
+    found = {'n_layer': len(layers)}
+    if 'transformer.wte.weight' in shapes:
+        found['vocab_size'], found['n_embd'] = shapes['transformer.wte.weight']
+    if 'transformer.wpe.weight' in shapes:
+        found['block_size'] = shapes['transformer.wpe.weight'][0]
+    differ = [f"{k}={model_args.get(k)} (the weights: {v})" for k, v in found.items() if model_args.get(k) != v]
+    if differ:
+        raise SystemExit(f"error: {source} describes a model its weights are not: {', '.join(differ)}; the files do "
+                         f"not belong together: export or download the model again")
+
 
 # The Hugging Face hub repositories of OpenAI's checkpoints, and their shapes
 PRETRAINED = {

@@ -18,7 +18,7 @@ import os
 import socket
 import time
 
-from runlog import read_records
+from nanogpt.runlog import read_records
 
 try:
     import fcntl

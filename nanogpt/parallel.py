@@ -15,7 +15,7 @@ from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 from torch.distributed.tensor import DTensor, distribute_tensor, init_device_mesh
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from common import PTDTYPES, print0, rng_state, set_rng_state
+from nanogpt.runtime import PTDTYPES, print0, rng_state, set_rng_state
 
 DATA_PARALLEL = ('ddp', 'fsdp')  # the values of the data_parallel key
 
@@ -98,7 +98,7 @@ def load_optimizer_state(optimizer, state: dict):
 
 
 def rng_states(runtime) -> dict:
-    """Every rank's RNG states, {rank: common.rng_state}, gathered on all ranks (a collective under DDP) so that
+    """Every rank's RNG states, {rank: runtime.rng_state}, gathered on all ranks (a collective under DDP) so that
     rank 0 can save them: after a resume each rank draws the dropout masks it would have drawn."""
     rng = rng_state(runtime.device)
     rngs = [rng]

@@ -27,7 +27,7 @@ import re
 
 import numpy as np
 
-from util import atomic_path
+from nanogpt.files import atomic_path
 
 REPO_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -228,6 +228,13 @@ class Dataset:
             if top >= vocab_size:
                 raise SystemExit(f"error: {path} holds token id {top}, outside the model's vocabulary of {vocab_size}"
                                  f": the data was prepared with another tokenizer, or vocab_size is wrong")
+
+
+def dataset_dir(dataset: str) -> str:
+    """data/<dataset> of this repository, or `dataset` itself when it is a path."""
+    if os.sep in dataset or os.path.isdir(dataset):
+        return dataset
+    return os.path.join(REPO_DIR, 'data', dataset)
 
 
 def split_files(data_dir: str, split: str) -> list[str]:

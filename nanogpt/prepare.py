@@ -9,8 +9,9 @@ from multiprocessing import Pool
 
 import numpy as np
 
-from data.tokenfiles import DTYPE, REPO_DIR, TokenWriter, begin_prepare
-from util import download, gpt2_encoding
+from nanogpt.files import download
+from nanogpt.tokenfiles import DTYPE, REPO_DIR, TokenWriter, begin_prepare
+from nanogpt.tokenizer import gpt2_encoding
 
 SHAKESPEARE_URL = 'https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt'
 
@@ -59,6 +60,7 @@ def _tokenize(text: str) -> np.ndarray:
 def tokenize_to_files(texts, writer: TokenWriter, num_proc: int, total: int | None = None, desc: str = 'tokenizing'):
     """GPT-2 BPE of each text followed by <|endoftext|>, written in order through writer; returns tokens written."""
     import time
+
     from tqdm import tqdm
     written = 0
     t0 = time.time()

@@ -1,0 +1,122 @@
+"""
+Checkpoints: what out_dir/ckpt.pt holds, written (Checkpointer.save), read back into a model (load_checkpoint,
+model_from_checkpoint, load_model, which also takes OpenAI's GPT-2 names and Hugging Face folders), the training
+state restored from it (Checkpointer.restore).
+
+A checkpoint is one torch.save'd dict under nanoGPT's keys, whatever wrote it (one process, DDP or FSDP):
+    model          the uncompiled, unwrapped model's state_dict (whole tensors)
+    optimizer      AdamW's state_dict (whole tensors)
+    model_args     GPTConfig's arguments
+    iter_num       the iterations done
+    best_val_loss  the lowest val loss seen (only ever lowered)
+    config         the run's resolved config
+and, for an exact resume: scaler (the float16 GradScaler), loader (the position in the batch stream), rng (every
+rank's RNG states), world_size; and vocab, the characters of a character-level model, so sampling needs no dataset.
+"""
+
+import os
+from dataclasses import asdict
+
+import torch
+
+from model import GPT, GPTConfig
+from nanogpt.files import atomic_path
+from nanogpt.parallel import full_state_dict, load_optimizer_state, restore_rng, rng_states
+from nanogpt.tokenfiles import read_vocab
+from nanogpt.weights import check_shapes, torch_load
+
+
+def save_checkpoint(path: str, checkpoint: dict):
+    """torch.save to a temporary file, renamed into place: a crash mid-save never leaves a broken checkpoint."""
+    with atomic_path(path) as tmp:
+        torch.save(checkpoint, tmp)
+
+
+class Checkpointer:
+    """Saves and restores the training state of one run: the live model, optimizer, scaler and loader, and what
+    stays fixed for the run (model_args, config, vocab)."""
+
+    def __init__(self, out_dir: str, runtime, raw_model, optimizer, scaler, loader, model_args: dict, config: dict,
+                 vocab: list[str] | None):
+        self.path = os.path.join(out_dir, 'ckpt.pt')
+        self.runtime, self.raw_model, self.optimizer = runtime, raw_model, optimizer
+        self.scaler, self.loader = scaler, loader
+        self.fixed = {'model_args': model_args, 'config': config, 'vocab': vocab}
+        self.saved_iter = None  # the iteration of the checkpoint in out_dir, once there is one
+
+    def save(self, iter_num: int, best_val_loss: float):
+        """Write the checkpoint. A collective: every rank calls it (RNG states are gathered, and under FSDP the
+        shards too, into whole tensors on rank 0's CPU, as DDP would save them); rank 0 writes."""
+        master = self.runtime.master_process
+        rng = rng_states(self.runtime)
+        model_state = full_state_dict(self.raw_model.state_dict(keep_vars=True), master)
+        optimizer_state = full_state_dict(self.optimizer.state_dict(), master)
+        if master:
+            print(f"saving checkpoint to {os.path.dirname(self.path)}")
+            save_checkpoint(self.path, {
+                'model': model_state, 'optimizer': optimizer_state, 'scaler': self.scaler.state_dict(),
+                'iter_num': iter_num, 'best_val_loss': best_val_loss, 'loader': self.loader.state_dict(),
+                'rng': rng, 'world_size': self.runtime.world_size, **self.fixed})
+        self.saved_iter = iter_num
+
+    def restore(self, checkpoint: dict):
+        """The optimizer (resharded under FSDP), scaler, batch stream position and this rank's RNG states of a
+        checkpoint: the run continues as if it had never stopped. The weights are loaded with the model."""
+        load_optimizer_state(self.optimizer, checkpoint['optimizer'])
+        if 'scaler' in checkpoint:
+            self.scaler.load_state_dict(checkpoint['scaler'])
+        if 'loader' in checkpoint:  # continue the batch stream instead of replaying it
+            self.loader.load_state_dict(checkpoint['loader'])
+        restore_rng(checkpoint.get('rng', {}), self.runtime)
+        self.saved_iter = checkpoint['iter_num']
+
+
+def load_checkpoint(ckpt_path: str, takes_init_from: bool = True) -> dict:
+    """The checkpoint at ckpt_path, checked to be one; SystemExit naming what to do where there is none (OpenAI's
+    weights too, for a script that takes --init_from)."""
+    if not os.path.exists(ckpt_path):
+        raise SystemExit(f"error: no checkpoint at {ckpt_path}: train one with train.py (out_dir sets where)"
+                         f"{', or pass --init_from=gpt2 for OpenAI weights' if takes_init_from else ''}")
+    checkpoint = torch_load(ckpt_path, 'checkpoint')
+    if not isinstance(checkpoint, dict) or 'model' not in checkpoint or 'model_args' not in checkpoint:
+        raise SystemExit(f"error: {ckpt_path} is not a checkpoint of this project (no 'model' and 'model_args')")
+    return checkpoint
+
+
+def model_from_checkpoint(checkpoint: dict, source: str = 'checkpoint') -> GPT:
+    """The GPT described by a checkpoint's model_args, with its weights (nanoGPT's checkpoints included)."""
+    model_args = checkpoint['model_args']
+    known = set(GPTConfig.__dataclass_fields__)
+    if set(model_args) - known:
+        raise SystemExit(f"error: {source} has model arguments {sorted(set(model_args) - known)} that this GPT "
+                         f"does not know: it comes from another architecture")
+    # checkpoints of a torch.compile'd model (nanoGPT's) carry this prefix
+    state_dict = {k.removeprefix('_orig_mod.'): v for k, v in checkpoint['model'].items()}
+    state_dict = {k: v for k, v in state_dict.items() if not k.endswith('.attn.bias')}  # old causal-mask buffers
+    check_shapes(model_args, {k: tuple(v.shape) for k, v in state_dict.items()}, source)
+    model = GPT(GPTConfig(**model_args))
+    try:
+        model.load_state_dict(state_dict)
+    except RuntimeError as e:
+        raise SystemExit(f"error: the weights in {source} do not fit its model_args {model_args}: {e}") from e
+    return model
+
+
+def load_model(init_from: str, out_dir: str = 'out', device='cpu', dropout: float | None = None):
+    """A model from 'resume' (out_dir/ckpt.pt), a GPT-2 name or a Hugging Face directory, and the checkpoint
+    it came from; for pretrained weights, what get_tokenizer and check_tokens need of one (model_args, and vocab:
+    the characters an exported character-level model carries in its meta.json)."""
+    if init_from == 'resume':
+        ckpt_path = os.path.join(out_dir, 'ckpt.pt')
+        checkpoint = load_checkpoint(ckpt_path)
+        if dropout is not None:
+            checkpoint['model_args']['dropout'] = dropout
+        model = model_from_checkpoint(checkpoint, ckpt_path)
+    else:
+        try:
+            model = GPT.from_pretrained(init_from, None if dropout is None else dict(dropout=dropout))
+        except (ValueError, RuntimeError, FileNotFoundError) as e:
+            raise SystemExit(f"error: {e}") from e
+        vocab = read_vocab(init_from) if os.path.isdir(init_from) else None
+        checkpoint = {'model_args': asdict(model.config), 'vocab': vocab, 'source': init_from}
+    return model.to(device), checkpoint
