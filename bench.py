@@ -1,6 +1,6 @@
 """
 Times the very step train.py runs (train_step: micro-batches, accumulation, clipping, GradScaler, fused AdamW) on a
-model placed and wrapped as train.py's (parallel.py), and prints ms/iter, tokens/s, MFU and peak memory: the one
+model placed and wrapped as train.py's (nanogpt/parallel.py), and prints ms/iter, tokens/s, MFU and peak memory: the one
 command to check a GPU.
 
     python bench.py                                   # GPT-2 124M, batch 12 x 1024, compiled (a small GPT on a CPU)
@@ -14,9 +14,6 @@ setting that fails when it runs (out of memory, say) is reported in its row whil
 that does not fit is timed as smaller micro-batches, accumulated, as train.py trains it. Without prepared data
 (data/<dataset>/train.bin) it times synthetic tokens and says so.
 """
-import itertools
-import json as jsonlib
-import os
 import sys
 import time
 
@@ -24,7 +21,8 @@ import torch
 
 from configurator import config_defaults, configure
 from model import GPT, GPTConfig
-from nanogpt.errors import one_line_errors, out_of_memory
+from nanogpt import sweep
+from nanogpt.errors import one_line_errors
 from nanogpt.fit import fit_step, free_memory
 from nanogpt.loader import SyntheticLoader, TokenLoader
 from nanogpt.parallel import DATA_PARALLEL, place_model, wrap_model
@@ -66,18 +64,6 @@ RANGES = dict(batch_size='> 0', block_size='> 0', gradient_accumulation_steps='>
 defaults = config_defaults(globals())
 
 CPU_SHAPE = dict(n_layer=4, n_head=4, n_embd=128, block_size=128, batch_size=8)  # a CPU times it in under a minute
-
-
-def split_sweep(argv: list[str]) -> tuple[list[str], dict]:
-    """The arguments less the swept ones, and {key: [value strings]} for each --key=a,b,c."""
-    fixed, swept = [], {}
-    for arg in argv:
-        key, _, value = arg[2:].partition('=')
-        if arg.startswith('--') and ',' in value:
-            swept[key] = value.split(',')
-        else:
-            fixed.append(arg)
-    return fixed, swept
 
 
 _datasets = {}  # bench(): the datasets opened so far, by folder
@@ -150,8 +136,7 @@ def bench(cfg, runtime, probe=None) -> dict:
     lossf = loss.item()  # waits for the last step
     dt = (time.time() - t0) / cfg.benchmark_steps
     # MFU per GPU, from this rank's share; memory per rank, the largest over the ranks
-    mfu = raw_model.estimate_mfu(fitted * accumulation, dt,
-                                 cfg.peak_flops or device_peak_flops(runtime.device))
+    mfu = raw_model.estimate_mfu(fitted * accumulation, dt, cfg.peak_flops or device_peak_flops(runtime.device))
     cuda_peak = torch.cuda.max_memory_allocated(runtime.device) if runtime.device_type == 'cuda' else -1
     measured = {'peak_memory': cuda_peak, **(probe.read() if probe else {})}
     if runtime.ddp:
@@ -160,25 +145,14 @@ def bench(cfg, runtime, probe=None) -> dict:
         measured = dict(zip(measured, largest.tolist()))
     return dict(loss=lossf, ms=dt * 1000, tokens_per_s=tokens_per_iter / dt, mfu=mfu,
                 **{f'{k}_gib': v / 2**30 if v >= 0 else None for k, v in measured.items()},
-                params=raw_model.get_num_params(), ranks=runtime.world_size, fitted_batch_size=fitted, probe_ms=probe_ms,
-                compiled=compiled,
-                data_parallel=(cfg.data_parallel if runtime.ddp else 'none'))
-
-
-def result_cells(result: dict) -> list[str]:
-    """ms/iter, tokens/s, MFU and peak memory of a result, as printed."""
-    if result.get('failed'):
-        return [f"failed: {result['failed']}", '', '', '']
-    memory = result['peak_memory_gib']
-    return [f"{result['ms']:.2f}", f"{result['tokens_per_s']:,.0f}",
-            f"{result['mfu'] * 100:.2f}%" if result['mfu'] is not None else 'n/a',
-            f"{memory:.2f} GiB" if memory is not None else 'n/a']
+                params=raw_model.get_num_params(), ranks=runtime.world_size, fitted_batch_size=fitted,
+                compiled=compiled, probe_ms=probe_ms, data_parallel=cfg.data_parallel if runtime.ddp else 'none')
 
 
 # -----------------------------------------------------------------------------
 if __name__ == '__main__':
     one_line_errors()
-    argv, swept = split_sweep(sys.argv[1:])
+    argv, swept = sweep.split_sweep(sys.argv[1:])
     base = configure(defaults, argv, RANGES)
     runtime = setup_runtime(base.device, base.dtype, base.seed)
     given = {arg[2:].partition('=')[0] for arg in sys.argv[1:] if arg.startswith('--')}
@@ -198,13 +172,10 @@ if __name__ == '__main__':
         print0(f"note: {folder} has a vocabulary of {len(vocab)} characters: timing vocab_size={len(vocab)}, as "
                f"train.py trains on it")
     # every setting and the output path checked before the first one runs: a bad one costs no results
-    if base.json and not os.path.isdir(os.path.dirname(os.path.abspath(base.json))):
-        raise SystemExit(f"error: --json={base.json}: its folder does not exist: create it, or choose another path")
-    settings = [dict(zip(swept, values)) for values in itertools.product(*swept.values())]
-    configs = [configure(defaults, argv + [f'--{k}={v}' for k, v in setting.items()], RANGES, verbose=False)
-               for setting in settings]
+    settings = [(setting, configure(defaults, argv + [f'--{k}={v}' for k, v in setting.items()], RANGES, verbose=False))
+                for setting in sweep.combinations(swept, base.json)]
     results, described = [], ''
-    for setting, cfg in zip(settings, configs):
+    for setting, cfg in settings:
         if setting:
             print0(f"setting {', '.join(f'{k}={v}' for k, v in setting.items())}:")
         if 'dtype' in setting or 'device' in setting:
@@ -215,31 +186,15 @@ if __name__ == '__main__':
         try:
             result = bench(cfg, runtime)
         except (Exception, SystemExit) as e:
-            if not swept and not out_of_memory(e):
-                raise
-            # reported in its row; the other settings still run
-            result = {'failed': 'out of memory' if out_of_memory(e) else str(e).removeprefix('error: ')
-                      if isinstance(e, SystemExit) else f"{type(e).__name__}: {e}"}
+            result = sweep.failed(e, swept)  # reported in its row, while the other settings still run
         free_memory(runtime.device)  # what a failed setting held, free again for the next
         if cfg.profile:
             break
-        ms, tokens, mfu, peak = result_cells(result)
-        timed = []  # what was timed, where it is not what was asked
-        if result.get('fitted_batch_size', cfg.batch_size) != cfg.batch_size:
-            timed.append(f"timed as batch_size={result['fitted_batch_size']}, accumulated")
-        if cfg.compile and result.get('compiled') is False:
-            timed.append("timed uncompiled: torch.compile failed")
-        print0(ms if result.get('failed') else f"loss {result['loss']:.4f}: {ms} ms/iter, {tokens} tokens/s, MFU {mfu}"
-               f"{' (unknown peak FLOPS: pass --peak_flops)' * (mfu == 'n/a')}, peak memory {peak}"
-               + (f" ({'; '.join(timed)})" if timed else ''), flush=True)
+        print0(sweep.result_line(result, cfg.batch_size, cfg.compile), flush=True)
         results.append({**setting, **result})
     if results:
-        print0("\n" + " | ".join([*swept, 'ms/iter', 'tokens/s', 'MFU', 'peak memory']))
-        for r in results:
-            print0(" | ".join([str(r[k]) for k in swept] + result_cells(r)))
+        print0("\n" + sweep.table(results, swept))
     if base.json and results and runtime.master_process:
-        with open(base.json, 'w') as f:
-            jsonlib.dump({'device': described, 'swept': list(swept), 'results': results}, f, indent=2)
-        print0(f"wrote {base.json}")
+        sweep.write_results(base.json, described, swept, results)
     if runtime.ddp:
         end_distributed()

@@ -30,18 +30,15 @@ import time
 from dataclasses import asdict
 
 import torch
-from torch.distributed.fsdp import FSDPModule
-from torch.distributed.tensor import DTensor
-from torch.nn.parallel import DistributedDataParallel as DDP
 
 from configurator import config_defaults, configure
 from model import GPT, GPTConfig
 from nanogpt import rundir
 from nanogpt.checkpoint import Checkpointer, load_model
 from nanogpt.errors import one_line_errors
-from nanogpt.fit import device_memory, fit_step
+from nanogpt.fit import fit_step, fitted_sizes, resumed_sizes
 from nanogpt.loader import TokenLoader
-from nanogpt.parallel import DATA_PARALLEL, place_model, wrap_model
+from nanogpt.parallel import DATA_PARALLEL, clip_grad_norm, place_model, sync_gradients, wrap_model
 from nanogpt.runlog import RunLog
 from nanogpt.runtime import RunGuard, device_peak_flops, end_distributed, print0, setup_runtime
 from nanogpt.tokenfiles import Dataset, dataset_dir
@@ -133,17 +130,11 @@ def train_step(model, optimizer, scaler, loader, grad_accum: int, ctx, grad_clip
     mean micro-batch loss and the gradient norm, as tensors."""
     for param_group in optimizer.param_groups:
         param_group['lr'] = lr
-    fsdp = isinstance(getattr(model, '_orig_mod', model), FSDPModule)  # torch.compile wraps the sharded model
     total = 0.0
     for micro_step in range(grad_accum):
         X, Y = loader.next_batch()
-        if isinstance(model, DDP):
-            # in DDP training we only need to sync gradients at the last micro step; the flag is read by forward
-            model.require_backward_grad_sync = (micro_step == grad_accum - 1)
-        elif fsdp:
-            # FSDP likewise reduce-scatters the gradients on the last micro step only; until then each rank
-            # accumulates its own unsharded gradients (the weights are still resharded after each use)
-            model.set_requires_gradient_sync(micro_step == grad_accum - 1)
+        # in DDP (and FSDP) training we only need to sync gradients at the last micro step
+        sync_gradients(model, micro_step == grad_accum - 1)
         with ctx:
             _, loss = model(X, Y)
             loss = loss / grad_accum  # scale the loss to account for gradient accumulation
@@ -152,9 +143,7 @@ def train_step(model, optimizer, scaler, loader, grad_accum: int, ctx, grad_clip
         scaler.scale(loss).backward()
     # clip the gradient, after unscaling it in float16 (the norm is measured even without clipping)
     scaler.unscale_(optimizer)
-    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip if grad_clip != 0.0 else float('inf'))
-    if isinstance(norm, DTensor):
-        norm = norm.full_tensor()  # under FSDP: the norm over all ranks' shards, the same on every rank
+    norm = clip_grad_norm(model, grad_clip)
     # step the optimizer; a non-finite gradient would write NaN into every weight, so that step is skipped
     # (in float16 the scaler skips it by itself, and lowers its scale)
     if scaler.is_enabled() or torch.isfinite(norm):
@@ -253,16 +242,8 @@ if __name__ == '__main__':
         iter_num = checkpoint['iter_num']
         best_val_loss = checkpoint['best_val_loss']
         # a micro-batch fitted to memory when the run started stays: the batch stream continues as it was drawn
-        saved = checkpoint.get('config', {})
-        if saved.get('batch_size', batch_size) < batch_size and saved.get('gradient_accumulation_steps', 0) * \
-                saved['batch_size'] == batch_size * gradient_accumulation_steps * ddp_world_size and \
-                saved['gradient_accumulation_steps'] % ddp_world_size == 0:
-            batch_size, gradient_accumulation_steps = saved['batch_size'], saved['gradient_accumulation_steps']
-            print0(f"note: resuming with the checkpoint's batch_size={batch_size} and gradient_accumulation_steps="
-                   f"{gradient_accumulation_steps}, fitted to memory when the run started")
-            gradient_accumulation_steps //= ddp_world_size
-            config.update(batch_size=batch_size,
-                          gradient_accumulation_steps=gradient_accumulation_steps * ddp_world_size)
+        batch_size, gradient_accumulation_steps = resumed_sizes(checkpoint.get('config', {}), batch_size,
+                                                                gradient_accumulation_steps, ddp_world_size)
     else:
         # OpenAI's GPT-2 (gpt2, gpt2-medium, ...) or a Hugging Face GPT-2 folder
         source = 'OpenAI GPT-2 weights' if init_from in PRETRAINED else 'a GPT-2 folder'
@@ -313,28 +294,20 @@ if __name__ == '__main__':
     checkpoint = None  # free up memory
 
     # compile the model and wrap it into DDP (checkpoints save raw_model, without the _orig_mod. prefix), fitting the
-    # run to this machine before its first step (fit.py): a micro-batch that does not fit in memory becomes smaller
-    # ones, accumulated (the same tokens per iteration, the same math); compile falls back where it fails
+    # run to this machine before its first step (nanogpt/fit.py): a micro-batch that does not fit in memory becomes
+    # smaller ones, accumulated (the same tokens per iteration, the same math); compile falls back where it fails
     raw_model = model
     model, micro_batch, _ = fit_step(lambda compile: wrap_model(raw_model, runtime, data_parallel, compile), runtime,
                                      batch_size, block_size, ctx, optimizer, fit_batch_size, compile,
                                      ddp and data_parallel == 'fsdp', train=not eval_only)
-    if micro_batch != batch_size:
-        memory = device_memory(device)
-        too_big = f"note: batch_size={batch_size} does not fit in the memory of {device}{f' ({memory})' * bool(memory)}"
-        if eval_only:  # the configured batches, forwarded in parts
-            print0(f"{too_big}: evaluating each batch in parts of {micro_batch} rows, the same losses")
-        else:  # from here on the run is the one started at these sizes
-            gradient_accumulation_steps *= batch_size // micro_batch
-            batch_size = micro_batch
-            print0(f"{too_big}: training with batch_size={batch_size} and gradient_accumulation_steps="
-                   f"{gradient_accumulation_steps * ddp_world_size}, the same {tokens_per_iter:,} tokens per iteration")
-            config.update(batch_size=batch_size,
-                          gradient_accumulation_steps=gradient_accumulation_steps * ddp_world_size)
-            # evaluations read the batches of that run too; a resumed run keeps its own (forwarded in parts),
-            # so that its val losses compare with its checkpoint's
-            for loader in (train_loader, *(eval_loaders.values() if init_from != 'resume' else ())):
-                loader.batch_size = batch_size
+    batch_size, gradient_accumulation_steps = fitted_sizes(micro_batch, batch_size, block_size,
+                                                           gradient_accumulation_steps, ddp_world_size, device,
+                                                           train=not eval_only)
+    config.update(batch_size=batch_size, gradient_accumulation_steps=gradient_accumulation_steps * ddp_world_size)
+    # evaluations read the batches of the fitted run too; a resumed run keeps its own (forwarded in parts), so that
+    # its val losses compare with its checkpoint's
+    for loader in (train_loader, *(eval_loaders.values() if init_from != 'resume' else ())):
+        loader.batch_size = batch_size
 
     # logging: out_dir/log.jsonl always (plot.py draws it), wandb when asked
     runlog = RunLog(out_dir, master_process, iter_num, wandb_log, wandb_project, wandb_run_name, config,
@@ -421,16 +394,8 @@ if __name__ == '__main__':
                        tok_per_s=tokens_per_iter / dt, mfu=running_mfu if running_mfu >= 0 else None)
 
 
-    # where the run's last checkpoint is, and why it is not of the last iteration when it is not
-    if checkpointer.saved_iter == iter_num:
-        print0(f"the last checkpoint is {ckpt_path}, at iter {iter_num}")
-    elif not eval_only:
-        why = "no step was trained" if iter_num == 0 else "its val loss is not finite" if not math.isfinite(
-            losses['val']) else f"its val loss {losses['val']:.4f} did not improve on {best_val_loss:.4f} and " \
-            f"always_save_checkpoint=False"
-        print0(f"note: no checkpoint of iter {iter_num} ({why}): " +
-               (f"{ckpt_path} is from iter {checkpointer.saved_iter}" if checkpointer.saved_iter is not None else
-                "this run saved none"))
+    if checkpointer.saved_iter == iter_num or not eval_only:
+        print0(checkpointer.last_note(iter_num, losses['val'], best_val_loss))  # which iteration ckpt.pt holds, and why
     runlog.finish()
     rundir.release()
     code = 130 if guard.signum == signal.SIGINT else 0  # 130: the shell's code for a run ended by Ctrl-C

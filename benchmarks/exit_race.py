@@ -1,5 +1,6 @@
 """
-How often a torchrun process that finished its work still dies at exit, with and without nanogpt.runtime.end_distributed.
+How often a torchrun process that finished its work still dies at exit, with and without
+nanogpt.runtime.end_distributed.
 
 A gloo worker thread drops its reference to the last collective (and the tensors it holds) a moment after the main
 thread has moved on. When that moment falls inside Python's interpreter shutdown, the thread cannot take the GIL
@@ -18,11 +19,9 @@ import os
 import subprocess
 import sys
 
-REPO_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def worker(ending: str):
-    sys.path.insert(0, REPO_DIR)
     import torch
 
     from nanogpt.runtime import end_distributed

@@ -16,7 +16,7 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from bench import SyntheticLoader  # noqa: E402
+from nanogpt.loader import SyntheticLoader  # noqa: E402
 from model import GPT, GPTConfig  # noqa: E402
 from train import train_step  # noqa: E402
 

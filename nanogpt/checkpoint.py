@@ -14,6 +14,7 @@ and, for an exact resume: scaler (the float16 GradScaler), loader (the position 
 rank's RNG states), world_size; and vocab, the characters of a character-level model, so sampling needs no dataset.
 """
 
+import math
 import os
 from dataclasses import asdict
 
@@ -69,6 +70,15 @@ class Checkpointer:
             self.loader.load_state_dict(checkpoint['loader'])
         restore_rng(checkpoint.get('rng', {}), self.runtime)
         self.saved_iter = checkpoint['iter_num']
+
+    def last_note(self, iter_num: int, val_loss: float, best_val_loss: float) -> str:
+        """Where a run that ends at iter_num left its last checkpoint, and why it is not of iter_num when it is not."""
+        if self.saved_iter == iter_num:
+            return f"the last checkpoint is {self.path}, at iter {iter_num}"
+        why = "no step was trained" if iter_num == 0 else "its val loss is not finite" if not math.isfinite(val_loss) \
+            else f"its val loss {val_loss:.4f} did not improve on {best_val_loss:.4f} and always_save_checkpoint=False"
+        where = "this run saved none" if self.saved_iter is None else f"{self.path} is from iter {self.saved_iter}"
+        return f"note: no checkpoint of iter {iter_num} ({why}): {where}"
 
 
 def load_checkpoint(ckpt_path: str, takes_init_from: bool = True) -> dict:

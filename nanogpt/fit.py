@@ -7,8 +7,10 @@ Fitting a run to the machine it has, before its first step (train.py and bench.p
 The probe consumes no data and no randomness and steps nothing: the run that follows is exactly the run that would
 have happened with the chosen sizes from the start. Under DDP every rank tries each size and all take the smallest
 that fits everywhere; under FSDP a rank that ran out of memory inside a collective would leave the others waiting,
-so there the configured size is tried alone, and running out of memory ends the run at once. sample.py's batches
-fit the same way (generate_fitted).
+so there the configured size is tried alone, and running out of memory ends the run at once.
+    fitted_sizes   the batch_size and gradient_accumulation_steps a run trains with once fit_step has chosen, and
+    resumed_sizes  those of a resume: the sizes its run was fitted to when it started, so its batch stream continues.
+sample.py's batches fit the same way (generate_fitted).
 """
 
 import gc
@@ -20,7 +22,7 @@ from contextlib import nullcontext
 import torch
 
 from nanogpt.errors import causes, out_of_memory
-from nanogpt.runtime import rng_state, set_rng_state
+from nanogpt.runtime import print0, rng_state, set_rng_state
 
 
 def device_memory(device) -> str:
@@ -158,6 +160,38 @@ def fit_step(wrap, runtime, batch_size: int, block_size: int, ctx, optimizer, fi
         torch.distributed.barrier()
         raise SystemExit(1)
     return model, chosen, compiled
+
+
+def fitted_sizes(micro_batch: int, batch_size: int, block_size: int, grad_accum: int, world_size: int, device,
+                 train: bool = True) -> tuple[int, int]:
+    """(batch_size, gradient accumulation steps per process) of a run whose fit_step chose micro_batch rows: the
+    same tokens per iteration as configured, in micro-batches that fit. An evaluation keeps its batches (forwarded
+    in parts of micro_batch rows)."""
+    if micro_batch == batch_size:
+        return batch_size, grad_accum
+    memory = device_memory(device)
+    too_big = f"note: batch_size={batch_size} does not fit in the memory of {device}{f' ({memory})' * bool(memory)}"
+    if not train:
+        print0(f"{too_big}: evaluating each batch in parts of {micro_batch} rows, the same losses")
+        return batch_size, grad_accum
+    tokens = batch_size * block_size * grad_accum * world_size
+    grad_accum *= batch_size // micro_batch
+    print0(f"{too_big}: training with batch_size={micro_batch} and gradient_accumulation_steps="
+           f"{grad_accum * world_size}, the same {tokens:,} tokens per iteration")
+    return micro_batch, grad_accum
+
+
+def resumed_sizes(saved: dict, batch_size: int, grad_accum: int, world_size: int) -> tuple[int, int]:
+    """(batch_size, gradient accumulation steps per process) of a resume: those of the checkpoint's config where its
+    run was fitted to memory when it started (smaller micro-batches, the same rows per iteration, as many ranks or a
+    divisor of them), so the batch stream continues as it was drawn; else the configured ones."""
+    saved_batch, saved_accum = saved.get('batch_size', batch_size), saved.get('gradient_accumulation_steps', 0)
+    if saved_batch < batch_size and saved_batch * saved_accum == batch_size * grad_accum * world_size and \
+            saved_accum % world_size == 0:
+        print0(f"note: resuming with the checkpoint's batch_size={saved_batch} and gradient_accumulation_steps="
+               f"{saved_accum}, fitted to memory when the run started")
+        return saved_batch, saved_accum // world_size
+    return batch_size, grad_accum
 
 
 @torch.no_grad()

@@ -1,5 +1,5 @@
 """
-TokenLoader: batches from a split of a Dataset (data/tokenfiles.py, the reader that checks what it opens), for
+TokenLoader: batches from a split of a Dataset (nanogpt/tokenfiles.py, the reader that checks what it opens), for
 train.py and bench.py, drawn from a numbered stream whose position it saves.
 SyntheticLoader: random tokens, for bench.py without prepared data.
 """

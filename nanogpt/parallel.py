@@ -1,6 +1,7 @@
 """
 Training over several processes, the one path train.py and bench.py both take: placing the model (moved to the
-device, or sharded with FSDP2), compiling and wrapping it (DDP), and what a whole checkpoint needs from a sharded
+device, or sharded with FSDP2), compiling and wrapping it (DDP), the gradients of a step (synchronised on its last
+micro-step only; their norm over all ranks), and what a whole checkpoint needs from a sharded
 run: the state gathered into whole tensors, the optimizer state cut back into this rank's shards on resume, and
 every rank's RNG state.
 
@@ -11,7 +12,7 @@ state over them. Without torchrun both mean one process, unsharded.
 from contextlib import nullcontext
 
 import torch
-from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 from torch.distributed.tensor import DTensor, distribute_tensor, init_device_mesh
 from torch.nn.parallel import DistributedDataParallel as DDP
 
@@ -56,6 +57,23 @@ def wrap_model(model, runtime, data_parallel: str, compile: bool):
     if runtime.ddp and data_parallel == 'ddp':
         model = DDP(model, device_ids=[runtime.local_rank] if runtime.device_type == 'cuda' else None)
     return model
+
+
+def sync_gradients(model, sync: bool):
+    """Whether the next backward synchronises the gradients over the ranks (DDP all-reduces them, FSDP reduce-scatters
+    them): only on a step's last micro-step; until then each rank accumulates its own (FSDP still reshards the
+    weights after each use). Nothing without torchrun."""
+    if isinstance(model, DDP):
+        model.require_backward_grad_sync = sync  # read by DDP's forward
+    elif isinstance(getattr(model, '_orig_mod', model), FSDPModule):  # torch.compile wraps the sharded model
+        model.set_requires_gradient_sync(sync)
+
+
+def clip_grad_norm(model, max_norm: float) -> torch.Tensor:
+    """The gradients' norm over the whole model, the same on every rank (under FSDP, over all ranks' shards), after
+    clipping them to max_norm (0: not clipped, the norm still measured)."""
+    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm if max_norm != 0.0 else float('inf'))
+    return norm.full_tensor() if isinstance(norm, DTensor) else norm
 
 
 def full_state_dict(state, master: bool):

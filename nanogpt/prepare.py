@@ -1,5 +1,5 @@
 """
-What the prepare scripts share beyond the token-file contract (data/tokenfiles.py): the command line and the
+What the prepare scripts share beyond the token-file contract (nanogpt/tokenfiles.py): the command line and the
 90/10 split of the two Shakespeare scripts, loading a corpus with `datasets` (the hub, or local files), and GPT-2
 BPE tokenization of many documents in parallel, in order. Torch-free, like the prepare scripts.
 """

@@ -1,8 +1,8 @@
 """
 out_dir as a unit: what a run may do with the folder another run left, and who holds it while a run writes there.
 
-    ckpt.pt    the checkpoint (checkpoint.py)
-    log.jsonl  the run log (runlog.py)
+    ckpt.pt    the checkpoint (nanogpt/checkpoint.py)
+    log.jsonl  the run log (nanogpt/runlog.py)
     run.lock   the host and pid of the run that holds the folder (removed when that run ends)
 
 A run that does not continue the folder's run (--init_from other than resume) refuses a folder that holds a

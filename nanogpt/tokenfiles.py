@@ -12,11 +12,11 @@ Every file is written under a temporary name and renamed once complete, so a run
 truncated file where a later run would read it.
 
 Here: the writer (TokenWriter), meta.json (begin_prepare, write_meta, read_meta, read_vocab), the fingerprints that
-tell one prepare's files from a mix, the files of a split (split_files), and Dataset, the one reader through which
-every script opens a dataset, applying every check. This module imports no
+tell one prepare's files from a mix, where a dataset lives (dataset_dir) and the files of a split (split_files), and
+Dataset, the one reader through which every script opens a dataset, applying every check. This module imports no
 torch: the prepare scripts need numpy only. What the prepare scripts share beyond the contract (the Shakespeare
-command line, `datasets` loading, parallel tokenization) is in data/prepare_helpers.py; the reader, TokenLoader in
-data/loader.py, serves train.py and bench.py.
+command line, `datasets` loading, parallel tokenization) is in nanogpt/prepare.py; the reader, TokenLoader in
+nanogpt/loader.py, serves train.py and bench.py.
 """
 
 import glob
@@ -261,7 +261,7 @@ def prepare_hint(data_dir: str) -> str:
         if close:  # a name of data/ as a name, a path as a path
             named = close[0] if parent == os.path.join(REPO_DIR, 'data') else os.path.join(parent, close[0])
             return f"there is no such folder: did you mean --dataset={named}?"
-    return f"write {data_dir}/train.bin and val.bin (uint16 token ids) or shards, see data/tokenfiles.py"
+    return f"write {data_dir}/train.bin and val.bin (uint16 token ids) or shards, see nanogpt/tokenfiles.py"
 
 
 class _PlainUnpickler(pickle.Unpickler):

@@ -11,10 +11,9 @@ import sys
 import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from nanogpt.fit import fit_step  # noqa: E402
-from nanogpt.parallel import shard_model  # noqa: E402
-from nanogpt.runtime import end_distributed, setup_runtime  # noqa: E402
+from nanogpt.fit import fit_step
+from nanogpt.parallel import shard_model
+from nanogpt.runtime import end_distributed, setup_runtime
 
 
 class Block(torch.nn.Module):

@@ -4,8 +4,7 @@ import os
 import signal
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from nanogpt.runtime import RunGuard, end_distributed, setup_runtime  # noqa: E402
+from nanogpt.runtime import RunGuard, end_distributed, setup_runtime
 
 runtime = setup_runtime('cpu', 'float32')
 guard = RunGuard(runtime, max_bad_steps=3, out_dir='unused', log=lambda **record: None)

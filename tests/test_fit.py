@@ -1,5 +1,5 @@
 """
-Fitting a run to the machine (fit.py): a micro-batch that does not fit in memory trains as accumulated smaller ones
+Fitting a run to the machine (nanogpt.fit): a micro-batch that does not fit in memory trains as accumulated smaller ones
 with the very losses of a run started at that size, a model that does not fit at all stops with one line,
 torch.compile falls back when its compiler is missing, and sample.py draws its samples as one batch.
 """
@@ -125,12 +125,13 @@ def test_not_even_one_row_fits_and_running_out_later_end_in_one_line(tmp_path):
         fit_step(lambda compile: model, runtime, 4, 8, runtime.ctx, optimizer, True, False, True)
     # out of memory later in a run, where nothing fits it any more: one line that says what to change
     script = tmp_path / 'later.py'
-    script.write_text('from nanogpt.errors import one_line_errors; import torch; one_line_errors(); torch.empty(10 ** 15 // 4)')
+    hook = 'import torch\nfrom nanogpt.errors import one_line_errors\none_line_errors()\n'
+    script.write_text(hook + 'torch.empty(10 ** 15 // 4)')
     proc = run_script(str(script), env={'PYTHONPATH': REPO}, check=False)
     one_line_error(proc, 'out of memory (tried to allocate 1000000000000000 bytes)', 'batch_size',
                    '--chunked_loss=True')
     # the same where another error wraps it, as torch.compile's backends do
-    script.write_text('from nanogpt.errors import one_line_errors; import torch; one_line_errors()\ntry:\n    torch.empty(10 ** 15 // 4)\n'
+    script.write_text(hook + 'try:\n    torch.empty(10 ** 15 // 4)\n'
                       'except RuntimeError as e:\n    raise ValueError("backend compiler failed") from e')
     proc = run_script(str(script), env={'PYTHONPATH': REPO}, check=False)
     one_line_error(proc, 'out of memory (tried to allocate 1000000000000000 bytes)', '--chunked_loss=True')

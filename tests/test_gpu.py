@@ -106,7 +106,7 @@ def test_fsdp_on_one_gpu_trains_and_saves_a_whole_checkpoint(char_data, tmp_path
 @pytest.fixture(scope='module')
 def gpt2_limit():
     """Memory (bytes) in which GPT-2 124M at 12 x 1024 tokens (bfloat16, uncompiled: train.py's and bench.py's
-    defaults) cannot take fit.py's probe but 6 x 1024 can, measured on this GPU, so the tests below depend on no
+    defaults) cannot take nanogpt/fit.py's probe but 6 x 1024 can, measured on this GPU, so the tests below depend on no
     estimate: halfway between what the caching allocator reserved at 6 rows and what was allocated at 12 (a limited
     allocator frees its cache and retries before it gives up, so 12 rows need little more than that)."""
     from model import GPT, GPTConfig

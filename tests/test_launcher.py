@@ -53,7 +53,8 @@ def test_a_forked_run_sees_what_a_new_interpreter_sees(scripts, tmp_path):
     ('raise KeyboardInterrupt', -signal.SIGINT, 'KeyboardInterrupt'),
     # the scripts' hook: one line, and its own code (130 for Ctrl-C)
     ('from nanogpt.errors import one_line_errors; one_line_errors(); raise KeyboardInterrupt', 130, 'interrupted'),
-    ('from nanogpt.errors import one_line_errors; one_line_errors(); open("/nonexistent/x")', 1, 'error: No such file or directory'),
+    ('from nanogpt.errors import one_line_errors; one_line_errors(); open("/nonexistent/x")', 1,
+     'error: No such file or directory'),
     ('import atexit; atexit.register(print, "at exit"); raise SystemExit(2)', 2, ''),
 ])
 def test_a_forked_run_ends_as_an_interpreter_ends(tmp_path, code, returncode, stderr):

@@ -91,7 +91,7 @@ def test_sigterm_saves_and_resume_continues_exactly(char_data, tmp_path):
 def test_non_finite_steps_are_skipped_then_stop(char_data, tmp_path):
     out = tmp_path / 'out'
     train(char_data, out, '--max_iters=4', '--eval_interval=4')
-    # from the 7th training forward on (after the 2 of fit.py's probe), the loss is NaN (a model that blew up):
+    # from the 7th training forward on (after the 2 of nanogpt/fit.py's probe), the loss is NaN (a model that blew up):
     # train.py with GPT.forward wrapped
     code = ("import runpy, sys, model\n"
             "forward, calls = model.GPT.forward, [0]\n"

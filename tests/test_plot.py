@@ -1,5 +1,5 @@
 """
-plot.py on hand-written log.jsonl files, run as the real script: the record kinds of runlog.py (skipped steps
+plot.py on hand-written log.jsonl files, run as the real script: the record kinds of nanogpt/runlog.py (skipped steps
 included), lines that are not records, logs with nothing to draw, and fourteen runs on one figure.
 """
 import json

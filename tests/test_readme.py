@@ -62,7 +62,7 @@ def test_every_readme_command_passes_its_scripts_configurator(command, monkeypat
     """What the configurator would refuse fails here, GPU-only lines included (a --n_embd without its --n_head)."""
     import importlib
     import itertools
-    from bench import split_sweep
+    from nanogpt.sweep import split_sweep
     from configurator import configure
     script, _, args = script_and_args(command)
     module = importlib.import_module(script[:-3])

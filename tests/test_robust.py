@@ -349,7 +349,8 @@ def test_an_exported_character_model_samples_from_its_folder(char_data, tmp_path
 
 def test_errors_the_scripts_did_not_foresee_name_where_they_happened(tmp_path):
     # an assert with no message inside the model: the last-resort line still says where
-    proc = subprocess.run([sys.executable, '-c', 'import model; from nanogpt.errors import one_line_errors; one_line_errors(); '
+    proc = subprocess.run([sys.executable, '-c', 'import model; from nanogpt.errors import one_line_errors; '
+                           'one_line_errors(); '
                            'model.GPT(model.GPTConfig(n_embd=30, n_head=4))'], cwd=REPO, capture_output=True,
                           text=True)
     one_line_error(proc, 'AssertionError (at model.py:')

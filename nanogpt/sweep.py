@@ -1,0 +1,79 @@
+"""
+bench.py's sweeps: any key given as a comma-separated list (--batch_size=8,16,32) is swept, every combination of
+the swept values one setting (bench.py checks each before the first one runs); the results printed as a table and
+written, whole, to a JSON file for later comparison.
+"""
+
+import itertools
+import json
+import os
+
+from nanogpt.errors import out_of_memory
+from nanogpt.files import atomic_path
+
+
+def split_sweep(argv: list[str]) -> tuple[list[str], dict]:
+    """The arguments less the swept ones, and {key: [value strings]} for each --key=a,b,c."""
+    fixed, swept = [], {}
+    for arg in argv:
+        key, _, value = arg[2:].partition('=')
+        if arg.startswith('--') and ',' in value:
+            swept[key] = value.split(',')
+        else:
+            fixed.append(arg)
+    return fixed, swept
+
+
+def combinations(swept: dict, json_path: str) -> list[dict]:
+    """Every combination of the swept values, {key: value string}; SystemExit when the folder of the results file
+    does not exist, before anything runs."""
+    if json_path and not os.path.isdir(os.path.dirname(os.path.abspath(json_path))):
+        raise SystemExit(f"error: --json={json_path}: its folder does not exist: create it, or choose another path")
+    return [dict(zip(swept, values)) for values in itertools.product(*swept.values())]
+
+
+def failed(e: BaseException, swept: dict) -> dict:
+    """The result of a setting that failed when it ran (out of memory, say), for its row; re-raised where there is no
+    sweep and it is not a lack of memory, so that a single run fails as any script does."""
+    if not swept and not out_of_memory(e):
+        raise e
+    return {'failed': 'out of memory' if out_of_memory(e) else str(e).removeprefix('error: ')
+            if isinstance(e, SystemExit) else f"{type(e).__name__}: {e}"}
+
+
+def result_cells(result: dict) -> list[str]:
+    """ms/iter, tokens/s, MFU and peak memory of a result, as printed."""
+    if result.get('failed'):
+        return [f"failed: {result['failed']}", '', '', '']
+    memory = result['peak_memory_gib']
+    return [f"{result['ms']:.2f}", f"{result['tokens_per_s']:,.0f}",
+            f"{result['mfu'] * 100:.2f}%" if result['mfu'] is not None else 'n/a',
+            f"{memory:.2f} GiB" if memory is not None else 'n/a']
+
+
+def result_line(result: dict, batch_size: int, compile: bool) -> str:
+    """One setting's result as printed when it ends, saying what was timed where it is not what was asked."""
+    ms, tokens, mfu, peak = result_cells(result)
+    if result.get('failed'):
+        return ms
+    timed = []
+    if result['fitted_batch_size'] != batch_size:
+        timed.append(f"timed as batch_size={result['fitted_batch_size']}, accumulated")
+    if compile and not result['compiled']:
+        timed.append("timed uncompiled: torch.compile failed")
+    return (f"loss {result['loss']:.4f}: {ms} ms/iter, {tokens} tokens/s, MFU {mfu}"
+            f"{' (unknown peak FLOPS: pass --peak_flops)' * (mfu == 'n/a')}, peak memory {peak}"
+            + (f" ({'; '.join(timed)})" if timed else ''))
+
+
+def table(results: list[dict], swept: dict) -> str:
+    """The results, one row per setting."""
+    rows = [" | ".join([*swept, 'ms/iter', 'tokens/s', 'MFU', 'peak memory'])]
+    rows += [" | ".join([str(r[k]) for k in swept] + result_cells(r)) for r in results]
+    return "\n".join(rows)
+
+
+def write_results(path: str, device: str, swept: dict, results: list[dict]):
+    with atomic_path(path) as tmp, open(tmp, 'w') as f:
+        json.dump({'device': device, 'swept': list(swept), 'results': results}, f, indent=2)
+    print(f"wrote {path}")
