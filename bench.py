@@ -1,19 +1,18 @@
 """
-Times the very step train.py runs (train_step: micro-batches, accumulation, clipping, GradScaler, fused AdamW) on a
-model placed and wrapped as train.py's (nanogpt/parallel.py), and prints ms/iter, tokens/s, MFU and peak memory: the one
-command to check a GPU.
+Times the very step train.py runs (train_step: micro-batches, accumulation, clipping, GradScaler, AdamW or Muon) on
+a model placed and wrapped as train.py's, and prints ms/iter, tokens/s, MFU and peak memory: the one command to
+check a GPU.
 
     python bench.py                                   # GPT-2 124M, batch 12 x 1024, compiled (a small GPT on a CPU)
     python bench.py --batch_size=8,16,32,64           # a sweep: one line per value, then a table
-    python bench.py --batch_size=16,32 --dtype=bfloat16,float16 --json=bench.json   # every combination, saved
+    python bench.py --optimizer=adamw,muon --dtype=bfloat16,float16 --json=bench.json   # every combination, saved
     python bench.py --profile=True                    # a torch profiler trace in ./bench_log
     torchrun --standalone --nproc_per_node=8 bench.py --data_parallel=fsdp   # the DDP or FSDP step on 8 GPUs
 
-Any key given as a comma-separated list is swept; every setting is checked before the first one runs, and a
-setting that fails when it runs (out of memory, say) is reported in its row while the sweep goes on; a batch_size
-that does not fit is timed as smaller micro-batches, accumulated, as train.py trains it. Without prepared data
-(data/<dataset>/train.bin) it times synthetic tokens and says so.
+A key given as a comma-separated list is swept (nanogpt/sweep.py); a batch_size that does not fit is timed as
+smaller micro-batches, accumulated, as train.py trains it. Without prepared data it times synthetic tokens.
 """
+import functools
 import sys
 import time
 
@@ -25,8 +24,9 @@ from nanogpt import sweep
 from nanogpt.errors import one_line_errors
 from nanogpt.fit import fit_step, free_memory
 from nanogpt.loader import SyntheticLoader, TokenLoader
+from nanogpt.optim import OPTIMIZERS
 from nanogpt.parallel import DATA_PARALLEL, place_model, wrap_model
-from nanogpt.runtime import describe_device, device_peak_flops, end_distributed, print0, setup_runtime
+from nanogpt.runtime import check_torch, describe_device, device_peak_flops, end_distributed, print0, setup_runtime
 from nanogpt.tokenfiles import Dataset, dataset_dir, read_vocab, split_files
 from train import train_step
 
@@ -49,6 +49,7 @@ compile = True  # use PyTorch 2.0 to compile the model to be faster
 data_parallel = 'ddp'  # under torchrun: 'ddp' or 'fsdp', as train.py's
 chunked_loss = False  # lm_head + cross-entropy in chunks (torch >= 2.13), as train.py's chunked_loss
 grad_clip = 1.0
+optimizer = 'adamw'  # or 'muon', as train.py's (--optimizer=adamw,muon times both)
 learning_rate = 6e-4
 weight_decay = 1e-1
 burnin_steps = 10  # not timed: compilation, allocator and autotuning warm-up
@@ -60,19 +61,23 @@ fit_batch_size = True  # a batch_size that does not fit in memory is timed as sm
 # -----------------------------------------------------------------------------
 RANGES = dict(batch_size='> 0', block_size='> 0', gradient_accumulation_steps='> 0', n_layer='> 0', n_head='> 0',
               n_embd='> 0', dropout='[0, 1)', vocab_size='> 0', data_parallel=DATA_PARALLEL, grad_clip='>= 0',
-              learning_rate='>= 0', weight_decay='>= 0', burnin_steps='>= 0', benchmark_steps='> 0')
+              optimizer=OPTIMIZERS, learning_rate='>= 0', weight_decay='>= 0', burnin_steps='>= 0',
+              benchmark_steps='> 0')
 defaults = config_defaults(globals())
 
 CPU_SHAPE = dict(n_layer=4, n_head=4, n_embd=128, block_size=128, batch_size=8)  # a CPU times it in under a minute
 
 
-_datasets = {}  # bench(): the datasets opened so far, by folder
+@functools.cache
+def open_dataset(folder: str) -> Dataset:
+    return Dataset(folder, splits=('train',), note=print0)  # opened (and checked, with its notes) once per sweep
 
 
 def bench(cfg, runtime, probe=None) -> dict:
     """Build the model, loader and optimizer of one setting, placed and wrapped as train.py does (DDP or FSDP under
     torchrun), and time train_step on it. A probe (benchmarks/fsdp_memory.py's) measures more memory than the CUDA
     peak: probe.watch(model, optimizer, cfg) once they exist, probe.read() -> {name: bytes} after the timed steps."""
+    check_torch(vars(cfg))  # what chunked_loss and Muon ask of torch
     tokens_per_iter = cfg.batch_size * cfg.block_size * cfg.gradient_accumulation_steps * runtime.world_size
     ranks = f", {runtime.world_size} ranks, {cfg.data_parallel.upper()}" if runtime.ddp else ""
     print0(f"{cfg.n_layer} layers, {cfg.n_embd} wide, {tokens_per_iter:,} tokens per step, "
@@ -81,15 +86,15 @@ def bench(cfg, runtime, probe=None) -> dict:
                           dropout=cfg.dropout, bias=cfg.bias, vocab_size=cfg.vocab_size), seed=cfg.seed)
     model.chunked_loss = cfg.chunked_loss
     ctx = place_model(model, runtime, cfg.data_parallel)
-    optimizer = model.configure_optimizers(cfg.weight_decay, cfg.learning_rate, (0.9, 0.95), runtime.device_type)
+    optimizer = model.configure_optimizers(cfg.weight_decay, cfg.learning_rate, (0.9, 0.95), runtime.device_type,
+                                           cfg.optimizer)
     scaler = torch.amp.GradScaler(runtime.device_type, enabled=(runtime.dtype == 'float16'))
     if probe:
         probe.watch(model, optimizer, cfg)
     if cfg.compile:  # each setting of a sweep compiled afresh: the last one's graphs would make this one's dynamic
         torch._dynamo.reset()
     raw_model = model
-    # as train.py: a micro-batch that does not fit runs as accumulated smaller ones, compile falls back
-    t0 = time.time()
+    t0 = time.time()  # as train.py: a micro-batch that does not fit runs as accumulated smaller ones
     model, fitted, compiled = fit_step(lambda compile: wrap_model(raw_model, runtime, cfg.data_parallel, compile),
                                        runtime, cfg.batch_size, cfg.block_size, ctx, optimizer, cfg.fit_batch_size,
                                        cfg.compile, runtime.ddp and cfg.data_parallel == 'fsdp')
@@ -100,12 +105,8 @@ def bench(cfg, runtime, probe=None) -> dict:
         print0(f"  batch_size={cfg.batch_size} does not fit: timing batch_size={fitted} x {accumulation} "
                f"accumulation steps, the same tokens per step")
     if cfg.real_data:
-        folder = dataset_dir(cfg.dataset)
-        if folder not in _datasets:  # opened (and checked, with its notes) once per sweep
-            _datasets[folder] = Dataset(folder, splits=('train',), note=print0)
-        data = _datasets[folder]
-        loader = TokenLoader(data, 'train', fitted, cfg.block_size, cfg.vocab_size, runtime.device, cfg.seed,
-                             runtime.rank, runtime.world_size)
+        loader = TokenLoader(open_dataset(dataset_dir(cfg.dataset)), 'train', fitted, cfg.block_size, cfg.vocab_size,
+                             runtime.device, cfg.seed, runtime.rank, runtime.world_size)
     else:
         loader = SyntheticLoader(fitted, cfg.block_size, cfg.vocab_size, runtime.device)
 
@@ -171,9 +172,7 @@ if __name__ == '__main__':
         argv.append(f'--vocab_size={len(vocab)}')  # the model train.py trains on that dataset
         print0(f"note: {folder} has a vocabulary of {len(vocab)} characters: timing vocab_size={len(vocab)}, as "
                f"train.py trains on it")
-    # every setting and the output path checked before the first one runs: a bad one costs no results
-    settings = [(setting, configure(defaults, argv + [f'--{k}={v}' for k, v in setting.items()], RANGES, verbose=False))
-                for setting in sweep.combinations(swept, base.json)]
+    settings = sweep.settings(swept, base.json, lambda args: configure(defaults, argv + args, RANGES, verbose=False))
     results, described = [], ''
     for setting, cfg in settings:
         if setting:

@@ -255,18 +255,31 @@ class GPT(nn.Module):
         return model
 
     def configure_optimizers(self, weight_decay: float, learning_rate: float, betas: tuple[float, float],
-                             device_type: str) -> torch.optim.AdamW:
-        # every 2D parameter (matmul weights, embeddings) decays; biases and layernorm weights do not
-        params = [p for p in self.parameters() if p.requires_grad]
-        decay_params = [p for p in params if p.dim() >= 2]
-        nodecay_params = [p for p in params if p.dim() < 2]
+                             device_type: str, optimizer: str = 'adamw', muon_learning_rate: float = 0.02,
+                             muon_momentum: float = 0.95):
+        """AdamW over every parameter; or, with optimizer='muon', torch.optim.Muon over the 2-D weight matrices
+        inside the Blocks (attention and MLP projections) and AdamW over the rest (embeddings, LayerNorms, biases)."""
+        params = {n: p for n, p in self.named_parameters() if p.requires_grad}
+        muon = {n: p for n, p in params.items() if optimizer == 'muon' and n.startswith('transformer.h.')
+                and p.dim() == 2}
+        # every other 2D parameter (matmul weights, embeddings) decays; biases and layernorm weights do not
+        decay_params = [p for n, p in params.items() if p.dim() >= 2 and n not in muon]
+        nodecay_params = [p for p in params.values() if p.dim() < 2]
         optim_groups = [
             {'params': decay_params, 'weight_decay': weight_decay},
             {'params': nodecay_params, 'weight_decay': 0.0},
         ]
         # the fused AdamW kernel is much faster where the device has one (MPS's since torch 2.5)
         fused = device_type == 'cuda' or (device_type == 'mps' and torch.__version__ >= '2.5')
-        return torch.optim.AdamW(optim_groups, lr=learning_rate, betas=betas, fused=fused)
+        adamw = torch.optim.AdamW(optim_groups, lr=learning_rate, betas=betas, fused=fused)
+        if optimizer != 'muon':
+            return adamw
+        from nanogpt.optim import Optimizers  # two optimizers behind one's interface, only needed here
+        # Muon's learning rate follows learning_rate's schedule, peaking at muon_learning_rate
+        scale = muon_learning_rate / learning_rate if learning_rate else 0.0
+        matrices = torch.optim.Muon([{'params': list(muon.values()), 'lr_scale': scale}], lr=muon_learning_rate,
+                                    weight_decay=weight_decay, momentum=muon_momentum)
+        return Optimizers({'optimizer': adamw, 'muon': matrices})
 
     def estimate_mfu(self, fwdbwd_per_iter: int, dt: float, flops_promised: float | None) -> float | None:
         """Model flops utilization: achieved FLOPS over flops_promised, the peak of the device in use

@@ -34,13 +34,14 @@ import torch
 from configurator import config_defaults, configure
 from model import GPT, GPTConfig
 from nanogpt import rundir
-from nanogpt.checkpoint import Checkpointer, load_model
+from nanogpt.checkpoint import Checkpointer, load_model, note_shape
 from nanogpt.errors import one_line_errors
 from nanogpt.fit import fit_step, fitted_sizes, resumed_sizes
 from nanogpt.loader import TokenLoader
 from nanogpt.parallel import DATA_PARALLEL, clip_grad_norm, place_model, sync_gradients, wrap_model
 from nanogpt.runlog import RunLog
-from nanogpt.runtime import RunGuard, device_peak_flops, end_distributed, print0, setup_runtime
+from nanogpt.optim import OPTIMIZERS
+from nanogpt.runtime import RunGuard, check_torch, device_peak_flops, end_distributed, print0, setup_runtime
 from nanogpt.tokenfiles import Dataset, dataset_dir
 from nanogpt.tokenizer import check_tokens
 from nanogpt.weights import PRETRAINED
@@ -72,7 +73,10 @@ n_embd = 768
 dropout = 0.0  # for pretraining 0 is good, for finetuning try 0.1+
 bias = False  # do we use bias inside LayerNorm and Linear layers?
 # adamw optimizer
+optimizer = 'adamw'  # or 'muon': torch.optim.Muon for the Blocks' matrices, AdamW for the rest (torch >= 2.9)
 learning_rate = 6e-4  # max learning rate
+muon_learning_rate = 0.02  # optimizer='muon': Muon's max learning rate, on learning_rate's schedule
+muon_momentum = 0.95  # optimizer='muon': Muon's momentum (Nesterov)
 max_iters = 600000  # total number of training iterations
 weight_decay = 1e-1
 beta1 = 0.9
@@ -102,10 +106,10 @@ hellaswag_file = ''  # a local hellaswag_val.jsonl; empty: downloaded once into 
 # the values each key may take: anything else stops before any work with one line naming the key
 RANGES = dict(eval_interval='> 0', log_interval='> 0', eval_iters='> 0',
               gradient_accumulation_steps='> 0', batch_size='> 0', block_size='> 0', n_layer='> 0', n_head='> 0',
-              n_embd='> 0', dropout='[0, 1)', learning_rate='>= 0', max_iters='>= 0', weight_decay='>= 0',
-              beta1='[0, 1)', beta2='[0, 1)', grad_clip='>= 0', warmup_iters='>= 0',
-              lr_decay_iters='>= 0', min_lr='>= 0', data_parallel=DATA_PARALLEL, hellaswag_interval='>= 0',
-              hellaswag_limit='>= 0')
+              n_embd='> 0', dropout='[0, 1)', optimizer=OPTIMIZERS, learning_rate='>= 0', muon_learning_rate='>= 0',
+              muon_momentum='[0, 1)', max_iters='>= 0', weight_decay='>= 0', beta1='[0, 1)', beta2='[0, 1)',
+              grad_clip='>= 0', warmup_iters='>= 0', lr_decay_iters='>= 0', min_lr='>= 0',
+              data_parallel=DATA_PARALLEL, hellaswag_interval='>= 0', hellaswag_limit='>= 0')
 defaults = config_defaults(globals())  # the names above: what config files and --key=value may set
 
 
@@ -129,7 +133,7 @@ def train_step(model, optimizer, scaler, loader, grad_accum: int, ctx, grad_clip
     only, clipping, and the (possibly scaled) optimizer step, skipped when the gradients are not finite. Returns the
     mean micro-batch loss and the gradient norm, as tensors."""
     for param_group in optimizer.param_groups:
-        param_group['lr'] = lr
+        param_group['lr'] = lr * param_group.get('lr_scale', 1.0)  # Muon's groups peak at muon_learning_rate
     total = 0.0
     for micro_step in range(grad_accum):
         X, Y = loader.next_batch()
@@ -187,6 +191,7 @@ if __name__ == '__main__':
     # the checked configurator: config files and --key=value override the globals above
     globals().update(vars(configure(defaults, sys.argv[1:], RANGES)))
     config = {k: globals()[k] for k in defaults}  # useful for logging, and saved in checkpoints
+    check_torch(config)  # what the config asks of torch (chunked_loss, Muon), before any work
 
     # various inits, derived attributes, I/O setup
     world_size = int(os.environ.get('WORLD_SIZE', 1))  # checked before any process waits for the others
@@ -233,11 +238,7 @@ if __name__ == '__main__':
     elif init_from == 'resume':
         print0(f"Resuming training from {out_dir}")
         model, checkpoint = load_model('resume', out_dir, 'cpu', dropout=dropout)
-        # the checkpoint's model shape wins over the config's, as in nanoGPT
-        differ = [f"{k}={getattr(model.config, k)} (config: {model_args[k]})" for k in shape_keys
-                  if getattr(model.config, k) != model_args[k]]
-        if differ:
-            print0(f"note: resuming with the checkpoint's model shape: {', '.join(differ)}")
+        note_shape(model, model_args, shape_keys, "resuming with the checkpoint's")  # it wins, as in nanoGPT
         check_tokens(checkpoint, ckpt_path, data)  # the dataset's ids mean what they meant when it was saved
         iter_num = checkpoint['iter_num']
         best_val_loss = checkpoint['best_val_loss']
@@ -253,8 +254,7 @@ if __name__ == '__main__':
         if block_size > model.config.block_size:
             raise SystemExit(f"error: block_size={block_size} is above the pretrained model's "
                              f"{model.config.block_size}: use --block_size={model.config.block_size} or less")
-        if any(getattr(model.config, k) != model_args[k] for k in shape_keys if k != 'block_size'):
-            print0(f"note: the shape of {init_from} overrides n_layer/n_head/n_embd/bias from the config")
+        note_shape(model, model_args, ('n_layer', 'n_head', 'n_embd', 'bias'), f"initializing with {init_from}'s")
         # crop down the model block size if desired, using model surgery
         if block_size < model.config.block_size:
             model.crop_block_size(block_size)
@@ -264,11 +264,7 @@ if __name__ == '__main__':
     config.update({k: model_args[k] for k in shape_keys})
     tokens_per_iter = gradient_accumulation_steps * ddp_world_size * batch_size * block_size
     print0(f"number of parameters: {model.get_num_params() / 1e6:.2f}M")
-    if chunked_loss:
-        if not hasattr(torch.nn, 'LinearCrossEntropyOptions'):
-            raise SystemExit(f"error: chunked_loss needs torch >= 2.13 (F.linear_cross_entropy), this is torch "
-                             f"{torch.__version__}: upgrade torch or drop --chunked_loss")
-        model.chunked_loss = True
+    model.chunked_loss = chunked_loss
 
     # data: each rank reads its own batches of one numbered stream, whose position the checkpoint saves
     train_loader = TokenLoader(data, 'train', batch_size, block_size, model_args['vocab_size'], device,
@@ -287,7 +283,8 @@ if __name__ == '__main__':
 
     # the model on its device (sharded under FSDP), then the optimizer over what this rank holds
     ctx = place_model(model, runtime, data_parallel)
-    optimizer = model.configure_optimizers(weight_decay, learning_rate, (beta1, beta2), device_type)
+    optimizer = model.configure_optimizers(weight_decay, learning_rate, (beta1, beta2), device_type, optimizer,
+                                           muon_learning_rate, muon_momentum)
     checkpointer = Checkpointer(out_dir, runtime, model, optimizer, scaler, train_loader, model_args, config, vocab)
     if checkpoint is not None:
         checkpointer.restore(checkpoint)  # optimizer, scaler, data position, RNG: continue exactly

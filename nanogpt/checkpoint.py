@@ -6,6 +6,7 @@ state restored from it (Checkpointer.restore).
 A checkpoint is one torch.save'd dict under nanoGPT's keys, whatever wrote it (one process, DDP or FSDP):
     model          the uncompiled, unwrapped model's state_dict (whole tensors)
     optimizer      AdamW's state_dict (whole tensors)
+    muon           with optimizer='muon': Muon's state_dict (AdamW's then covers the embeddings and LayerNorms)
     model_args     GPTConfig's arguments
     iter_num       the iterations done
     best_val_loss  the lowest val loss seen (only ever lowered)
@@ -22,7 +23,9 @@ import torch
 
 from model import GPT, GPTConfig
 from nanogpt.files import atomic_path
+from nanogpt.optim import parts
 from nanogpt.parallel import full_state_dict, load_optimizer_state, restore_rng, rng_states
+from nanogpt.runtime import print0
 from nanogpt.tokenfiles import read_vocab
 from nanogpt.weights import check_shapes, torch_load
 
@@ -51,11 +54,11 @@ class Checkpointer:
         master = self.runtime.master_process
         rng = rng_states(self.runtime)
         model_state = full_state_dict(self.raw_model.state_dict(keep_vars=True), master)
-        optimizer_state = full_state_dict(self.optimizer.state_dict(), master)
+        optimizer_states = {k: full_state_dict(o.state_dict(), master) for k, o in parts(self.optimizer).items()}
         if master:
             print(f"saving checkpoint to {os.path.dirname(self.path)}")
             save_checkpoint(self.path, {
-                'model': model_state, 'optimizer': optimizer_state, 'scaler': self.scaler.state_dict(),
+                'model': model_state, **optimizer_states, 'scaler': self.scaler.state_dict(),
                 'iter_num': iter_num, 'best_val_loss': best_val_loss, 'loader': self.loader.state_dict(),
                 'rng': rng, 'world_size': self.runtime.world_size, **self.fixed})
         self.saved_iter = iter_num
@@ -63,7 +66,13 @@ class Checkpointer:
     def restore(self, checkpoint: dict):
         """The optimizer (resharded under FSDP), scaler, batch stream position and this rank's RNG states of a
         checkpoint: the run continues as if it had never stopped. The weights are loaded with the model."""
-        load_optimizer_state(self.optimizer, checkpoint['optimizer'])
+        saved = checkpoint.get('config', {}).get('optimizer', 'adamw')
+        ours = self.fixed['config'].get('optimizer', 'adamw')
+        if saved != ours:  # one optimizer's state cannot continue another's
+            raise SystemExit(f"error: {self.path} was trained with optimizer={saved!r}, this run asks for {ours!r}: "
+                             f"resume with --optimizer={saved}, or start a new run in another out_dir")
+        for key, optimizer in parts(self.optimizer).items():
+            load_optimizer_state(optimizer, checkpoint[key])
         if 'scaler' in checkpoint:
             self.scaler.load_state_dict(checkpoint['scaler'])
         if 'loader' in checkpoint:  # continue the batch stream instead of replaying it
@@ -110,6 +119,14 @@ def model_from_checkpoint(checkpoint: dict, source: str = 'checkpoint') -> GPT:
     except RuntimeError as e:
         raise SystemExit(f"error: the weights in {source} do not fit its model_args {model_args}: {e}") from e
     return model
+
+
+def note_shape(model, model_args: dict, keys, source: str):
+    """Say which of the config's shape keys the loaded model overrides (its shape wins, as in nanoGPT)."""
+    differ = [f"{k}={getattr(model.config, k)} (config: {model_args[k]})" for k in keys
+              if getattr(model.config, k) != model_args[k]]
+    if differ:
+        print0(f"note: {source} model shape: {', '.join(differ)}")
 
 
 def load_model(init_from: str, out_dir: str = 'out', device='cpu', dropout: float | None = None):

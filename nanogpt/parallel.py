@@ -112,7 +112,11 @@ def load_optimizer_state(optimizer, state: dict):
                     k: distribute_tensor(v.to(param.device), param.device_mesh, param.placements, src_data_rank=None)
                     if isinstance(v, torch.Tensor) and v.shape == param.shape else v
                     for k, v in state['state'][index].items()}
+    scales = [group.get('lr_scale') for group in optimizer.param_groups]
     optimizer.load_state_dict(state)
+    for group, scale in zip(optimizer.param_groups, scales):  # this run's (its muon_learning_rate), not the saved one
+        if scale is not None:
+            group['lr_scale'] = scale
 
 
 def rng_states(runtime) -> dict:

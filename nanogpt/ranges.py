@@ -29,6 +29,9 @@ def check_ranges(config: dict, ranges: dict):
     if config.get('n_embd') and config.get('n_head') and config['n_embd'] % config['n_head']:
         raise SystemExit(f"error: n_embd={config['n_embd']} is not divisible by n_head={config['n_head']}: each "
                          f"head gets n_embd / n_head dimensions; change one of them")
+    if config.get('optimizer') == 'muon' and config.get('data_parallel') == 'fsdp':
+        raise SystemExit("error: optimizer='muon' does not work with data_parallel='fsdp': Muon orthogonalises each "
+                         "weight matrix whole, and FSDP keeps only a shard of it on each GPU; use --data_parallel=ddp")
     if config.get('decay_lr') and config['min_lr'] > config['learning_rate']:
         raise SystemExit(f"error: min_lr={config['min_lr']} is above learning_rate={config['learning_rate']}: the "
                          f"schedule decays from learning_rate down to min_lr")

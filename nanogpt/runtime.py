@@ -108,6 +108,21 @@ def set_rng_state(state: dict, device):
         torch.mps.set_rng_state(state['mps'])
 
 
+# what a config key's value asks of torch: (the value, what torch must have, the first version that has it)
+TORCH_NEEDS = {
+    'chunked_loss': (True, 'F.linear_cross_entropy', '2.13', lambda: hasattr(torch.nn, 'LinearCrossEntropyOptions')),
+    'optimizer': ('muon', 'torch.optim.Muon', '2.9', lambda: hasattr(torch.optim, 'Muon')),
+}
+
+
+def check_torch(config: dict):
+    """SystemExit when the config asks for something this torch does not have, naming the version that has it."""
+    for key, (value, what, version, present) in TORCH_NEEDS.items():
+        if config.get(key) == value and not present():
+            raise SystemExit(f"error: {key}={value!r} needs torch >= {version} ({what}), this is torch "
+                             f"{torch.__version__}: upgrade torch, or leave {key} at its default")
+
+
 def end_distributed(code: int = 0):
     """End a torchrun process once its work is done: wait for every rank, free the process group, flush the output
     and leave without Python's interpreter shutdown. gloo's worker threads can still be releasing the last

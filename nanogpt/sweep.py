@@ -24,12 +24,14 @@ def split_sweep(argv: list[str]) -> tuple[list[str], dict]:
     return fixed, swept
 
 
-def combinations(swept: dict, json_path: str) -> list[dict]:
-    """Every combination of the swept values, {key: value string}; SystemExit when the folder of the results file
-    does not exist, before anything runs."""
+def settings(swept: dict, json_path: str, configure) -> list[tuple[dict, object]]:
+    """(setting, its config) for every combination of the swept values, {key: value string}, each checked by
+    configure(['--key=value', ...]) before any runs, as is the folder of the results file: a bad one costs no
+    results."""
     if json_path and not os.path.isdir(os.path.dirname(os.path.abspath(json_path))):
         raise SystemExit(f"error: --json={json_path}: its folder does not exist: create it, or choose another path")
-    return [dict(zip(swept, values)) for values in itertools.product(*swept.values())]
+    combinations = [dict(zip(swept, values)) for values in itertools.product(*swept.values())]
+    return [(c, configure([f'--{k}={v}' for k, v in c.items()])) for c in combinations]
 
 
 def failed(e: BaseException, swept: dict) -> dict:
