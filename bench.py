@@ -152,7 +152,7 @@ def bench(cfg, runtime, probe=None) -> dict:
 
 # -----------------------------------------------------------------------------
 if __name__ == '__main__':
-    one_line_errors()
+    one_line_errors(defaults)
     argv, swept = sweep.split_sweep(sys.argv[1:])
     base = configure(defaults, argv, RANGES)
     runtime = setup_runtime(base.device, base.dtype, base.seed)

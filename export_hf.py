@@ -26,7 +26,7 @@ defaults = config_defaults(globals())
 
 
 def export(ckpt_path: str, dest: str, trim_vocab: bool = False):
-    checkpoint = load_checkpoint(ckpt_path, takes_init_from=False)
+    checkpoint = load_checkpoint(ckpt_path)
     model = model_from_checkpoint(checkpoint, ckpt_path)
     vocab_size = model.config.vocab_size
     if trim_vocab:
@@ -54,5 +54,5 @@ def main(argv: list[str]):
 
 
 if __name__ == '__main__':
-    one_line_errors()
+    one_line_errors(defaults)
     main(sys.argv[1:])

@@ -24,7 +24,7 @@ from torch.nn import functional as F
 
 from configurator import config_defaults, configure
 from nanogpt.checkpoint import load_model
-from nanogpt.errors import one_line_errors
+from nanogpt.errors import one_line_errors, takes
 from nanogpt.files import download
 from nanogpt.runtime import end_distributed, print0, setup_runtime
 from nanogpt.tokenfiles import REPO_DIR
@@ -52,7 +52,8 @@ def cached_val_file(cache_dir: str) -> str:
     path = os.path.join(cache_dir, 'hellaswag_val.jsonl')
     if not os.path.exists(path):
         os.makedirs(cache_dir, exist_ok=True)
-        download(URL, path, f"Offline, download {URL} elsewhere and pass --data_file=PATH")
+        key = 'data_file' if takes('data_file') else 'hellaswag_file'  # hellaswag.py's key, or train.py's
+        download(URL, path, f"Offline, download {URL} elsewhere and pass --{key}=PATH")
     return path
 
 
@@ -160,5 +161,5 @@ def main(argv: list[str]):
 
 
 if __name__ == '__main__':
-    one_line_errors()
+    one_line_errors(defaults)
     main(sys.argv[1:])

@@ -93,5 +93,5 @@ def main(argv: list[str]):
 
 
 if __name__ == '__main__':
-    one_line_errors()
+    one_line_errors(defaults)
     main(sys.argv[1:])

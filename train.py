@@ -187,7 +187,7 @@ def estimate_loss(model, loaders: dict, eval_iters: int, ctx, world_size: int = 
 
 # -----------------------------------------------------------------------------
 if __name__ == '__main__':
-    one_line_errors()  # an error the script did not foresee still ends in one line (NANOGPT_DEBUG=1: traceback)
+    one_line_errors(defaults)  # an error not foreseen still ends in one line (NANOGPT_DEBUG=1: traceback)
     # the checked configurator: config files and --key=value override the globals above
     globals().update(vars(configure(defaults, sys.argv[1:], RANGES)))
     config = {k: globals()[k] for k in defaults}  # useful for logging, and saved in checkpoints

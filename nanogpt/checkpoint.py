@@ -22,6 +22,7 @@ from dataclasses import asdict
 import torch
 
 from model import GPT, GPTConfig
+from nanogpt.errors import takes
 from nanogpt.files import atomic_path
 from nanogpt.optim import parts
 from nanogpt.parallel import full_state_dict, load_optimizer_state, restore_rng, rng_states
@@ -90,12 +91,12 @@ class Checkpointer:
         return f"note: no checkpoint of iter {iter_num} ({why}): {where}"
 
 
-def load_checkpoint(ckpt_path: str, takes_init_from: bool = True) -> dict:
+def load_checkpoint(ckpt_path: str) -> dict:
     """The checkpoint at ckpt_path, checked to be one; SystemExit naming what to do where there is none (OpenAI's
     weights too, for a script that takes --init_from)."""
     if not os.path.exists(ckpt_path):
         raise SystemExit(f"error: no checkpoint at {ckpt_path}: train one with train.py (out_dir sets where)"
-                         f"{', or pass --init_from=gpt2 for OpenAI weights' if takes_init_from else ''}")
+                         f"{', or pass --init_from=gpt2 for OpenAI weights' if takes('init_from') else ''}")
     checkpoint = torch_load(ckpt_path, 'checkpoint')
     if not isinstance(checkpoint, dict) or 'model' not in checkpoint or 'model_args' not in checkpoint:
         raise SystemExit(f"error: {ckpt_path} is not a checkpoint of this project (no 'model' and 'model_args')")

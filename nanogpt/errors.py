@@ -38,6 +38,25 @@ def out_of_memory(e: BaseException):
         isinstance(c, RuntimeError) and re.search(words, str(c)))), None)
 
 
+def out_of_memory_advice(keys) -> str:
+    """What to change when memory runs out, in the keys of the running script only: every hint names an option the
+    script takes."""
+    sizes = [k for k in ('batch_size',) if k in keys] + ['model'] + [k for k in ('block_size',) if k in keys]
+    options = ['a smaller ' + (f"{', '.join(sizes[:-1])} or {sizes[-1]}" if len(sizes) > 1 else sizes[0])]
+    options += ['--chunked_loss=True'] * ('chunked_loss' in keys)
+    options += ['--data_parallel=fsdp on several GPUs'] * ('data_parallel' in keys)
+    advice = f"use {', '.join(options[:-1])}, or {options[-1]}" if len(options) > 1 else f"use {options[0]}"
+    return f"a checkpoint already written stays; {advice}" if 'always_save_checkpoint' in keys else advice
+
+
+_options = frozenset()  # the config keys of the running script (one_line_errors): what its hints may name
+
+
+def takes(key: str) -> bool:
+    """Whether the running script takes --key: a hint names an option only where the script accepts it."""
+    return key in _options
+
+
 def _one_line_errors(exc_type, exc, tb):
     """sys.excepthook of the scripts: an error the scripts did not foresee still ends in one line, not a traceback
     (NANOGPT_DEBUG=1 shows it). The line goes straight to the process's stderr: under torchrun, torch's own hook
@@ -57,9 +76,7 @@ def _one_line_errors(exc_type, exc, tb):
             total = re.search(r"capacity of ([\d.]+ \w+)", str(oom))
             detail = ', '.join(filter(None, [tried and f"tried to allocate {tried.group(1)}",
                                              total and f"the device has {total.group(1)}"]))
-            message = f"out of memory{f' ({detail})' if detail else ''}: a checkpoint already written stays; use a " \
-                      f"smaller batch_size, model or block_size, --chunked_loss=True, or --data_parallel=fsdp on " \
-                      f"several GPUs"
+            message = f"out of memory{f' ({detail})' if detail else ''}: {out_of_memory_advice(_options)}"
         elif isinstance(exc, UnicodeDecodeError):
             message = f"a file is not UTF-8 text ({exc.reason} at byte {exc.start}): convert it to UTF-8"
         elif 'RANK' in os.environ and any(s in str(exc) for s in ('closed by peer', 'reset by peer', 'remote worker')):
@@ -110,9 +127,12 @@ class _SturdyStream:
         return getattr(self._stream, name)
 
 
-def one_line_errors():
+def one_line_errors(keys=()):
     """From now on an uncaught exception ends the script with one line on stderr (unless NANOGPT_DEBUG is set), and
-    a closed stdout or stderr does not end it. Every script calls it first thing under `if __name__ == '__main__':`."""
+    a closed stdout or stderr does not end it. Every script calls it first thing under `if __name__ == '__main__':`,
+    with its config keys, the options its hints may name."""
+    global _options
+    _options = frozenset(keys)
     if not os.environ.get('NANOGPT_DEBUG'):
         sys.excepthook = _one_line_errors
     for name in ('stdout', 'stderr'):

@@ -125,7 +125,7 @@ def test_not_even_one_row_fits_and_running_out_later_end_in_one_line(tmp_path):
         fit_step(lambda compile: model, runtime, 4, 8, runtime.ctx, optimizer, True, False, True)
     # out of memory later in a run, where nothing fits it any more: one line that says what to change
     script = tmp_path / 'later.py'
-    hook = 'import torch\nfrom nanogpt.errors import one_line_errors\none_line_errors()\n'
+    hook = 'import torch\nfrom nanogpt.errors import one_line_errors\nfrom train import defaults\none_line_errors(defaults)\n'
     script.write_text(hook + 'torch.empty(10 ** 15 // 4)')
     proc = run_script(str(script), env={'PYTHONPATH': REPO}, check=False)
     one_line_error(proc, 'out of memory (tried to allocate 1000000000000000 bytes)', 'batch_size',
