@@ -5,10 +5,9 @@ them, and calls `config = configure(defaults, sys.argv[1:], RANGES)`; arguments 
     python train.py config/override_file.py --batch_size=32
 
 Config keys are a script's public lowercase globals bound to an int, float, bool, str or None (capitalised module
-constants are not). Config files are plain Python exec'd over the defaults, and may compute values through helper
-names that start with an underscore, or modules and functions (`import math`); --key=value is parsed with
-ast.literal_eval (a string when that fails). An unknown key stops with the closest known one named; a value of the
-wrong type or outside its range stops too (an int for a float is fine). `--help` lists the keys and their comments.
+constants are not). Config files are plain Python exec'd over the defaults; a name the file also reads (or one
+starting with an underscore, a module, a function) is a helper, not a key. --key=value is parsed with literal_eval
+(a string when that fails). An unknown key stops with the closest known one named, as does a wrong type or range.
 """
 
 import ast
@@ -39,11 +38,9 @@ def _unknown_key(key: str, known) -> SystemExit:
 def _check_type(key: str, value, default, source: str, nullable: set):
     """value converted to the type of default, or SystemExit when it does not fit. None fits only a key whose default
     is None, or whose range ends in 'or None' (sample.py's top_k)."""
-    if default is None:
+    if default is None or (value is None and key in nullable):
         return value
     if value is None:
-        if key in nullable:
-            return value
         raise SystemExit(f"error: {source}: {key} must be a {type(default).__name__} (default {default!r}), got None:"
                          f" give it a value")
     if isinstance(default, float) and type(value) in (int, float):
@@ -84,15 +81,19 @@ def configure(defaults: dict, argv: list[str], ranges: dict | None = None, verbo
             echo.append(f"Overriding config with {arg}:\n{source}")
             namespace = dict(config)
             try:
-                exec(compile(source, arg, 'exec'), namespace)
+                tree = ast.parse(source, arg)
+                exec(compile(tree, arg, 'exec'), namespace)
             except SyntaxError as e:
                 raise SystemExit(f"error: config file {arg}, line {e.lineno}: {e.msg}: fix the Python there") from None
-            except Exception as e:
-                raise SystemExit(f"error: config file {arg} failed when run ({type(e).__name__}: {e}): "
-                                 f"fix the Python there") from None
+            except (Exception, SystemExit) as e:  # exit() too: a config file sets keys, it does not end the run
+                what = 'called exit()' if isinstance(e, SystemExit) else f'failed when run ({type(e).__name__}: {e})'
+                raise SystemExit(f"error: config file {arg} {what}: fix the Python there") from None
+            # a name the file reads is a helper (tokens = 2**19; batch_size = tokens // 1024), as nanoGPT allows
+            helpers = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)}
             for key, value in namespace.items():
-                if key.startswith('_') or isinstance(value, types.ModuleType) or callable(value):
-                    continue  # imports and helpers inside the config file (import math, from math import sqrt)
+                if key.startswith('_') or key in helpers - set(defaults) or isinstance(value, types.ModuleType) or \
+                        callable(value):
+                    continue  # helpers, imports and functions inside the config file (import math)
                 if key not in defaults:
                     raise _unknown_key(key, defaults)
                 config[key] = _check_type(key, value, defaults[key], arg, nullable)
@@ -113,7 +114,6 @@ def configure(defaults: dict, argv: list[str], ranges: dict | None = None, verbo
             config[key] = _check_type(key, value, default, arg, nullable)
             echo.append(f"Overriding: {key} = {config[key]!r}")
     check_ranges(config, ranges or {})
-    if verbose:
-        for line in echo:
-            print(line)
+    if verbose and echo:
+        print('\n'.join(echo))
     return types.SimpleNamespace(**config)

@@ -17,6 +17,8 @@ import argparse
 import os
 
 from nanogpt import runlog
+from nanogpt.errors import one_line_errors
+from nanogpt.files import atomic_path
 
 WIDTH, HEIGHT, DPI = 10, 7, 120  # a 1200 x 840 pixel figure
 TITLE_RUNS = 3  # a title line per run up to this many; beyond, the legend names them
@@ -138,11 +140,14 @@ def figure(out_dirs: list[str]):
 
 
 def plot(out_dirs: list[str], output: str):
-    figure(out_dirs).savefig(output)
+    fig = figure(out_dirs)
+    with atomic_path(output) as tmp:  # an interrupted write leaves the previous plot, not half a file
+        fig.savefig(tmp, format=os.path.splitext(output)[1][1:] or 'png')
     print(f"wrote {output}")
 
 
 if __name__ == '__main__':
+    one_line_errors()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('out_dirs', nargs='+', help="out_dir of each run to plot (their log.jsonl)")
     parser.add_argument('--output', help='the PNG to write (default: loss.png in the first out_dir)')

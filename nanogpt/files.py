@@ -1,12 +1,54 @@
 """
-Writing files: atomically (a temporary file beside the destination, renamed into place, so an interrupted write never
-leaves a truncated file that a later run would use), and downloading one. Torch-free, for the prepare scripts too.
+The one writer of every file the project writes (checkpoints, exports, token files, meta files, logs, plots, bench
+results, the run lock). atomic_path writes a whole file: a temporary file beside the destination, renamed into place,
+so an interrupted write never leaves a truncated file that a later run would use. open_regular opens one to append
+to or lock. Neither writes through a symbolic link, nor into a FIFO, a device or a folder at the destination: such a
+destination is refused in one line (a link planted in a folder handed over would make a write change a file outside
+it). Also: downloading a file. Torch-free, for the prepare scripts too.
 """
 
 import errno
 import glob
 import os
+import stat
 from contextlib import contextmanager
+
+KINDS = {stat.S_ISLNK: 'a symbolic link', stat.S_ISDIR: 'a folder', stat.S_ISFIFO: 'a FIFO', stat.S_ISSOCK: 'a socket',
+         stat.S_ISCHR: 'a device', stat.S_ISBLK: 'a device'}
+
+
+def check_destination(path: str):
+    """SystemExit unless path is free or a regular file, the only things the project writes in place of."""
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return
+    kind = next((name for test, name in KINDS.items() if test(mode)), None)
+    if kind:
+        target = f" (to {os.readlink(path)})" if stat.S_ISLNK(mode) else ''
+        raise SystemExit(f"error: {path} is {kind}{target}, where this run writes a file: the project writes only "
+                         f"regular files, never through a link; move it away, or choose another folder")
+
+
+def open_regular(path: str, mode: str, encoding: str = 'utf-8'):
+    """open(path, mode) for 'a', 'a+' or 'r+', refusing what check_destination refuses (O_NOFOLLOW: a link put
+    there after the check is refused by the system)."""
+    check_destination(path)
+    flags = {'a': os.O_WRONLY | os.O_CREAT | os.O_APPEND, 'a+': os.O_RDWR | os.O_CREAT | os.O_APPEND,
+             'r+': os.O_RDWR}[mode]
+    try:
+        fd = os.open(path, flags | getattr(os, 'O_NOFOLLOW', 0) | getattr(os, 'O_NONBLOCK', 0), 0o666)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            check_destination(path)  # says what is there
+        raise
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        check_destination(path)
+    os.set_blocking(fd, True)
+    f = os.fdopen(fd, mode, encoding=encoding)
+    f.buffer.raw.name = path  # what open() would name it
+    return f
 
 
 def _alive(pid: int) -> bool:
@@ -23,12 +65,16 @@ def _alive(pid: int) -> bool:
 def atomic_path(path: str):
     """Yield a temporary path beside `path`, renamed to `path` only when the block completes, so an
     interrupted write never leaves a truncated file under the final name. Temporary files of `path` that a killed
-    process left behind (its pid no longer running) are removed first: at GPT-2 size each is gigabytes."""
+    process left behind (its pid no longer running) are removed first: at GPT-2 size each is gigabytes. A destination
+    that is not a regular file is refused before anything is written (check_destination)."""
+    check_destination(path)
     for stale in glob.glob(glob.escape(path) + '.tmp*'):
         pid = stale[len(path) + 4:]
         if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
             os.remove(stale)
     tmp = f"{path}.tmp{os.getpid()}"
+    if os.path.lexists(tmp):  # this pid's own leftover, or something planted there: the writer creates it anew
+        os.remove(tmp)
     try:
         yield tmp
         # writers that create their files 0600 (safetensors) would keep them from a teammate: the umask decides

@@ -18,6 +18,7 @@ import os
 import socket
 import time
 
+from nanogpt.files import open_regular
 from nanogpt.runlog import read_records
 
 try:
@@ -103,7 +104,7 @@ def _lock(path: str, create: bool = True):
 
 
 def _try_lock(path: str, create: bool):
-    f = open(path, 'a+' if create else 'r+', encoding='utf-8')
+    f = open_regular(path, 'a+' if create else 'r+')
     if fcntl is None:  # Windows: no flock, the folder is not held
         return f
     try:

@@ -13,7 +13,7 @@ disk during an append), so that neither a resume nor plot.py fails on it.
 import json
 import os
 
-from nanogpt.files import atomic_path
+from nanogpt.files import atomic_path, open_regular
 
 # each kind by the key that only its records have
 KINDS = {'start': 'params', 'step': 'loss', 'eval': 'val_loss', 'skipped': 'skipped', 'hellaswag': 'hellaswag'}
@@ -76,7 +76,7 @@ class RunLog:
     def log(self, **record):
         assert kind_of(record), f"not a record kind of runlog.KINDS: {record}"
         if self.write:
-            with open(self.path, 'a', encoding='utf-8') as f:
+            with open_regular(self.path, 'a') as f:
                 f.write(json.dumps(record) + '\n')
         if self.master and self.wandb is not None:
             self.wandb.log(record)

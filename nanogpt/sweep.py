@@ -9,7 +9,7 @@ import json
 import os
 
 from nanogpt.errors import out_of_memory
-from nanogpt.files import atomic_path
+from nanogpt.files import atomic_path, check_destination
 
 
 def split_sweep(argv: list[str]) -> tuple[list[str], dict]:
@@ -30,6 +30,8 @@ def settings(swept: dict, json_path: str, configure) -> list[tuple[dict, object]
     results."""
     if json_path and not os.path.isdir(os.path.dirname(os.path.abspath(json_path))):
         raise SystemExit(f"error: --json={json_path}: its folder does not exist: create it, or choose another path")
+    if json_path:
+        check_destination(json_path)
     combinations = [dict(zip(swept, values)) for values in itertools.product(*swept.values())]
     return [(c, configure([f'--{k}={v}' for k, v in c.items()])) for c in combinations]
 

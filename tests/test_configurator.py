@@ -31,6 +31,27 @@ def test_config_file(tmp_path):
     assert cfg.batch_size == 8 and cfg.learning_rate == pytest.approx(6e-4)
 
 
+def test_a_config_files_helper_variables_work_as_in_nanogpt(tmp_path):
+    # a name the file reads is a helper; one it only sets must be a key (a typo still stops)
+    path = tmp_path / 'cfg.py'
+    path.write_text("tokens_per_step = 6 * 64\nbatch_size = 6\nlearning_rate = 1e-4 * tokens_per_step / batch_size\n"
+                    "device = 'cpu' if batch_size < 8 else 'cuda'\n")
+    cfg = configure(DEFAULTS, [str(path)], verbose=False)
+    assert cfg.batch_size == 6 and cfg.learning_rate == pytest.approx(64e-4) and cfg.device == 'cpu'
+    assert not hasattr(cfg, 'tokens_per_step')
+    path.write_text("tokens_per_step = 384\nbatchsize = tokens_per_step // 64\n")  # read nowhere: a typo
+    with pytest.raises(SystemExit, match="unknown config key 'batchsize': did you mean 'batch_size'"):
+        configure(DEFAULTS, [str(path)], verbose=False)
+
+
+@pytest.mark.parametrize('ending', ['exit()', 'import sys; sys.exit(0)', 'raise SystemExit', 'quit(3)'])
+def test_a_config_file_that_exits_stops_the_run_with_a_line_naming_it(tmp_path, ending):
+    path = tmp_path / 'cfg.py'
+    path.write_text(f"batch_size = 64\n{ending}\n")
+    with pytest.raises(SystemExit, match=rf"^error: config file {path} called exit\(\): fix the Python there$"):
+        configure(DEFAULTS, [str(path)], verbose=False)
+
+
 def test_unknown_key_names_the_closest(tmp_path, capsys):
     with pytest.raises(SystemExit, match="unknown config key 'batchsize': did you mean 'batch_size'"):
         configure(DEFAULTS, ['--batchsize=3'], verbose=False)

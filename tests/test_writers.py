@@ -1,0 +1,103 @@
+"""
+The one writer (nanogpt/files.py): every file the project writes goes through atomic_path (whole files) or
+open_regular (the log it appends to, the lock). Neither writes through a symbolic link, nor into a FIFO, a device or
+a folder at the destination: each is refused in one line, and what the link points to is left as it was.
+"""
+import os
+import re
+
+import pytest
+from conftest import REPO, one_line_error, run_script, train
+
+from nanogpt.files import atomic_path, open_regular
+
+
+def plant(kind: str, path, outside):
+    """Something other than a regular file at path: a link to a file outside the folder, a FIFO, or a folder."""
+    if kind == 'link':
+        os.symlink(outside, path)
+    elif kind == 'fifo':
+        os.mkfifo(path)
+    else:
+        os.mkdir(path)
+
+
+def write_whole(path):
+    with atomic_path(str(path)) as tmp, open(tmp, 'w') as f:
+        f.write('new\n')
+
+
+def append(path):
+    with open_regular(str(path), 'a') as f:
+        f.write('new\n')
+
+
+def lock(path):
+    open_regular(str(path), 'a+').close()
+
+
+@pytest.mark.parametrize('writer', [write_whole, append, lock])
+@pytest.mark.parametrize('kind, says', [('link', 'is a symbolic link (to '), ('fifo', 'is a FIFO'),
+                                        ('dir', 'is a folder')])
+def test_a_destination_that_is_not_a_regular_file_is_refused_and_left_alone(tmp_path, writer, kind, says):
+    outside = tmp_path / 'outside.txt'
+    outside.write_text('precious\n')
+    (tmp_path / 'run').mkdir()
+    path = tmp_path / 'run' / 'file'
+    plant(kind, path, outside)
+    with pytest.raises(SystemExit, match=rf"^error: {re.escape(str(path))} {re.escape(says)}.*choose another folder$"):
+        writer(path)  # a FIFO would block an open() for writing until a reader came: this returns at once
+    assert outside.read_text() == 'precious\n'
+    assert sorted(os.listdir(tmp_path / 'run')) == ['file']  # no temporary file left either
+
+
+@pytest.mark.parametrize('writer', [write_whole, append])
+def test_a_regular_file_is_written_and_a_new_one_created(tmp_path, writer):
+    path = tmp_path / 'file'
+    writer(path)
+    path.write_text('old\n')
+    writer(path)
+    assert path.read_text() == ('old\nnew\n' if writer is append else 'new\n')
+
+
+def test_every_write_of_the_project_goes_through_the_one_writer():
+    # whatever writes a file (open for writing, torch.save, savefig, safetensors' save_file) writes the temporary
+    # path atomic_path yields; only nanogpt/files.py opens destinations itself
+    sources = ['train.py', 'sample.py', 'bench.py', 'hellaswag.py', 'perplexity.py', 'export_hf.py', 'plot.py',
+               *(f'nanogpt/{f}' for f in os.listdir(os.path.join(REPO, 'nanogpt')) if f.endswith('.py')),
+               *(f'data/{d}/prepare.py' for d in os.listdir(os.path.join(REPO, 'data'))
+                 if os.path.exists(os.path.join(REPO, 'data', d, 'prepare.py')))]
+    writes = re.compile(r"open\(([^,()]+(?:\([^()]*\))?), '[wax]b?\+?'|torch\.save\([^,]+, ([^,)]+)|"
+                        r"savefig\(([^,)]+)|save_file\([^,]+\), ([^,)]+)")
+    found = 0
+    for source in sources:
+        if source == 'nanogpt/files.py':
+            continue
+        for m in writes.finditer(open(os.path.join(REPO, source)).read()):
+            target = next(g for g in m.groups() if g)
+            assert target in ('tmp', 'self._atomic.__enter__()'), f"{source}: {m.group(0)}"
+            found += 1
+    assert found >= 8
+
+
+def test_a_run_whose_log_is_a_planted_link_refuses_to_write_through_it(char_data, tmp_path):
+    out = tmp_path / 'out'
+    train(char_data, out, '--max_iters=2', '--eval_interval=2')
+    outside = tmp_path / 'outside.txt'
+    outside.write_text('precious\n')
+    os.replace(out / 'log.jsonl', tmp_path / 'moved.jsonl')
+    os.symlink(outside, out / 'log.jsonl')
+    proc = train(char_data, out, '--max_iters=4', '--eval_interval=2', '--init_from=resume', check=False)
+    one_line_error(proc, f"{out / 'log.jsonl'} is a symbolic link (to {outside})")
+    assert outside.read_text() == 'precious\n'
+
+
+def test_bench_results_are_not_written_through_a_link(tmp_path):
+    outside = tmp_path / 'outside.json'
+    outside.write_text('precious\n')
+    os.symlink(outside, tmp_path / 'bench.json')
+    proc = run_script('bench.py', '--device=cpu', '--compile=False', '--n_layer=1', '--n_head=2', '--n_embd=32',
+                      '--block_size=32', '--batch_size=2', '--burnin_steps=1', '--benchmark_steps=1',
+                      '--real_data=False', f'--json={tmp_path / "bench.json"}', check=False)
+    one_line_error(proc, 'bench.json is a symbolic link')
+    assert outside.read_text() == 'precious\n'
