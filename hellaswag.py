@@ -24,6 +24,7 @@ from torch.nn import functional as F
 
 from configurator import config_defaults, configure
 from nanogpt.checkpoint import load_model
+from nanogpt import fields
 from nanogpt.errors import one_line_errors, takes
 from nanogpt.files import download
 from nanogpt.runtime import end_distributed, print0, setup_runtime
@@ -57,6 +58,11 @@ def cached_val_file(cache_dir: str) -> str:
     return path
 
 
+# the fields of a HellaSwag row that are read, and what each must be
+ROW = dict(ctx=fields.STR, endings=('a list of 4 strings', lambda v: isinstance(v, list) and len(v) == 4 and all(
+    isinstance(e, str) for e in v)), label=('0, 1, 2 or 3', lambda v: type(v) is int and 0 <= v <= 3))
+
+
 def load_examples(data_file: str = '', limit: int | None = None, cache_dir: str = cache_dir) -> list[dict]:
     path = data_file or cached_val_file(cache_dir)
     if not os.path.exists(path):
@@ -68,10 +74,11 @@ def load_examples(data_file: str = '', limit: int | None = None, cache_dir: str 
                 continue
             try:
                 example = json.loads(line)
-                assert isinstance(example['ctx'], str) and len(example['endings']) == 4
-                assert example['label'] in (0, 1, 2, 3)
-            except (json.JSONDecodeError, KeyError, TypeError, AssertionError):
-                raise SystemExit(f"error: {path}:{line_no} is not a HellaSwag record (ctx, 4 endings, label 0-3)")
+            except json.JSONDecodeError:
+                raise SystemExit(f"error: {path}:{line_no} is not a HellaSwag record (ctx, 4 endings, label 0-3)"
+                                 f": it is not JSON; use hellaswag_val.jsonl") from None
+            fields.check(example, ROW, f"{path}:{line_no}", "use hellaswag_val.jsonl, whose rows have ctx, 4 endings "
+                         "and a label 0-3", required=tuple(ROW))
             examples.append(example)
             if limit and len(examples) == limit:
                 break

@@ -237,7 +237,7 @@ if __name__ == '__main__':
         model = GPT(GPTConfig(**model_args), seed=seed)
     elif init_from == 'resume':
         print0(f"Resuming training from {out_dir}")
-        model, checkpoint = load_model('resume', out_dir, 'cpu', dropout=dropout)
+        model, checkpoint = load_model('resume', out_dir, 'cpu', dropout=dropout, train=True)
         note_shape(model, model_args, shape_keys, "resuming with the checkpoint's")  # it wins, as in nanoGPT
         check_tokens(checkpoint, ckpt_path, data)  # the dataset's ids mean what they meant when it was saved
         iter_num = checkpoint['iter_num']

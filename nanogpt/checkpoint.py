@@ -22,6 +22,7 @@ from dataclasses import asdict
 import torch
 
 from model import GPT, GPTConfig
+from nanogpt import fields
 from nanogpt.errors import takes
 from nanogpt.files import atomic_path
 from nanogpt.optim import parts
@@ -91,15 +92,35 @@ class Checkpointer:
         return f"note: no checkpoint of iter {iter_num} ({why}): {where}"
 
 
-def load_checkpoint(ckpt_path: str) -> dict:
-    """The checkpoint at ckpt_path, checked to be one; SystemExit naming what to do where there is none (OpenAI's
-    weights too, for a script that takes --init_from)."""
+# the fields of ckpt.pt the code uses, and what each must be (nanoGPT's checkpoints included)
+SCALAR = ('a number', lambda v: fields.NUMBER[1](v) or (type(v).__name__ == 'Tensor' and v.numel() == 1))
+CHECKPOINT = dict(model=fields.TENSORS, model_args=fields.DICT, iter_num=fields.COUNT, best_val_loss=SCALAR,
+                  config=fields.DICT, optimizer=fields.DICT, muon=fields.DICT, scaler=fields.DICT, loader=fields.DICT,
+                  rng=fields.DICT, world_size=fields.POSITIVE_INT, vocab=fields.CHARS)
+MODEL_ARGS = dict(n_layer=fields.POSITIVE_INT, n_head=fields.POSITIVE_INT, n_embd=fields.POSITIVE_INT,
+                  block_size=fields.POSITIVE_INT, vocab_size=fields.POSITIVE_INT, bias=fields.BOOL,
+                  dropout=fields.FRACTION)
+CONFIG = dict(dataset=fields.STR, batch_size=fields.POSITIVE_INT, gradient_accumulation_steps=fields.POSITIVE_INT,
+              optimizer=fields.STR)
+TRAINING = ('iter_num', 'best_val_loss', 'optimizer')  # what a resume needs beyond the model
+
+
+def load_checkpoint(ckpt_path: str, required=('model', 'model_args')) -> dict:
+    """The checkpoint at ckpt_path, every field the code uses checked (the required ones present); SystemExit naming
+    what to do where there is none (OpenAI's weights too, for a script that takes --init_from)."""
     if not os.path.exists(ckpt_path):
         raise SystemExit(f"error: no checkpoint at {ckpt_path}: train one with train.py (out_dir sets where)"
                          f"{', or pass --init_from=gpt2 for OpenAI weights' if takes('init_from') else ''}")
     checkpoint = torch_load(ckpt_path, 'checkpoint')
-    if not isinstance(checkpoint, dict) or 'model' not in checkpoint or 'model_args' not in checkpoint:
-        raise SystemExit(f"error: {ckpt_path} is not a checkpoint of this project (no 'model' and 'model_args')")
+    fix = "the file is damaged or not a checkpoint of this project or nanoGPT: use another, or train again"
+    fields.check(checkpoint, CHECKPOINT, ckpt_path, fix, required)
+    fields.check(checkpoint['model_args'], MODEL_ARGS, f"{ckpt_path} model_args", fix,
+                 ('n_layer', 'n_head', 'n_embd', 'block_size', 'vocab_size'))
+    fields.check(checkpoint.get('config', {}), CONFIG, f"{ckpt_path} config", fix)
+    args = checkpoint['model_args']
+    if args['n_embd'] % args['n_head']:
+        raise SystemExit(f"error: {ckpt_path} model_args: n_embd={args['n_embd']} is not divisible by n_head="
+                         f"{args['n_head']}: {fix}")
     return checkpoint
 
 
@@ -130,13 +151,15 @@ def note_shape(model, model_args: dict, keys, source: str):
         print0(f"note: {source} model shape: {', '.join(differ)}")
 
 
-def load_model(init_from: str, out_dir: str = 'out', device='cpu', dropout: float | None = None):
+def load_model(init_from: str, out_dir: str = 'out', device='cpu', dropout: float | None = None,
+               train: bool = False):
     """A model from 'resume' (out_dir/ckpt.pt), a GPT-2 name or a Hugging Face directory, and the checkpoint
     it came from; for pretrained weights, what get_tokenizer and check_tokens need of one (model_args, and vocab:
-    the characters an exported character-level model carries in its meta.json)."""
+    the characters an exported character-level model carries in its meta.json). train: a checkpoint to resume, whose
+    training state must be there too."""
     if init_from == 'resume':
         ckpt_path = os.path.join(out_dir, 'ckpt.pt')
-        checkpoint = load_checkpoint(ckpt_path)
+        checkpoint = load_checkpoint(ckpt_path, ('model', 'model_args') + TRAINING * train)
         if dropout is not None:
             checkpoint['model_args']['dropout'] = dropout
         model = model_from_checkpoint(checkpoint, ckpt_path)

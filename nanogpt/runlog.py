@@ -13,15 +13,25 @@ disk during an append), so that neither a resume nor plot.py fails on it.
 import json
 import os
 
+from nanogpt import fields
 from nanogpt.files import atomic_path, open_regular
 
 # each kind by the key that only its records have
 KINDS = {'start': 'params', 'step': 'loss', 'eval': 'val_loss', 'skipped': 'skipped', 'hellaswag': 'hellaswag'}
 
 
+# the fields of a record that readers use, and what each must be (a record where one is not is no record of a run)
+OPTIONAL_NUMBER = ('a number or null', lambda v: v is None or fields.NUMBER[1](v))
+RECORD = dict(iter=fields.COUNT, loss=fields.NUMBER, val_loss=fields.NUMBER, train_loss=fields.NUMBER,
+              lr=fields.NUMBER, grad_norm=fields.NUMBER, ms=fields.NUMBER, tok_per_s=fields.NUMBER, mfu=OPTIONAL_NUMBER,
+              params=fields.POSITIVE_INT, tokens_per_iter=fields.POSITIVE_INT, hellaswag=fields.NUMBER,
+              hellaswag_acc=fields.NUMBER, time=fields.NUMBER, dataset=fields.STR, init_from=fields.STR)
+
+
 def kind_of(record: dict) -> str | None:
-    """The kind of a record (see KINDS), None for what no version of train.py writes."""
-    if isinstance(record, dict) and isinstance(record.get('iter'), int):
+    """The kind of a record (see KINDS), None for what no version of train.py writes (or a field of the wrong type)."""
+    if isinstance(record, dict) and 'iter' in record and all(ok(record[k]) for k, (_, ok) in RECORD.items()
+                                                             if k in record):
         for kind, key in KINDS.items():
             if key in record:
                 return kind

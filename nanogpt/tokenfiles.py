@@ -27,6 +27,7 @@ import re
 
 import numpy as np
 
+from nanogpt import fields
 from nanogpt.files import atomic_path
 
 REPO_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -134,6 +135,12 @@ def write_meta(data_dir: str, **fields):
         json.dump(fields, f, indent=2)
 
 
+# the fields of meta.json that are read, and what each must be
+META = dict(complete=fields.BOOL, tokenizer=fields.STR, chars=fields.CHARS, vocab_size=fields.POSITIVE_INT,
+            tokens=fields.DICT, files=('a dict of file names to fingerprints', lambda v: isinstance(v, dict) and all(
+                isinstance(name, str) and isinstance(print_, str) for name, print_ in v.items())))
+
+
 def read_meta(data_dir: str) -> dict | None:
     """The dataset's meta.json, or None when it has none (nanoGPT's datasets)."""
     path = os.path.join(data_dir, 'meta.json')
@@ -148,6 +155,7 @@ def read_meta(data_dir: str) -> dict | None:
     if not isinstance(meta, dict):
         raise SystemExit(f"error: {path} holds a JSON {type(meta).__name__}, not the object a prepare writes: "
                          f"prepare the dataset again ({prepare_hint(data_dir)})")
+    fields.check(meta, META, path, f"prepare the dataset again ({prepare_hint(data_dir)})")
     return meta
 
 

@@ -16,6 +16,7 @@ import warnings
 
 import torch
 
+from nanogpt import fields
 from nanogpt.files import atomic_path
 
 
@@ -95,8 +96,22 @@ HF_REQUIRED = ('n_layer', 'n_head', 'n_embd', 'n_positions', 'vocab_size')  # th
 BPE_URL = 'https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/'  # tiktoken's source of GPT-2's files
 
 
+# the fields of a GPT-2 config.json that are read, and what each must be
+HF_CONFIG = dict(n_layer=fields.POSITIVE_INT, n_head=fields.POSITIVE_INT, n_embd=fields.POSITIVE_INT,
+                 n_positions=fields.POSITIVE_INT, vocab_size=fields.POSITIVE_INT, model_type=fields.STR,
+                 activation_function=fields.STR, layer_norm_epsilon=fields.NUMBER,
+                 n_inner=('an integer or null', lambda v: v is None or fields.positive_int(v)),
+                 scale_attn_weights=fields.BOOL, scale_attn_by_inverse_layer_idx=fields.BOOL,
+                 reorder_and_upcast_attn=fields.BOOL)
+
+
 def config_args_from_hf(hf_config: dict, source: str) -> dict:
-    """GPTConfig arguments from a Hugging Face GPT2Config, refusing what this model cannot reproduce."""
+    """GPTConfig arguments from a Hugging Face GPT2Config, every field read checked, refusing what this model cannot
+    reproduce."""
+    fields.check(hf_config, HF_CONFIG, f"{source} config.json", "export or download the model again", HF_REQUIRED)
+    if hf_config['n_embd'] % hf_config['n_head']:
+        raise SystemExit(f"error: {source} config.json: n_embd={hf_config['n_embd']} is not divisible by n_head="
+                         f"{hf_config['n_head']}: export or download the model again")
     if hf_config.get('model_type', 'gpt2') != 'gpt2':
         raise ValueError(f"{source}: model_type is {hf_config['model_type']!r}, only 'gpt2' checkpoints can be loaded")
     n_embd = hf_config['n_embd']
@@ -183,10 +198,6 @@ def read_folder(path: str) -> tuple[dict, dict]:
         except ValueError as e:
             raise SystemExit(f"error: {config_path} is not valid JSON ({e}): export or download the model again") \
                 from None
-    if not isinstance(hf_config, dict) or set(HF_REQUIRED) - set(hf_config):
-        missing = sorted(set(HF_REQUIRED) - set(hf_config)) if isinstance(hf_config, dict) else list(HF_REQUIRED)
-        raise SystemExit(f"error: {config_path} lacks {', '.join(missing)}, which a GPT-2 config.json holds: "
-                         f"export or download the model again")
     config_args = config_args_from_hf(hf_config, path)
     for name in ('model.safetensors', 'pytorch_model.bin'):
         weights_path = os.path.join(path, name)

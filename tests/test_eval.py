@@ -129,7 +129,7 @@ def test_hellaswag_errors(tmp_path, records):
     bad = tmp_path / 'bad.jsonl'
     bad.write_text('{"ctx": "x", "endings": ["a", "b"], "label": 0}\n')
     proc = run_script('hellaswag.py', '--init_from=gpt2', f'--data_file={bad}', '--device=cpu', check=False)
-    assert proc.returncode != 0 and 'bad.jsonl:1 is not a HellaSwag record' in proc.stderr
+    assert proc.returncode != 0 and "bad.jsonl:1: 'endings' holds ['a', 'b'], where it must be a list of 4" in proc.stderr
     # a proxy that refuses every connection: the download fails here whether or not this machine is online
     offline = {'https_proxy': 'http://127.0.0.1:9', 'HTTPS_PROXY': 'http://127.0.0.1:9', 'no_proxy': '', 'NO_PROXY': ''}
     proc = run_script('hellaswag.py', '--init_from=gpt2', f'--cache_dir={tmp_path / "cache"}', '--device=cpu',

@@ -302,7 +302,7 @@ def test_outside_files_are_checked_against_their_weights_before_anything_is_buil
     del config['n_positions']
     (folder / 'config.json').write_text(json.dumps(config))
     one_line_error(run_script('sample.py', f'--init_from={folder}', '--device=cpu', check=False),
-                   'config.json lacks n_positions')
+                   "config.json has no 'n_positions'")
     folder = tmp_path / 'hostile'
     folder.mkdir()
     (folder / 'config.json').write_text((pathlib.Path(hf_gpt2_dir) / 'config.json').read_text())

@@ -1,0 +1,117 @@
+"""
+One check per kind of file read (nanogpt/fields.py, applied by the reader of each kind): every field the code uses
+of ckpt.pt, a GPT-2 config.json, a dataset's meta.json, a log.jsonl record and a HellaSwag row is damaged in turn,
+and each is refused in one line naming the file and the field (a log record is dropped, with a note), never reaching
+the code.
+"""
+import json
+import os
+
+import pytest
+import torch
+from conftest import train
+
+from nanogpt import checkpoint as ckpt_module
+from nanogpt import fields, runlog, tokenfiles, weights
+
+CANDIDATES = ['yes', 3, -1, None, [1], 1.5, 'aa', {'a': 1}]
+
+
+def bad(spec_entry):
+    """A value the field's test refuses: a damaged or hand-edited file's."""
+    return next(v for v in CANDIDATES if not spec_entry[1](v))
+
+
+@pytest.fixture(scope='module')
+def checkpoint_path(char_data, tmp_path_factory):
+    out = tmp_path_factory.mktemp('ckpt')
+    train(char_data, out, '--max_iters=2', '--eval_interval=2')
+    return out / 'ckpt.pt'
+
+
+def refused(call, *fragments):
+    with pytest.raises(SystemExit) as e:
+        call()
+    line = str(e.value.code)
+    assert line.startswith('error: ') and '\n' not in line, line
+    for fragment in fragments:
+        assert fragment in line, line
+
+
+def damaged_checkpoints(path):
+    original = torch.load(path, weights_only=True)
+    for field, entry in ckpt_module.CHECKPOINT.items():
+        yield field, {**original, field: bad(entry)}
+    for field, entry in ckpt_module.MODEL_ARGS.items():
+        yield f"model_args {field}", {**original, 'model_args': {**original['model_args'], field: bad(entry)}}
+    for field, entry in ckpt_module.CONFIG.items():
+        yield f"config {field}", {**original, 'config': {**original['config'], field: bad(entry)}}
+    for field in ('model', 'model_args', *ckpt_module.TRAINING):
+        yield f"no {field}", {k: v for k, v in original.items() if k != field}
+    yield 'model_args n_embd % n_head', {**original, 'model_args': {**original['model_args'], 'n_head': 3}}
+
+
+def test_every_field_of_a_checkpoint_damaged_in_turn_is_refused(checkpoint_path, tmp_path):
+    path = tmp_path / 'ckpt.pt'
+    for what, damaged in damaged_checkpoints(checkpoint_path):
+        torch.save(damaged, path)
+        field = what.split()[-1] if not what.startswith('model_args n_embd') else 'n_embd'
+        refused(lambda: ckpt_module.load_checkpoint(str(path), ('model', 'model_args') + ckpt_module.TRAINING),
+                str(path), field)
+    # what sampling needs is only the model: a checkpoint without its training state still samples
+    torch.save({k: v for k, v in torch.load(checkpoint_path, weights_only=True).items() if k != 'optimizer'}, path)
+    assert ckpt_module.load_checkpoint(str(path))['iter_num'] == 2
+
+
+def test_every_field_of_a_config_json_damaged_in_turn_is_refused():
+    good = dict(n_layer=2, n_head=2, n_embd=32, n_positions=16, vocab_size=50, model_type='gpt2',
+                activation_function='gelu_new', layer_norm_epsilon=1e-5, n_inner=None, scale_attn_weights=True,
+                scale_attn_by_inverse_layer_idx=False, reorder_and_upcast_attn=False)
+    assert weights.config_args_from_hf(good, 'folder')['block_size'] == 16
+    for field, entry in weights.HF_CONFIG.items():
+        refused(lambda: weights.config_args_from_hf({**good, field: bad(entry)}, 'folder'), 'folder config.json',
+                repr(field))
+    for field in weights.HF_REQUIRED:
+        refused(lambda: weights.config_args_from_hf({k: v for k, v in good.items() if k != field}, 'folder'),
+                f"has no {field!r}")
+
+
+def test_every_field_of_a_meta_json_damaged_in_turn_is_refused(char_data, tmp_path):
+    with open(os.path.join(char_data, 'meta.json')) as f:
+        good = json.load(f)
+    assert tokenfiles.read_meta(char_data) == good
+    for field, entry in tokenfiles.META.items():
+        (tmp_path / 'meta.json').write_text(json.dumps({**good, field: bad(entry)}))
+        refused(lambda: tokenfiles.read_meta(str(tmp_path)), 'meta.json', repr(field), 'prepare the dataset again')
+
+
+def test_a_log_record_with_a_damaged_field_is_dropped_with_a_note(tmp_path):
+    good = {'iter': 5, 'loss': 2.5, 'lr': 1e-3, 'grad_norm': 0.5, 'ms': 40.0, 'tok_per_s': 1000.0, 'mfu': None}
+    lines = [json.dumps(good)]
+    for field, entry in runlog.RECORD.items():
+        lines.append(json.dumps({**good, field: bad(entry)}))
+    (tmp_path / 'log.jsonl').write_text('\n'.join(lines) + '\n')
+    notes = []
+    assert runlog.read_records(str(tmp_path / 'log.jsonl'), note=notes.append) == [good]
+    assert len(notes) == 1 and 'skipped line(s) 2, 3, 4, 5, 6 and' in notes[0]
+
+
+def test_every_field_of_a_hellaswag_row_damaged_in_turn_is_refused(tmp_path):
+    from hellaswag import ROW, load_examples
+    good = {'ctx': 'He opens the door.', 'endings': ['a.', 'b.', 'c.', 'd.'], 'label': 2}
+    path = tmp_path / 'h.jsonl'
+    path.write_text(json.dumps(good) + '\n')
+    assert load_examples(str(path)) == [good]
+    for field, entry in ROW.items():
+        path.write_text(json.dumps(good) + '\n' + json.dumps({**good, field: bad(entry)}) + '\n')
+        refused(lambda: load_examples(str(path)), f'{path}:2', repr(field))
+        path.write_text(json.dumps({k: v for k, v in good.items() if k != field}) + '\n')
+        refused(lambda: load_examples(str(path)), f'{path}:1', f'has no {field!r}')
+
+
+def test_a_field_check_names_what_the_value_is():
+    spec = {'n_layer': fields.POSITIVE_INT}
+    refused(lambda: fields.check({'n_layer': 'twelve'}, spec, 'x.json', 'fix it'),
+            "error: x.json: 'n_layer' holds 'twelve', where it must be an integer above 0: fix it")
+    refused(lambda: fields.check({'n_layer': True}, spec, 'x.json', 'fix it'), "holds True")  # a bool is no int
+    refused(lambda: fields.check([1], spec, 'x.json', 'fix it'), "x.json holds [1], not the dict")
