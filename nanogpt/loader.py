@@ -7,7 +7,7 @@ SyntheticLoader: random tokens, for bench.py without prepared data.
 import numpy as np
 import torch
 
-from nanogpt.tokenfiles import DTYPE, Dataset
+from nanogpt.tokenfiles import Dataset
 
 
 class TokenLoader:
@@ -20,6 +20,7 @@ class TokenLoader:
                  device='cpu', seed: int = 1337, rank: int = 0, world_size: int = 1):
         self.batch_size, self.block_size = batch_size, block_size
         self.device = torch.device(device)
+        self.data, self.split = data, split
         self.paths, self.lengths = data.split(split)
         # a window of block_size + 1 tokens (inputs and shifted targets) must fit in a file
         self.windows = np.array([max(n - block_size, 0) for n in self.lengths], dtype=np.int64)
@@ -42,7 +43,7 @@ class TokenLoader:
         files = np.searchsorted(self.offsets, starts, side='right') - 1
         # fresh memmaps per batch: a long-lived one grows the resident memory, see
         # https://stackoverflow.com/questions/45132940/numpy-memmap-memory-usage-want-to-iterate-once/61472122#61472122
-        maps = {f: np.memmap(self.paths[f], dtype=DTYPE, mode='r') for f in set(files.tolist())}
+        maps = {f: self.data.tokens(self.split, f) for f in set(files.tolist())}
         rows = [maps[f][s - self.offsets[f]:s - self.offsets[f] + T + 1].astype(np.int64) for f, s in zip(files, starts)]
         del maps
         batch = np.stack(rows)

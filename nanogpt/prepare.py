@@ -10,7 +10,7 @@ from multiprocessing import Pool
 import numpy as np
 
 from nanogpt.files import download
-from nanogpt.tokenfiles import DTYPE, REPO_DIR, TokenWriter, begin_prepare
+from nanogpt.tokenfiles import DTYPE, REPO_DIR, TokenWriter
 from nanogpt.tokenizer import gpt2_encoding
 
 SHAKESPEARE_URL = 'https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt'
@@ -41,7 +41,6 @@ def shakespeare_splits(doc: str, script: str, argv=None) -> tuple[str, dict]:
         raise SystemExit(f"error: {path} holds {len(text)} characters, too few to split into train and val: "
                          f"pass a larger text (the dataset in {args.out_dir} is left as it was)")
     n = len(text)
-    begin_prepare(args.out_dir)
     return args.out_dir, {'train': text[:int(n * 0.9)], 'val': text[int(n * 0.9):]}
 
 
@@ -50,6 +49,8 @@ _enc = None
 
 def _tokenize(text: str) -> np.ndarray:
     global _enc
+    if not isinstance(text, str):
+        raise ValueError(f"a document's text is {text!r}, not a string")
     if _enc is None:
         _enc = gpt2_encoding()
     ids = _enc.encode_ordinary(text)  # special tokens in the text are plain text
@@ -65,10 +66,13 @@ def tokenize_to_files(texts, writer: TokenWriter, num_proc: int, total: int | No
     written = 0
     t0 = time.time()
     with Pool(num_proc) as pool, tqdm(total=total, unit='docs', desc=desc) as bar:
-        for ids in pool.imap(_tokenize, texts, chunksize=16):
-            writer.write(ids)
-            written += ids.size
-            bar.update(1)
+        try:
+            for ids in pool.imap(_tokenize, texts, chunksize=16):
+                writer.write(ids)
+                written += ids.size
+                bar.update(1)
+        except ValueError as e:  # the dataset being prepared is dropped whole; the folder keeps the one it had
+            raise SystemExit(f"error: {e}: fix the input (the dataset folder was left as it was)") from None
     dt = time.time() - t0
     print(f"{desc}: {written:,} tokens in {dt:.1f}s ({written / dt:,.0f} tokens/s with {num_proc} processes)")
     return written

@@ -11,10 +11,10 @@ np.memmap(path, dtype=np.uint16, mode='r'). Beside them, optionally:
 Every file is written under a temporary name and renamed once complete, so a run that dies never leaves a
 truncated file where a later run would read it.
 
-Here: the writer (TokenWriter), meta.json (begin_prepare, write_meta, read_meta, read_vocab), the fingerprints that
-tell one prepare's files from a mix, where a dataset lives (dataset_dir) and the files of a split (split_files), and
-Dataset, the one reader through which every script opens a dataset, applying every check. This module imports no
-torch: the prepare scripts need numpy only. What the prepare scripts share beyond the contract (the Shakespeare
+Here: the writer (TokenWriter, into the folder preparing() stages and then swaps in whole), meta.json (write_meta,
+read_meta, read_vocab), the fingerprints that tell one prepare's files from a mix, where a dataset lives
+(dataset_dir) and the files of a split (split_files), and Dataset, the one reader through which every script opens a
+dataset, applying every check, and which keeps the files it opened. This module imports no torch: the prepare scripts need numpy only. What the prepare scripts share beyond the contract (the Shakespeare
 command line, `datasets` loading, parallel tokenization) is in nanogpt/prepare.py; the reader, TokenLoader in
 nanogpt/loader.py, serves train.py and bench.py.
 """
@@ -24,11 +24,18 @@ import json
 import os
 import pickle
 import re
+import shutil
+from contextlib import contextmanager
+
+try:
+    import fcntl
+except ImportError:  # Windows: one prepare at a time is not enforced
+    fcntl = None
 
 import numpy as np
 
 from nanogpt import fields
-from nanogpt.files import atomic_path
+from nanogpt.files import atomic_path, open_regular
 
 REPO_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -118,12 +125,54 @@ def dataset_files(data_dir: str) -> list[str]:
     return split_files(data_dir, 'train') + split_files(data_dir, 'val') + ([pkl] if os.path.exists(pkl) else [])
 
 
-def begin_prepare(data_dir: str):
-    """Called by a prepare script once its input is known good, before it writes anything: until write_meta ends
-    the run, meta.json says the dataset is incomplete, so an interrupted prepare leaves a dataset that is refused."""
+DATASET_RE = re.compile(r'^((train|val)(_\d{6})?\.bin|meta\.json|meta\.pkl)$')  # every file of a dataset, any layout
+
+
+@contextmanager
+def preparing(data_dir: str):
+    """The folder a prepare writes its new dataset into: a staging folder inside data_dir, held by one prepare at a
+    time (an flock on data_dir/.prepare.lock). When the block completes, the staged dataset replaces data_dir's whole:
+    until then every script reads the old dataset unchanged, and after it no file of the old one remains, whatever
+    its layout (a train.bin where shards are now written, a meta.pkl beside BPE tokens). An error or an interrupt
+    leaves data_dir as it was. Should the process die in the swap itself, meta.json says the dataset is incomplete,
+    and every reader refuses it until it is prepared again."""
     os.makedirs(data_dir, exist_ok=True)
-    with atomic_path(os.path.join(data_dir, 'meta.json')) as tmp, open(tmp, 'w') as f:
-        json.dump({'complete': False}, f)
+    lock = open_regular(os.path.join(data_dir, '.prepare.lock'), 'a+')
+    try:
+        if fcntl is not None:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.close()
+        raise SystemExit(f"error: another prepare is writing the dataset in {data_dir}: wait for it to end") from None
+    except OSError:  # a filesystem without flock: not held
+        pass
+    # what a prepare that died left (the lock says none is running): its staging folder, its temporary files
+    stage = os.path.join(data_dir, '.prepare.new')
+    shutil.rmtree(stage, ignore_errors=True)
+    for name in os.listdir(data_dir):
+        if '.tmp' in name and DATASET_RE.match(name.rsplit('.tmp', 1)[0]):
+            os.remove(os.path.join(data_dir, name))
+    os.mkdir(stage)
+    try:
+        yield stage
+        _swap(stage, data_dir)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+        lock.close()
+
+
+def _swap(stage: str, data_dir: str):
+    """The staged dataset's files into data_dir, and the old dataset's out: meta.json is marked incomplete first
+    and written last, so a reader meanwhile refuses the folder instead of reading a mix."""
+    old = [name for name in os.listdir(data_dir) if DATASET_RE.match(name)]
+    new = [name for name in os.listdir(stage) if DATASET_RE.match(name)]
+    if 'meta.json' in old:
+        with atomic_path(os.path.join(data_dir, 'meta.json')) as tmp, open(tmp, 'w') as f:
+            json.dump({'complete': False}, f)
+    for name in sorted(new, key=lambda n: n == 'meta.json'):  # meta.json last
+        os.replace(os.path.join(stage, name), os.path.join(data_dir, name))
+    for name in set(old) - set(new):
+        os.remove(os.path.join(data_dir, name))
 
 
 def write_meta(data_dir: str, **fields):
@@ -200,6 +249,7 @@ class Dataset:
         self.dir = data_dir
         self.meta = read_meta(data_dir) if os.path.isdir(data_dir) else None
         self._checked = set()  # (split, vocab_size) whose token ids check_ids has read
+        self._splits = {}  # split: (paths, lengths, open files)
         for split in splits:  # present, whole files of uint16
             self.split(split)
         _check_files(data_dir, self.meta, note)
@@ -207,19 +257,27 @@ class Dataset:
         self.tokenizer = 'char' if self.vocab is not None else (self.meta or {}).get('tokenizer', 'gpt2')
 
     def split(self, split: str) -> tuple[list[str], list[int]]:
-        """The token files of a split and their lengths in tokens."""
-        paths = split_files(self.dir, split)
-        if not paths:
-            raise SystemExit(f"error: no {split} data in {self.dir} (neither {split}.bin nor {split}_000000.bin...): "
-                             f"{prepare_hint(self.dir)}")
-        lengths = []
-        for path in paths:
-            size = os.path.getsize(path)
-            if size % 2:
-                raise SystemExit(f"error: {path} has an odd size ({size} bytes), so it is not a uint16 token file: "
-                                 f"it may be truncated; {prepare_hint(self.dir)} again")
-            lengths.append(size // 2)
-        return paths, lengths
+        """The token files of a split and their lengths in tokens, found, checked and opened once: a run reads the
+        files it opened when it started, whatever happens at their paths later (a prepare run again meanwhile)."""
+        if split not in self._splits:
+            paths = split_files(self.dir, split)
+            if not paths:
+                raise SystemExit(f"error: no {split} data in {self.dir} (neither {split}.bin nor {split}_000000.bin..."
+                                 f"): {prepare_hint(self.dir)}")
+            files = [open(path, 'rb') for path in paths]
+            lengths = []
+            for path, f in zip(paths, files):
+                size = os.fstat(f.fileno()).st_size
+                if size % 2:
+                    raise SystemExit(f"error: {path} has an odd size ({size} bytes), so it is not a uint16 token file:"
+                                     f" it may be truncated; {prepare_hint(self.dir)} again")
+                lengths.append(size // 2)
+            self._splits[split] = (paths, lengths, files)
+        return self._splits[split][:2]
+
+    def tokens(self, split: str, index: int) -> np.memmap:
+        """The tokens of the split's index-th file, from the file opened at the start (see split)."""
+        return np.memmap(self._splits[split][2][index], dtype=DTYPE, mode='r')
 
     def check_ids(self, split: str, vocab_size: int, sample: int = 1 << 20):
         """SystemExit if a token id of the split is outside a vocabulary of vocab_size: the start, middle and end
@@ -228,8 +286,8 @@ class Dataset:
         if (split, vocab_size) in self._checked:
             return
         self._checked.add((split, vocab_size))
-        for path, n in zip(*self.split(split)):
-            data = np.memmap(path, dtype=DTYPE, mode='r')
+        for index, (path, n) in enumerate(zip(*self.split(split))):
+            data = self.tokens(split, index)
             pieces = [data[:sample], data[n // 2:n // 2 + sample], data[max(n - sample, 0):]]
             top = max(int(p.max()) for p in pieces if p.size)
             del data

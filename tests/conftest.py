@@ -167,8 +167,10 @@ def load_init_weights(char_data):
 
 
 def snapshot(folder) -> dict:
-    """name -> sha256 of every file in folder: compared before and after a run that must change nothing."""
-    return {name: hashlib.sha256((folder / name).read_bytes()).hexdigest() for name in sorted(os.listdir(folder))}
+    """name -> sha256 of every file in folder: compared before and after a run that must change nothing (a prepare's
+    lock and staging folder, .prepare.*, aside)."""
+    return {name: hashlib.sha256((folder / name).read_bytes()).hexdigest() for name in sorted(os.listdir(folder))
+            if not name.startswith('.prepare.')}
 
 
 def one_line_error(proc, *fragments):

@@ -103,18 +103,23 @@ def test_a_mix_of_two_prepares_is_refused(dataset, tmp_path):
     one_line_error(proc, 'meta.pkl is missing')
 
 
-def test_a_killed_prepare_leaves_a_refused_dataset(dataset, tmp_path):
+def test_a_killed_prepare_leaves_the_old_dataset_as_it_was(dataset, tmp_path):
+    # the new dataset is written in a staging folder and swapped in whole at the end: killed while writing, the
+    # prepare leaves the old one unchanged and usable, and the next prepare starts over
+    before = snapshot(dataset)
     big = tmp_path / 'big.txt'
     big.write_text('the quick brown fox jumps over the lazy dog\n' * 400_000)  # 18 MB: seconds to prepare
     proc = popen_script('data/shakespeare_char/prepare.py', '--input', str(big), '--out_dir', str(dataset))
     deadline = time.time() + 60
-    while b'"complete": false' not in (dataset / 'meta.json').read_bytes() and time.time() < deadline:
+    while not any((dataset / '.prepare.new').glob('*')) and time.time() < deadline:
         time.sleep(0.005)
     proc.kill()
     proc.wait()
     assert proc.returncode == -signal.SIGKILL, 'the prepare finished before it could be killed'
-    result = train(dataset, tmp_path / 'out', '--max_iters=1', check=False)
-    one_line_error(result, 'incomplete', 'prepare was interrupted', 'prepare it again')
+    assert snapshot(dataset) == before
+    train(dataset, tmp_path / 'out', '--max_iters=1')
+    run_script('data/shakespeare_char/prepare.py', '--input', str(big), '--out_dir', str(dataset))
+    assert snapshot(dataset) != before and not (dataset / '.prepare.new').exists()
 
 
 # -----------------------------------------------------------------------------

@@ -13,7 +13,8 @@ import sys
 
 from nanogpt.errors import one_line_errors
 from nanogpt.prepare import load_text_dataset, tokenize_to_files
-from nanogpt.tokenfiles import TokenWriter, begin_prepare, write_meta
+from nanogpt.ranges import check_ranges
+from nanogpt.tokenfiles import TokenWriter, preparing, write_meta
 
 HUB_NAME = 'HuggingFaceFW/fineweb-edu'
 
@@ -27,20 +28,21 @@ def main(argv=None):
                         help='tokenizer processes (good number: about half the CPU cores)')
     parser.add_argument('--out_dir', default=os.path.dirname(os.path.abspath(__file__)))
     args = parser.parse_args(argv)
+    check_ranges(vars(args), dict(shard_size='> 0', num_proc='> 0'))
     os.makedirs(args.out_dir, exist_ok=True)
 
     dataset = load_text_dataset(HUB_NAME, args.input, args.num_proc, 'data/fineweb_edu/prepare.py',
                                 name=args.remote_name)
-    begin_prepare(args.out_dir)
-    with TokenWriter(args.out_dir, lambda index: 'val' if index == 0 else 'train', args.shard_size) as writer:
-        tokenize_to_files(dataset['text'], writer, args.num_proc, total=len(dataset), desc='tokenizing')
-    for split in ('val', 'train'):
-        print(f"{split}: {writer.counts.get(split, 0):,} tokens")
-    if 'train' not in writer.counts:
-        print("warning: everything fit in the val shard, so there is no train split: lower --shard_size",
-              file=sys.stderr)
-    write_meta(args.out_dir, tokenizer='gpt2', vocab_size=50257, tokens=writer.counts,
-               shard_size=args.shard_size, shards=[os.path.basename(p) for p in writer.written])
+    with preparing(args.out_dir) as stage:  # the new dataset replaces the old one whole, at the end
+        with TokenWriter(stage, lambda index: 'val' if index == 0 else 'train', args.shard_size) as writer:
+            tokenize_to_files(dataset['text'], writer, args.num_proc, total=len(dataset), desc='tokenizing')
+        for split in ('val', 'train'):
+            print(f"{split}: {writer.counts.get(split, 0):,} tokens")
+        if 'train' not in writer.counts:
+            print("warning: everything fit in the val shard, so there is no train split: lower --shard_size",
+                  file=sys.stderr)
+        write_meta(stage, tokenizer='gpt2', vocab_size=50257, tokens=writer.counts,
+                   shard_size=args.shard_size, shards=[os.path.basename(p) for p in writer.written])
 
 
 if __name__ == '__main__':

@@ -13,7 +13,8 @@ import sys
 
 from nanogpt.errors import one_line_errors
 from nanogpt.prepare import load_text_dataset, tokenize_to_files
-from nanogpt.tokenfiles import TokenWriter, begin_prepare, write_meta
+from nanogpt.ranges import check_ranges
+from nanogpt.tokenfiles import TokenWriter, preparing, write_meta
 
 HUB_NAME = 'Skylion007/openwebtext'
 N_DOCUMENTS = 8_013_769
@@ -30,6 +31,7 @@ def main(argv=None):
     parser.add_argument('--val_fraction', type=float, default=0.0005)
     parser.add_argument('--out_dir', default=os.path.dirname(os.path.abspath(__file__)))
     args = parser.parse_args(argv)
+    check_ranges(vars(args), dict(num_proc='> 0', val_fraction='(0, 1)'))
     os.makedirs(args.out_dir, exist_ok=True)
 
     dataset = load_text_dataset(args.hub_name, args.input, args.num_proc, 'data/openwebtext/prepare.py',
@@ -44,14 +46,14 @@ def main(argv=None):
     split_dataset = dataset.train_test_split(test_size=args.val_fraction, seed=2357, shuffle=True)
     split_dataset['val'] = split_dataset.pop('test')  # rename the test split to val
 
-    begin_prepare(args.out_dir)
     counts = {}
-    for split, dset in split_dataset.items():
-        with TokenWriter(args.out_dir, split) as writer:
-            counts[split] = tokenize_to_files(dset['text'], writer, args.num_proc, total=len(dset),
-                                              desc=f'writing {split}.bin')
-        print(f"{split}.bin has {counts[split]:,} tokens from {len(dset):,} documents")
-    write_meta(args.out_dir, tokenizer='gpt2', vocab_size=50257, tokens=counts)
+    with preparing(args.out_dir) as stage:  # the new dataset replaces the old one whole, at the end
+        for split, dset in split_dataset.items():
+            with TokenWriter(stage, split) as writer:
+                counts[split] = tokenize_to_files(dset['text'], writer, args.num_proc, total=len(dset),
+                                                  desc=f'writing {split}.bin')
+            print(f"{split}.bin has {counts[split]:,} tokens from {len(dset):,} documents")
+        write_meta(stage, tokenizer='gpt2', vocab_size=50257, tokens=counts)
 
 
 if __name__ == '__main__':

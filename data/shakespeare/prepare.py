@@ -9,7 +9,7 @@ import numpy as np
 
 from nanogpt.errors import one_line_errors
 from nanogpt.prepare import shakespeare_splits
-from nanogpt.tokenfiles import TokenWriter, write_meta
+from nanogpt.tokenfiles import TokenWriter, preparing, write_meta
 from nanogpt.tokenizer import gpt2_encoding
 
 
@@ -19,13 +19,14 @@ def main(argv=None):
     # encode with tiktoken gpt2 bpe
     enc = gpt2_encoding()
     counts = {}
-    for split, text in splits.items():
-        ids = np.array(enc.encode_ordinary(text), dtype=np.uint16)
-        print(f"{split} has {len(ids):,} tokens")
-        with TokenWriter(out_dir, split) as writer:
-            writer.write(ids)
-        counts[split] = len(ids)
-    write_meta(out_dir, tokenizer='gpt2', vocab_size=enc.n_vocab, tokens=counts)
+    with preparing(out_dir) as stage:  # the new dataset replaces the old one whole, at the end
+        for split, text in splits.items():
+            ids = np.array(enc.encode_ordinary(text), dtype=np.uint16)
+            print(f"{split} has {len(ids):,} tokens")
+            with TokenWriter(stage, split) as writer:
+                writer.write(ids)
+            counts[split] = len(ids)
+        write_meta(stage, tokenizer='gpt2', vocab_size=enc.n_vocab, tokens=counts)
 
 
 if __name__ == '__main__':

@@ -15,7 +15,7 @@ import numpy as np
 from nanogpt.errors import one_line_errors
 from nanogpt.files import atomic_path
 from nanogpt.prepare import shakespeare_splits
-from nanogpt.tokenfiles import TokenWriter, write_meta
+from nanogpt.tokenfiles import TokenWriter, preparing, write_meta
 
 
 def main(argv=None):
@@ -34,19 +34,20 @@ def main(argv=None):
     itos = {i: ch for i, ch in enumerate(chars)}
 
     counts = {}
-    for split, text in splits.items():
-        ids = np.array([stoi[c] for c in text], dtype=np.uint16)
-        print(f"{split} has {len(ids):,} tokens")
-        with TokenWriter(out_dir, split) as writer:
-            writer.write(ids)
-        counts[split] = len(ids)
+    with preparing(out_dir) as stage:  # the new dataset replaces the old one whole, at the end
+        for split, text in splits.items():
+            ids = np.array([stoi[c] for c in text], dtype=np.uint16)
+            print(f"{split} has {len(ids):,} tokens")
+            with TokenWriter(stage, split) as writer:
+                writer.write(ids)
+            counts[split] = len(ids)
 
-    # save the meta information as well, to help us encode/decode later: meta.json is what this project reads
-    # (the characters in order), meta.pkl is nanoGPT's format for its tools
-    meta = {'vocab_size': vocab_size, 'itos': itos, 'stoi': stoi}
-    with atomic_path(os.path.join(out_dir, 'meta.pkl')) as tmp, open(tmp, 'wb') as f:
-        pickle.dump(meta, f)
-    write_meta(out_dir, tokenizer='char', vocab_size=vocab_size, chars=''.join(chars), tokens=counts)
+        # save the meta information as well, to help us encode/decode later: meta.json is what this project reads
+        # (the characters in order), meta.pkl is nanoGPT's format for its tools
+        meta = {'vocab_size': vocab_size, 'itos': itos, 'stoi': stoi}
+        with atomic_path(os.path.join(stage, 'meta.pkl')) as tmp, open(tmp, 'wb') as f:
+            pickle.dump(meta, f)
+        write_meta(stage, tokenizer='char', vocab_size=vocab_size, chars=''.join(chars), tokens=counts)
 
 
 if __name__ == '__main__':

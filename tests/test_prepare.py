@@ -1,0 +1,93 @@
+"""
+A dataset folder is written as a unit (nanogpt.tokenfiles.preparing): a prepare stages its new dataset and swaps it
+in whole at the end, so a prepare refused or killed partway leaves the old dataset unchanged and usable, a finished
+one leaves no file of the old one whatever its layout, one prepare at a time holds a folder, and a running job keeps
+reading the files it opened. Option values that would loop forever are refused.
+"""
+import fcntl
+import json
+import shutil
+
+import numpy as np
+import pytest
+from conftest import one_line_error, run_script, snapshot, train
+
+from nanogpt.loader import TokenLoader
+from nanogpt.tokenfiles import Dataset
+
+
+@pytest.fixture
+def dataset(char_data, tmp_path):
+    d = tmp_path / 'data'
+    shutil.copytree(char_data, d)
+    return d
+
+
+def test_a_prepare_refused_partway_through_its_input_leaves_the_old_dataset(dataset, tmp_path):
+    before = snapshot(dataset)
+    docs = tmp_path / 'docs.jsonl'
+    docs.write_text(''.join(json.dumps({'text': t}) + '\n' for t in ['a first document', 'a second one', None]))
+    proc = run_script('data/openwebtext/prepare.py', '--input', str(docs), '--out_dir', str(dataset), '--num_proc=1',
+                      check=False)
+    one_line_error(proc, "a document's text is None, not a string", 'left as it was')
+    assert snapshot(dataset) == before
+    train(dataset, tmp_path / 'out', '--max_iters=1')  # still the character dataset it was
+
+
+@pytest.mark.parametrize('options', [['--num_proc=0'], ['--val_fraction=1.5'], ['--val_fraction=0']])
+def test_option_values_that_would_loop_or_split_nothing_are_refused(dataset, tmp_path, options):
+    docs = tmp_path / 'docs.jsonl'
+    docs.write_text(''.join(json.dumps({'text': f'document {i}'}) + '\n' for i in range(10)))
+    proc = run_script('data/openwebtext/prepare.py', '--input', str(docs), '--out_dir', str(dataset), *options,
+                      check=False)
+    one_line_error(proc, options[0].split('=')[0][2:])
+
+
+def test_a_zero_shard_size_is_refused_before_anything(dataset, tmp_path):
+    docs = tmp_path / 'docs.jsonl'
+    docs.write_text(json.dumps({'text': 'one document'}) + '\n')
+    proc = run_script('data/fineweb_edu/prepare.py', '--input', str(docs), '--out_dir', str(dataset),
+                      '--shard_size=0', check=False, timeout=60)
+    one_line_error(proc, 'shard_size=0', 'greater than 0')
+
+
+def test_a_finished_prepare_leaves_no_file_of_the_old_layout(dataset, tmp_path):
+    # character data (train.bin, val.bin, meta.pkl) prepared again as BPE shards: none of the old files stays
+    docs = tmp_path / 'docs.jsonl'
+    docs.write_text(''.join(json.dumps({'text': f'document number {i} ' * 20}) + '\n' for i in range(40)))
+    run_script('data/fineweb_edu/prepare.py', '--input', str(docs), '--out_dir', str(dataset), '--shard_size=2000',
+               '--num_proc=1')
+    names = sorted(n for n in snapshot(dataset) if n.endswith(('.bin', '.pkl', '.json')))
+    assert names[0] == 'meta.json' and all(n.startswith(('train_', 'val_')) for n in names[1:]), names
+    data = Dataset(str(dataset))
+    assert data.vocab is None and data.tokenizer == 'gpt2'
+    # and back to characters: the shards go
+    run_script('data/shakespeare_char/prepare.py', '--input', str(dataset / 'input.txt'), '--out_dir', str(dataset))
+    names = sorted(n for n in snapshot(dataset) if n.endswith(('.bin', '.pkl', '.json')))
+    assert names == ['meta.json', 'meta.pkl', 'train.bin', 'val.bin']
+
+
+def test_one_prepare_at_a_time_holds_a_folder(dataset, tmp_path):
+    before = snapshot(dataset)
+    with open(dataset / '.prepare.lock', 'a+') as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # another prepare, writing
+        proc = run_script('data/shakespeare_char/prepare.py', '--input', str(dataset / 'input.txt'), '--out_dir',
+                          str(dataset), check=False)
+    one_line_error(proc, 'another prepare is writing the dataset in', 'wait for it to end')
+    assert snapshot(dataset) == before
+
+
+def test_a_running_job_reads_the_files_it_opened_whatever_is_prepared_meanwhile(dataset, tmp_path):
+    data = Dataset(str(dataset))
+    loader = TokenLoader(data, 'train', 4, 16, len(data.vocab))
+    first = [loader.next_batch()[0] for _ in range(3)]
+    # the folder prepared again from another text, with the same characters, while the job runs
+    text = (dataset / 'input.txt').read_text()
+    (tmp_path / 'other.txt').write_text(text[::-1])
+    run_script('data/shakespeare_char/prepare.py', '--input', str(tmp_path / 'other.txt'), '--out_dir', str(dataset))
+    assert Dataset(str(dataset)).vocab == data.vocab and snapshot(dataset) != {}
+    loader.reset()
+    again = [loader.next_batch()[0] for _ in range(3)]
+    assert all(np.array_equal(a, b) for a, b in zip(first, again))
+    fresh = TokenLoader(Dataset(str(dataset)), 'train', 4, 16, len(data.vocab))
+    assert not np.array_equal(fresh.next_batch()[0], first[0])  # a new job reads the new dataset
