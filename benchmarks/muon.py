@@ -83,19 +83,23 @@ def main():
             results[spec].append(result)
             print(f"{spec}: val loss {result['losses'][args.iters]:.4f} at {args.iters}, {result['ms']:.1f} ms/iter",
                   flush=True)
-    target = results[runs[0][0]][0]['losses'][args.iters]  # the first run's final val loss
+    # the targets: each AdamW run's final val loss
+    targets = {spec: results[spec][0]['losses'][args.iters] for spec, name, *_ in runs if name == 'adamw'}
     evaluated = sorted(results[runs[0][0]][0]['losses'])
     marks = [min(evaluated, key=lambda i: abs(i - args.iters * k / 4)) for k in (1, 2, 3, 4)]
-    print(f"\nval loss at iterations {marks}; iterations and training time to reach {target:.4f} (the first "
-          f"run's final val loss); ms per iteration, mean of {args.rounds} round(s)\n")
-    print(" | ".join(['run', *map(str, marks), 'iters to target', 'time to target', 'ms/iter']))
-    print(" | ".join(['---'] * (len(marks) + 4)))
+    print(f"\nval loss at iterations {marks}; then, for each AdamW run's final val loss, the iterations and the "
+          f"training time each run needs to reach it; ms per iteration, mean of {args.rounds} round(s)\n")
+    print(" | ".join(['run', *map(str, marks), *(f"iters, time to {t:.4f} ({s})" for s, t in targets.items()),
+                      'ms/iter']))
+    print(" | ".join(['---'] * (len(marks) + len(targets) + 2)))
     for spec, *_ in runs:
         first = results[spec][0]['losses']
         ms = sum(x['ms'] for x in results[spec]) / len(results[spec])
-        it = reach(first, target)
-        print(" | ".join([spec, *(f"{first[m]:.4f}" for m in marks), str(it) if it is not None else '-',
-                          f"{it * ms / 1000:.1f} s" if it is not None else '-', f"{ms:.1f}"]))
+        cells = []
+        for target in targets.values():
+            it = reach(first, target)
+            cells.append(f"{it}, {it * ms / 1000:.1f} s" if it is not None else '-')
+        print(" | ".join([spec, *(f"{first[m]:.4f}" for m in marks), *cells, f"{ms:.1f}"]))
 
 
 if __name__ == '__main__':

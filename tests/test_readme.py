@@ -91,8 +91,8 @@ def test_every_readme_command_runs_on_a_cpu(tmp_path):
         args += CPU_SIZE.get(script, [])
         if script == 'data/shakespeare_char/prepare.py':
             args += ['--input', str(text), '--out_dir', str(data)]
-        if script == 'train.py':
-            args += [f'--dataset={data}', f'--out_dir={out}']
+        if script == 'train.py':  # into the quick start's folder, unless the command names its own
+            args += [f'--dataset={data}'] + [f'--out_dir={out}'] * (not any(a.startswith('--out_dir=') for a in args))
         env = dict(os.environ, MPLBACKEND='Agg', CUDA_VISIBLE_DEVICES='')
         proc = subprocess.run([sys.executable, script, *args], cwd=REPO, env=env, capture_output=True, text=True,
                               timeout=600)
