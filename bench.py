@@ -26,7 +26,7 @@ from nanogpt.fit import fit_step, free_memory
 from nanogpt.loader import SyntheticLoader, TokenLoader
 from nanogpt.optim import OPTIMIZERS
 from nanogpt.parallel import DATA_PARALLEL, place_model, wrap_model
-from nanogpt.runtime import check_torch, describe_device, device_peak_flops, end_distributed, print0, setup_runtime
+from nanogpt.runtime import check_needs, describe_device, device_peak_flops, end_distributed, print0, setup_runtime
 from nanogpt.tokenfiles import Dataset, dataset_dir, read_vocab, split_files
 from train import train_step
 
@@ -77,7 +77,7 @@ def bench(cfg, runtime, probe=None) -> dict:
     """Build the model, loader and optimizer of one setting, placed and wrapped as train.py does (DDP or FSDP under
     torchrun), and time train_step on it. A probe (benchmarks/fsdp_memory.py's) measures more memory than the CUDA
     peak: probe.watch(model, optimizer, cfg) once they exist, probe.read() -> {name: bytes} after the timed steps."""
-    check_torch(vars(cfg))  # what chunked_loss and Muon ask of torch
+    check_needs(vars(cfg))  # what chunked_loss and Muon need of torch
     tokens_per_iter = cfg.batch_size * cfg.block_size * cfg.gradient_accumulation_steps * runtime.world_size
     ranks = f", {runtime.world_size} ranks, {cfg.data_parallel.upper()}" if runtime.ddp else ""
     print0(f"{cfg.n_layer} layers, {cfg.n_embd} wide, {tokens_per_iter:,} tokens per step, "

@@ -41,7 +41,7 @@ from nanogpt.loader import TokenLoader
 from nanogpt.parallel import DATA_PARALLEL, clip_grad_norm, place_model, sync_gradients, wrap_model
 from nanogpt.runlog import RunLog
 from nanogpt.optim import OPTIMIZERS
-from nanogpt.runtime import RunGuard, check_torch, device_peak_flops, end_distributed, print0, setup_runtime
+from nanogpt.runtime import RunGuard, check_needs, device_peak_flops, end_distributed, print0, setup_runtime
 from nanogpt.tokenfiles import Dataset, dataset_dir
 from nanogpt.tokenizer import check_tokens
 from nanogpt.weights import PRETRAINED
@@ -191,7 +191,7 @@ if __name__ == '__main__':
     # the checked configurator: config files and --key=value override the globals above
     globals().update(vars(configure(defaults, sys.argv[1:], RANGES)))
     config = {k: globals()[k] for k in defaults}  # useful for logging, and saved in checkpoints
-    check_torch(config)  # what the config asks of torch (chunked_loss, Muon), before any work
+    check_needs(config)  # what the config needs of this installation (chunked_loss, Muon, wandb), before any work
 
     # various inits, derived attributes, I/O setup
     world_size = int(os.environ.get('WORLD_SIZE', 1))  # checked before any process waits for the others

@@ -20,6 +20,6 @@ its full name so that an import says where the code lives (`from nanogpt.checkpo
     errors      the one-line error hook every script installs, and the options its hints may name
     files       the one writer of every file: atomic, never through a link; and downloading one
 
-tokenfiles, prepare, ranges, fields, errors and files import no torch: the prepare scripts need numpy only.
-Nothing here is imported by model.py at import time.
+tokenfiles, prepare, tokenizer, ranges, fields, errors and files import no torch: the prepare scripts run without it
+(numpy, tiktoken; datasets for the hub corpora). Nothing here is imported by model.py at import time.
 """

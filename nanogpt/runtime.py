@@ -5,6 +5,7 @@ of a device (rng_state, set_rng_state); rank-0 printing; the all-rank guard on s
 the device's peak FLOPS for MFU and its description.
 """
 
+import importlib.util
 import os
 import platform
 import signal
@@ -108,19 +109,23 @@ def set_rng_state(state: dict, device):
         torch.mps.set_rng_state(state['mps'])
 
 
-# what a config key's value asks of torch: (the value, what torch must have, the first version that has it)
-TORCH_NEEDS = {
-    'chunked_loss': (True, 'F.linear_cross_entropy', '2.13', lambda: hasattr(torch.nn, 'LinearCrossEntropyOptions')),
-    'optimizer': ('muon', 'torch.optim.Muon', '2.9', lambda: hasattr(torch.optim, 'Muon')),
+# what a config key's value needs that not every installation has: (the value, whether it is here, what is missing)
+NEEDS = {
+    'chunked_loss': (True, lambda: hasattr(torch.nn, 'LinearCrossEntropyOptions'),
+                     f"needs torch >= 2.13 (F.linear_cross_entropy), this is torch {torch.__version__}: upgrade torch"),
+    'optimizer': ('muon', lambda: hasattr(torch.optim, 'Muon'),
+                  f"needs torch >= 2.9 (torch.optim.Muon), this is torch {torch.__version__}: upgrade torch"),
+    'wandb_log': (True, lambda: importlib.util.find_spec('wandb') is not None,
+                  "needs the wandb package, and the wandb package is not installed: pip install wandb"),
 }
 
 
-def check_torch(config: dict):
-    """SystemExit when the config asks for something this torch does not have, naming the version that has it."""
-    for key, (value, what, version, present) in TORCH_NEEDS.items():
+def check_needs(config: dict):
+    """SystemExit, before any work, when the config asks for what this installation does not have (a torch too old
+    for chunked_loss or Muon, no wandb for wandb_log), saying how to get it."""
+    for key, (value, present, missing) in NEEDS.items():
         if config.get(key) == value and not present():
-            raise SystemExit(f"error: {key}={value!r} needs torch >= {version} ({what}), this is torch "
-                             f"{torch.__version__}: upgrade torch, or leave {key} at its default")
+            raise SystemExit(f"error: {key}={value!r} {missing}, or leave {key} at its default")
 
 
 def end_distributed(code: int = 0):

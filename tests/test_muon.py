@@ -15,7 +15,7 @@ from test_train_step import Batches, batch, tiny_model
 
 from model import GPT, GPTConfig
 from nanogpt.optim import Optimizers
-from nanogpt.runtime import check_torch
+from nanogpt.runtime import check_needs
 from train import train_step
 
 pytestmark = pytest.mark.skipif(not hasattr(torch.optim, 'Muon'), reason='torch.optim.Muon needs torch >= 2.9')
@@ -146,8 +146,8 @@ def test_fsdp_and_an_old_torch_are_refused_before_any_work(char_data, tmp_path, 
     assert not (tmp_path / 'out').exists()
     monkeypatch.delattr(torch.optim, 'Muon')
     with pytest.raises(SystemExit, match=r"optimizer='muon' needs torch >= 2.9 \(torch.optim.Muon\), this is torch"):
-        check_torch({'optimizer': 'muon'})
-    check_torch({'optimizer': 'adamw'})
+        check_needs({'optimizer': 'muon'})
+    check_needs({'optimizer': 'adamw'})
 
 
 def test_bench_times_both_optimizers():
