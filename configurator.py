@@ -19,14 +19,12 @@ import types
 
 from nanogpt.ranges import check_ranges
 
-CONFIG_TYPES = (int, float, bool, str)
-
 
 def config_defaults(namespace: dict) -> dict:
     """The config keys of a script's globals: the public names bound to an int, float, bool, str or None,
     less the capitalised module constants."""
     return {k: v for k, v in namespace.items()
-            if not k.startswith('_') and not k.isupper() and (v is None or isinstance(v, CONFIG_TYPES))}
+            if not k.startswith('_') and not k.isupper() and (v is None or isinstance(v, (int, float, bool, str)))}
 
 
 def _unknown_key(key: str, known) -> SystemExit:
@@ -36,8 +34,7 @@ def _unknown_key(key: str, known) -> SystemExit:
 
 
 def _check_type(key: str, value, default, source: str, nullable: set):
-    """value converted to the type of default, or SystemExit when it does not fit. None fits only a key whose default
-    is None, or whose range ends in 'or None' (sample.py's top_k)."""
+    """value as default's type, else SystemExit. None fits a None default, or a range ending in 'or None' (top_k)."""
     if default is None or (value is None and key in nullable):
         return value
     if value is None:
@@ -76,11 +73,10 @@ def configure(defaults: dict, argv: list[str], ranges: dict | None = None, verbo
             # a config file, exec'd over the current values
             if not os.path.isfile(arg):
                 raise SystemExit(f"error: config file {arg!r} not found (arguments are config files or --key=value)")
-            with open(arg) as f:
-                source = f.read()
-            echo.append(f"Overriding config with {arg}:\n{source}")
             namespace = dict(config)
             try:
+                with open(arg, encoding='utf-8') as f:
+                    source = f.read()
                 tree = ast.parse(source, arg)
                 exec(compile(tree, arg, 'exec'), namespace)
             except SyntaxError as e:
@@ -88,8 +84,12 @@ def configure(defaults: dict, argv: list[str], ranges: dict | None = None, verbo
             except (Exception, SystemExit) as e:  # exit() too: a config file sets keys, it does not end the run
                 what = 'called exit()' if isinstance(e, SystemExit) else f'failed when run ({type(e).__name__}: {e})'
                 raise SystemExit(f"error: config file {arg} {what}: fix the Python there") from None
+            echo.append(f"Overriding config with {arg}:\n{source}")
             # a name the file reads is a helper (tokens = 2**19; batch_size = tokens // 1024), as nanoGPT allows
             helpers = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)}
+            for name in helpers - set(defaults):  # one letter off a key is a typo the file also reads, not a helper
+                if name in namespace and difflib.get_close_matches(name, list(defaults), n=1, cutoff=0.85):
+                    raise _unknown_key(name, defaults)
             for key, value in namespace.items():
                 if key.startswith('_') or key in helpers - set(defaults) or isinstance(value, types.ModuleType) or \
                         callable(value):

@@ -26,6 +26,7 @@ from configurator import config_defaults, configure
 from nanogpt.checkpoint import load_model
 from nanogpt import fields
 from nanogpt.errors import one_line_errors, takes
+from nanogpt.files import open_source
 from nanogpt.files import download
 from nanogpt.runtime import end_distributed, print0, setup_runtime
 from nanogpt.tokenfiles import REPO_DIR
@@ -59,7 +60,7 @@ def cached_val_file(cache_dir: str) -> str:
 
 
 # the fields of a HellaSwag row that are read, and what each must be
-ROW = dict(ctx=fields.STR, endings=('a list of 4 strings', lambda v: isinstance(v, list) and len(v) == 4 and all(
+ROW = dict(ctx=('a non-empty string', lambda v: isinstance(v, str) and v.strip() != ''), endings=('a list of 4 strings', lambda v: isinstance(v, list) and len(v) == 4 and all(
     isinstance(e, str) for e in v)), label=('0, 1, 2 or 3', lambda v: type(v) is int and 0 <= v <= 3))
 
 
@@ -68,7 +69,7 @@ def load_examples(data_file: str = '', limit: int | None = None, cache_dir: str 
     if not os.path.exists(path):
         raise SystemExit(f"error: HellaSwag file {path} not found")
     examples = []
-    with open(path, encoding='utf-8') as f:
+    with open_source(path, encoding='utf-8') as f:
         for line_no, line in enumerate(f, 1):
             if not line.strip():
                 continue
@@ -90,10 +91,10 @@ def load_examples(data_file: str = '', limit: int | None = None, cache_dir: str 
 def render_example(example: dict, enc, block_size: int):
     """tokens (4, T) of context + each ending, mask (4, T) of the ending tokens, and the label. The context is
     cut from the left when a row would not fit in block_size."""
-    ctx_tokens = enc.encode(example['ctx'])
+    ctx_tokens = enc.encode(example['ctx'], disallowed_special=())
     rows, masks = [], []
     for ending in example['endings']:
-        end_tokens = enc.encode(' ' + ending)  # ' ' because GPT-2's tokens carry the space before a word
+        end_tokens = enc.encode(' ' + ending, disallowed_special=())  # ' ' because GPT-2's tokens carry the space before a word
         row = (ctx_tokens + end_tokens)[-block_size:]
         n_end = min(len(end_tokens), len(row))
         rows.append(row)

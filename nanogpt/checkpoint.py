@@ -75,7 +75,7 @@ class Checkpointer:
                              f"resume with --optimizer={saved}, or start a new run in another out_dir")
         for key, optimizer in parts(self.optimizer).items():
             load_optimizer_state(optimizer, checkpoint[key])
-        if 'scaler' in checkpoint:
+        if checkpoint.get('scaler'):  # a run without float16 saved a disabled scaler's empty state
             self.scaler.load_state_dict(checkpoint['scaler'])
         if 'loader' in checkpoint:  # continue the batch stream instead of replaying it
             self.loader.load_state_dict(checkpoint['loader'])
@@ -93,7 +93,8 @@ class Checkpointer:
 
 
 # the fields of ckpt.pt the code uses, and what each must be (nanoGPT's checkpoints included)
-SCALAR = ('a number', lambda v: fields.NUMBER[1](v) or (type(v).__name__ == 'Tensor' and v.numel() == 1))
+SCALAR = ('a finite number, 0 or more', lambda v: (fields.NUMBER[1](v) or (
+    type(v).__name__ == 'Tensor' and v.numel() == 1)) and 0 <= float(v) < math.inf)
 CHECKPOINT = dict(model=fields.TENSORS, model_args=fields.DICT, iter_num=fields.COUNT, best_val_loss=SCALAR,
                   config=fields.DICT, optimizer=fields.DICT, muon=fields.DICT, scaler=fields.DICT, loader=fields.DICT,
                   rng=fields.DICT, world_size=fields.POSITIVE_INT, vocab=fields.CHARS)
@@ -102,6 +103,7 @@ MODEL_ARGS = dict(n_layer=fields.POSITIVE_INT, n_head=fields.POSITIVE_INT, n_emb
                   dropout=fields.FRACTION)
 CONFIG = dict(dataset=fields.STR, batch_size=fields.POSITIVE_INT, gradient_accumulation_steps=fields.POSITIVE_INT,
               optimizer=fields.STR)
+LOADER = dict(next=fields.COUNT, seed=('an integer', lambda v: type(v) is int))
 TRAINING = ('iter_num', 'best_val_loss', 'optimizer')  # what a resume needs beyond the model
 
 
@@ -117,10 +119,17 @@ def load_checkpoint(ckpt_path: str, required=('model', 'model_args')) -> dict:
     fields.check(checkpoint['model_args'], MODEL_ARGS, f"{ckpt_path} model_args", fix,
                  ('n_layer', 'n_head', 'n_embd', 'block_size', 'vocab_size'))
     fields.check(checkpoint.get('config', {}), CONFIG, f"{ckpt_path} config", fix)
-    args = checkpoint['model_args']
+    if 'loader' in checkpoint:
+        fields.check(checkpoint['loader'], LOADER, f"{ckpt_path} loader", fix, tuple(LOADER))
+    args, vocab = checkpoint['model_args'], checkpoint.get('vocab')
     if args['n_embd'] % args['n_head']:
         raise SystemExit(f"error: {ckpt_path} model_args: n_embd={args['n_embd']} is not divisible by n_head="
                          f"{args['n_head']}: {fix}")
+    if vocab is not None and len(vocab) != args['vocab_size']:
+        raise SystemExit(f"error: {ckpt_path} holds {len(vocab)} characters for a vocab_size of {args['vocab_size']}:"
+                         f" {fix}")
+    if checkpoint.get('config', {}).get('optimizer') == 'muon' and 'optimizer' in required:
+        fields.check(checkpoint, {'muon': fields.DICT}, ckpt_path, fix, ('muon',))
     return checkpoint
 
 

@@ -4,7 +4,8 @@ results, the run lock). atomic_path writes a whole file: a temporary file beside
 so an interrupted write never leaves a truncated file that a later run would use. open_regular opens one to append
 to or lock. Neither writes through a symbolic link, nor into a FIFO, a device or a folder at the destination: such a
 destination is refused in one line (a link planted in a folder handed over would make a write change a file outside
-it). Also: downloading a file. Torch-free, for the prepare scripts too.
+it). open_source opens a file the project reads, refusing the same (a FIFO would hang a reader). Also: downloading a
+file. Torch-free, for the prepare scripts too.
 """
 
 import errno
@@ -28,6 +29,19 @@ def check_destination(path: str):
         target = f" (to {os.readlink(path)})" if stat.S_ISLNK(mode) else ''
         raise SystemExit(f"error: {path} is {kind}{target}, where this run writes a file: the project writes only "
                          f"regular files, never through a link; move it away, or choose another folder")
+
+
+def open_source(path: str, mode: str = 'r', **kwargs):
+    """open(path, mode) of a file the project reads, refusing a FIFO (which would wait forever for a writer), a
+    device, a socket or a folder there, in one line; a link to a regular file is read."""
+    try:
+        mode_bits = os.stat(path).st_mode
+    except OSError:
+        mode_bits = None  # missing: open says so
+    kind = mode_bits is not None and next((n for t, n in KINDS.items() if t is not stat.S_ISLNK and t(mode_bits)), None)
+    if kind:
+        raise SystemExit(f"error: {path} is {kind}, where a file is read: put the file itself there")
+    return open(path, mode, **kwargs)
 
 
 def open_regular(path: str, mode: str, encoding: str = 'utf-8'):

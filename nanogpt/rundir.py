@@ -18,7 +18,7 @@ import os
 import socket
 import time
 
-from nanogpt.files import open_regular
+from nanogpt.files import check_destination, open_regular
 from nanogpt.runlog import read_records
 
 try:
@@ -49,6 +49,8 @@ def claim(out_dir: str, init_from: str, eval_only: bool, master: bool) -> str:
     lock = _lock(os.path.join(out_dir, LOCK), create=False) if master else None
     if lock:
         lock.close()  # a live holder first: it explains what the files below would not
+    for name in ('ckpt.pt', 'log.jsonl'):  # what the run will write: refused now, not at its first save
+        check_destination(os.path.join(out_dir, name))
     return _check_files(out_dir, init_from, master)
 
 

@@ -14,18 +14,20 @@ import json
 import os
 
 from nanogpt import fields
-from nanogpt.files import atomic_path, open_regular
+from nanogpt.files import atomic_path, open_regular, open_source
 
 # each kind by the key that only its records have
 KINDS = {'start': 'params', 'step': 'loss', 'eval': 'val_loss', 'skipped': 'skipped', 'hellaswag': 'hellaswag'}
 
 
+ALSO = {'step': ('lr',), 'start': ('n_layer', 'n_embd')}  # what else a kind's records hold, which plot.py reads
 # the fields of a record that readers use, and what each must be (a record where one is not is no record of a run)
 OPTIONAL_NUMBER = ('a number or null', lambda v: v is None or fields.NUMBER[1](v))
 RECORD = dict(iter=fields.COUNT, loss=fields.NUMBER, val_loss=fields.NUMBER, train_loss=fields.NUMBER,
               lr=fields.NUMBER, grad_norm=fields.NUMBER, ms=fields.NUMBER, tok_per_s=fields.NUMBER, mfu=OPTIONAL_NUMBER,
               params=fields.POSITIVE_INT, tokens_per_iter=fields.POSITIVE_INT, hellaswag=fields.NUMBER,
-              hellaswag_acc=fields.NUMBER, time=fields.NUMBER, dataset=fields.STR, init_from=fields.STR)
+              hellaswag_acc=fields.NUMBER, time=fields.NUMBER, dataset=fields.STR, init_from=fields.STR,
+              n_layer=fields.POSITIVE_INT, n_embd=fields.POSITIVE_INT)
 
 
 def kind_of(record: dict) -> str | None:
@@ -34,7 +36,7 @@ def kind_of(record: dict) -> str | None:
                                                              if k in record):
         for kind, key in KINDS.items():
             if key in record:
-                return kind
+                return kind if all(k in record for k in ALSO.get(kind, ())) else None
     return None
 
 
@@ -42,7 +44,7 @@ def read_records(path: str, note=print) -> list[dict]:
     """The records of a log.jsonl, in order. A line that is not a record (torn by a kill mid-append, or garbage) is
     dropped, and note() says which lines were."""
     records, dropped = [], []
-    with open(path, 'rb') as f:
+    with open_source(path, 'rb') as f:
         for line_no, line in enumerate(f, 1):
             if not line.strip():
                 continue

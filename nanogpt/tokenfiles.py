@@ -14,9 +14,10 @@ truncated file where a later run would read it.
 Here: the writer (TokenWriter, into the folder preparing() stages and then swaps in whole), meta.json (write_meta,
 read_meta, read_vocab), the fingerprints that tell one prepare's files from a mix, where a dataset lives
 (dataset_dir) and the files of a split (split_files), and Dataset, the one reader through which every script opens a
-dataset, applying every check, and which keeps the files it opened. This module imports no torch: the prepare scripts need numpy only. What the prepare scripts share beyond the contract (the Shakespeare
-command line, `datasets` loading, parallel tokenization) is in nanogpt/prepare.py; the reader, TokenLoader in
-nanogpt/loader.py, serves train.py and bench.py.
+dataset, applying every check, and which keeps the files it opened. This module imports no torch: the prepare
+scripts need numpy only. What the prepare scripts share beyond the contract (the Shakespeare command line,
+`datasets` loading, parallel tokenization) is in nanogpt/prepare.py; the reader, TokenLoader in nanogpt/loader.py,
+serves train.py and bench.py.
 """
 
 import glob
@@ -35,7 +36,7 @@ except ImportError:  # Windows: one prepare at a time is not enforced
 import numpy as np
 
 from nanogpt import fields
-from nanogpt.files import atomic_path, open_regular
+from nanogpt.files import atomic_path, check_destination, open_regular, open_source
 
 REPO_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -148,10 +149,15 @@ def preparing(data_dir: str):
         pass
     # what a prepare that died left (the lock says none is running): its staging folder, its temporary files
     stage = os.path.join(data_dir, '.prepare.new')
+    if os.path.islink(stage) or os.path.isfile(stage):
+        os.remove(stage)
     shutil.rmtree(stage, ignore_errors=True)
     for name in os.listdir(data_dir):
-        if '.tmp' in name and DATASET_RE.match(name.rsplit('.tmp', 1)[0]):
+        base, _, pid = name.rpartition('.tmp')
+        if pid.isdigit() and DATASET_RE.match(base):
             os.remove(os.path.join(data_dir, name))
+        elif DATASET_RE.match(name):  # what the swap will replace: refused now, not after the whole prepare
+            check_destination(os.path.join(data_dir, name))
     os.mkdir(stage)
     try:
         yield stage
@@ -166,7 +172,7 @@ def _swap(stage: str, data_dir: str):
     and written last, so a reader meanwhile refuses the folder instead of reading a mix."""
     old = [name for name in os.listdir(data_dir) if DATASET_RE.match(name)]
     new = [name for name in os.listdir(stage) if DATASET_RE.match(name)]
-    if 'meta.json' in old:
+    if old:  # a nanoGPT dataset has no meta.json: it gets the marker too
         with atomic_path(os.path.join(data_dir, 'meta.json')) as tmp, open(tmp, 'w') as f:
             json.dump({'complete': False}, f)
     for name in sorted(new, key=lambda n: n == 'meta.json'):  # meta.json last
@@ -185,7 +191,8 @@ def write_meta(data_dir: str, **fields):
 
 
 # the fields of meta.json that are read, and what each must be
-META = dict(complete=fields.BOOL, tokenizer=fields.STR, chars=fields.CHARS, vocab_size=fields.POSITIVE_INT,
+META = dict(complete=fields.BOOL, tokenizer=("'gpt2' or 'char'", lambda v: v in ('gpt2', 'char')), chars=fields.CHARS,
+            vocab_size=fields.POSITIVE_INT,
             tokens=fields.DICT, files=('a dict of file names to fingerprints', lambda v: isinstance(v, dict) and all(
                 isinstance(name, str) and isinstance(print_, str) for name, print_ in v.items())))
 
@@ -196,7 +203,7 @@ def read_meta(data_dir: str) -> dict | None:
     if not os.path.exists(path):
         return None
     try:
-        with open(path) as f:
+        with open_source(path) as f:
             meta = json.load(f)
     except (ValueError, UnicodeDecodeError) as e:
         raise SystemExit(f"error: {path} is not valid JSON ({e}): prepare the dataset again "
@@ -264,10 +271,12 @@ class Dataset:
             if not paths:
                 raise SystemExit(f"error: no {split} data in {self.dir} (neither {split}.bin nor {split}_000000.bin..."
                                  f"): {prepare_hint(self.dir)}")
-            files = [open(path, 'rb') for path in paths]
+            files = [open_source(path, 'rb') for path in paths]
             lengths = []
             for path, f in zip(paths, files):
                 size = os.fstat(f.fileno()).st_size
+                if size == 0:
+                    raise SystemExit(f"error: {path} is empty: {prepare_hint(self.dir)} again")
                 if size % 2:
                     raise SystemExit(f"error: {path} has an odd size ({size} bytes), so it is not a uint16 token file:"
                                      f" it may be truncated; {prepare_hint(self.dir)} again")
@@ -342,7 +351,10 @@ def read_vocab(data_dir: str) -> list[str] | None:
     """The character vocabulary of a dataset (index -> character): meta.json's 'chars', else nanoGPT's meta.pkl
     read as plain data only. None when the dataset has neither (GPT-2 BPE)."""
     meta = read_meta(data_dir) or {}
-    if 'chars' in meta:
+    if meta.get('complete') is False:  # the characters of a dataset half prepared are no vocabulary
+        raise SystemExit(f"error: the dataset in {data_dir} is incomplete (its prepare was interrupted): "
+                         f"prepare it again ({prepare_hint(data_dir)})")
+    if meta.get('chars') is not None:
         return list(meta['chars'])
     pkl_path = os.path.join(data_dir, 'meta.pkl')
     if not os.path.exists(pkl_path):
@@ -355,10 +367,12 @@ def read_vocab(data_dir: str) -> list[str] | None:
                          f"beside it holds a character vocabulary: prepare the dataset again "
                          f"({prepare_hint(data_dir)}), or remove the file that does not belong")
     try:
-        with open(pkl_path, 'rb') as f:
+        with open_source(pkl_path, 'rb') as f:
             pkl = _PlainUnpickler(f).load()
         itos = pkl['itos']
-        return [itos[i] for i in range(pkl['vocab_size'])]
+        vocab = [itos[i] for i in range(pkl['vocab_size'])]
     except Exception as e:
         raise SystemExit(f"error: {pkl_path} is refused ({type(e).__name__}: {e}): a character vocabulary is a dict "
                          f"of plain data; prepare the dataset again") from None
+    fields.check({'itos': vocab}, {'itos': fields.CHARS}, pkl_path, "prepare the dataset again")
+    return vocab

@@ -17,7 +17,7 @@ import warnings
 import torch
 
 from nanogpt import fields
-from nanogpt.files import atomic_path
+from nanogpt.files import atomic_path, open_source
 
 
 def torch_load(path: str, what: str):
@@ -26,7 +26,8 @@ def torch_load(path: str, what: str):
     try:
         with warnings.catch_warnings():  # torch's notes on pickle protocols are not the user's concern
             warnings.simplefilter('ignore')
-            return torch.load(path, map_location='cpu', weights_only=True)
+            with open_source(path, 'rb') as f:
+                return torch.load(f, map_location='cpu', weights_only=True)
     except pickle.UnpicklingError as e:
         found = re.search(r'GLOBAL (\S+)', str(e)) or _code_in(path)  # torch's message names it, or a scan does
         if found is None:
@@ -102,7 +103,7 @@ HF_CONFIG = dict(n_layer=fields.POSITIVE_INT, n_head=fields.POSITIVE_INT, n_embd
                  activation_function=fields.STR, layer_norm_epsilon=fields.NUMBER,
                  n_inner=('an integer or null', lambda v: v is None or fields.positive_int(v)),
                  scale_attn_weights=fields.BOOL, scale_attn_by_inverse_layer_idx=fields.BOOL,
-                 reorder_and_upcast_attn=fields.BOOL)
+                 reorder_and_upcast_attn=fields.BOOL, tie_word_embeddings=fields.BOOL)
 
 
 def config_args_from_hf(hf_config: dict, source: str) -> dict:
@@ -122,6 +123,7 @@ def config_args_from_hf(hf_config: dict, source: str) -> dict:
         'scale_attn_weights': (True, hf_config.get('scale_attn_weights', True)),
         'scale_attn_by_inverse_layer_idx': (False, hf_config.get('scale_attn_by_inverse_layer_idx', False)),
         'reorder_and_upcast_attn': (False, hf_config.get('reorder_and_upcast_attn', False)),
+        'tie_word_embeddings': (True, hf_config.get('tie_word_embeddings', True)),  # lm_head is wte
     }
     for key, (gpt2, value) in gpt2_values.items():
         if value != gpt2 and not (key == 'n_inner' and value == 4 * n_embd):
@@ -192,7 +194,7 @@ def read_folder(path: str) -> tuple[dict, dict]:
     config_path = os.path.join(path, 'config.json')
     if not os.path.exists(config_path):
         raise FileNotFoundError(f"{path} has no config.json: it is not a Hugging Face GPT-2 checkpoint")
-    with open(config_path) as f:
+    with open_source(config_path) as f:
         try:
             hf_config = json.load(f)
         except ValueError as e:

@@ -42,6 +42,9 @@ def test_a_config_files_helper_variables_work_as_in_nanogpt(tmp_path):
     path.write_text("tokens_per_step = 384\nbatchsize = tokens_per_step // 64\n")  # read nowhere: a typo
     with pytest.raises(SystemExit, match="unknown config key 'batchsize': did you mean 'batch_size'"):
         configure(DEFAULTS, [str(path)], verbose=False)
+    path.write_text("lerning_rate = 1e-2\nbatch_size = int(lerning_rate * 1000)\n")  # read, but a key's typo
+    with pytest.raises(SystemExit, match="unknown config key 'lerning_rate': did you mean 'learning_rate'"):
+        configure(DEFAULTS, [str(path)], verbose=False)
 
 
 @pytest.mark.parametrize('ending', ['exit()', 'import sys; sys.exit(0)', 'raise SystemExit', 'quit(3)'])

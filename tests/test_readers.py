@@ -71,6 +71,9 @@ def test_every_field_of_a_config_json_damaged_in_turn_is_refused():
     for field, entry in weights.HF_CONFIG.items():
         refused(lambda: weights.config_args_from_hf({**good, field: bad(entry)}, 'folder'), 'folder config.json',
                 repr(field))
+    # a value of the right type that this GPT cannot reproduce: an lm_head untied from wte
+    with pytest.raises(ValueError, match='tie_word_embeddings=False is not supported'):
+        weights.config_args_from_hf({**good, 'tie_word_embeddings': False}, 'folder')
     for field in weights.HF_REQUIRED:
         refused(lambda: weights.config_args_from_hf({k: v for k, v in good.items() if k != field}, 'folder'),
                 f"has no {field!r}")

@@ -101,3 +101,13 @@ def test_bench_results_are_not_written_through_a_link(tmp_path):
                       '--real_data=False', f'--json={tmp_path / "bench.json"}', check=False)
     one_line_error(proc, 'bench.json is a symbolic link')
     assert outside.read_text() == 'precious\n'
+
+
+@pytest.mark.parametrize('name', ['ckpt.pt', 'log.jsonl'])
+def test_a_fifo_where_a_run_reads_is_refused_without_waiting_for_a_writer(char_data, tmp_path, name):
+    out = tmp_path / 'out'
+    train(char_data, out, '--max_iters=2', '--eval_interval=2')
+    os.remove(out / name)
+    os.mkfifo(out / name)  # open() of a FIFO for reading waits for a writer that never comes
+    proc = train(char_data, out, '--max_iters=4', '--eval_interval=2', '--init_from=resume', check=False)
+    one_line_error(proc, f"{out / name} is a FIFO")
