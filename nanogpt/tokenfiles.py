@@ -107,16 +107,20 @@ class TokenWriter:
         return False
 
 
-def fingerprint(path: str) -> str:
+def fingerprint(path: str, file=None) -> str:
     """Size and a hash of the first and last 64 KiB: tells a file from one another prepare wrote, and survives
-    copying (unlike modification times)."""
+    copying (unlike modification times). Of the file already open, when given (what a reader holds)."""
     import hashlib
-    size = os.path.getsize(path)
-    h = hashlib.sha256()
-    with open(path, 'rb') as f:
-        h.update(f.read(1 << 16))
+    f = file or open(path, 'rb')
+    try:
+        size = os.fstat(f.fileno()).st_size
+        f.seek(0)
+        h = hashlib.sha256(f.read(1 << 16))
         f.seek(max(size - (1 << 16), 0))
         h.update(f.read(1 << 16))
+    finally:
+        if file is None:
+            f.close()
     return f"{size}:{h.hexdigest()[:16]}"
 
 
@@ -215,9 +219,10 @@ def read_meta(data_dir: str) -> dict | None:
     return meta
 
 
-def _check_files(data_dir: str, meta: dict | None, note):
-    """SystemExit unless the dataset's files are those its meta.json lists, and its shards are numbered without a
-    gap; a note where nothing can be checked (datasets without a meta.json, such as nanoGPT's)."""
+def _check_files(data_dir: str, meta: dict | None, note, opened: dict):
+    """SystemExit unless the dataset's files are those its meta.json lists (the ones opened, {name: file}, as they
+    were opened), and its shards are numbered without a gap; a note where nothing can be checked (datasets without a
+    meta.json, such as nanoGPT's)."""
     names = [os.path.basename(p) for split in ('train', 'val') for p in split_files(data_dir, split)]
     numbers = sorted(int(SHARD_RE.match(name).group(2)) for name in names if SHARD_RE.match(name))
     missing = sorted(set(range(numbers[-1] + 1)) - set(numbers)) if numbers else []
@@ -238,7 +243,7 @@ def _check_files(data_dir: str, meta: dict | None, note):
             why = 'is missing'
         elif name not in listed:
             why = 'was not written by the prepare that wrote meta.json'
-        elif fingerprint(present[name]) != listed[name]:
+        elif fingerprint(present[name], opened.get(name)) != listed[name]:
             why = 'changed since the prepare that wrote meta.json'
         else:
             continue
@@ -259,8 +264,14 @@ class Dataset:
         self._splits = {}  # split: (paths, lengths, open files)
         for split in splits:  # present, whole files of uint16
             self.split(split)
-        _check_files(data_dir, self.meta, note)
-        self.vocab = read_vocab(data_dir)
+        opened = {os.path.basename(p): f for paths, _, files in self._splits.values() for p, f in zip(paths, files)}
+        pkl = os.path.join(data_dir, 'meta.pkl')
+        if os.path.exists(pkl):  # opened with the token files: checked as it was then
+            opened['meta.pkl'] = open_source(pkl, 'rb')
+        _check_files(data_dir, self.meta, note, opened)
+        if 'meta.pkl' in opened:
+            opened['meta.pkl'].close()
+        self.vocab = read_vocab(data_dir, self.meta or {})  # the meta.json read above: one prepare's, throughout
         self.tokenizer = 'char' if self.vocab is not None else (self.meta or {}).get('tokenizer', 'gpt2')
 
     def split(self, split: str) -> tuple[list[str], list[int]]:
@@ -347,10 +358,11 @@ class _PlainUnpickler(pickle.Unpickler):
         raise pickle.UnpicklingError(f"it refers to {module}.{name}, and only plain data is loaded")
 
 
-def read_vocab(data_dir: str) -> list[str] | None:
+def read_vocab(data_dir: str, meta: dict | None = None) -> list[str] | None:
     """The character vocabulary of a dataset (index -> character): meta.json's 'chars', else nanoGPT's meta.pkl
-    read as plain data only. None when the dataset has neither (GPT-2 BPE)."""
-    meta = read_meta(data_dir) or {}
+    read as plain data only. None when the dataset has neither (GPT-2 BPE). meta: its meta.json, when already read.
+    """
+    meta = (read_meta(data_dir) if meta is None else meta) or {}
     if meta.get('complete') is False:  # the characters of a dataset half prepared are no vocabulary
         raise SystemExit(f"error: the dataset in {data_dir} is incomplete (its prepare was interrupted): "
                          f"prepare it again ({prepare_hint(data_dir)})")

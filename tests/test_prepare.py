@@ -91,3 +91,21 @@ def test_a_running_job_reads_the_files_it_opened_whatever_is_prepared_meanwhile(
     assert all(np.array_equal(a, b) for a, b in zip(first, again))
     fresh = TokenLoader(Dataset(str(dataset)), 'train', 4, 16, len(data.vocab))
     assert not np.array_equal(fresh.next_batch()[0], first[0])  # a new job reads the new dataset
+
+
+def test_a_dataset_is_the_one_whose_files_it_opened_whatever_is_swapped_in_meanwhile(dataset, tmp_path, monkeypatch):
+    # a prepare swaps its dataset in just after the reader opened the token files: the reader checks and reads
+    # what it opened, with the meta.json it read first (one prepare's dataset throughout, not a mix of two)
+    from nanogpt import tokenfiles
+    old_tokens, old_vocab = (dataset / 'train.bin').read_bytes(), Dataset(str(dataset)).vocab
+    (tmp_path / 'other.txt').write_text('a new text with other characters: XYZ!\n' * 2000)
+    check_files = tokenfiles._check_files
+
+    def swapped_after_opening(*args):
+        run_script('data/shakespeare_char/prepare.py', '--input', str(tmp_path / 'other.txt'), '--out_dir',
+                   str(dataset))
+        return check_files(*args)
+    monkeypatch.setattr(tokenfiles, '_check_files', swapped_after_opening)
+    data = Dataset(str(dataset))
+    assert data.vocab == old_vocab and (dataset / 'train.bin').read_bytes() != old_tokens
+    assert data.tokens('train', 0).tobytes() == old_tokens
