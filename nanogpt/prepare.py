@@ -63,6 +63,7 @@ def tokenize_to_files(texts, writer: TokenWriter, num_proc: int, total: int | No
     import time
 
     from tqdm import tqdm
+    gpt2_encoding()  # offline without its files: one line here, not a SystemExit that kills a pool worker (a hang)
     written = 0
     t0 = time.time()
     with Pool(num_proc) as pool, tqdm(total=total, unit='docs', desc=desc) as bar:

@@ -23,7 +23,7 @@ def dataset(char_data, tmp_path):
     return d
 
 
-def test_a_prepare_refused_partway_through_its_input_leaves_the_old_dataset(dataset, tmp_path):
+def test_a_prepare_refused_partway_through_its_input_leaves_the_old_dataset(dataset, tmp_path, gpt2_tokenizer):
     before = snapshot(dataset)
     docs = tmp_path / 'docs.jsonl'
     docs.write_text(''.join(json.dumps({'text': t}) + '\n' for t in ['a first document', 'a second one', None]))
@@ -51,7 +51,7 @@ def test_a_zero_shard_size_is_refused_before_anything(dataset, tmp_path):
     one_line_error(proc, 'shard_size=0', 'greater than 0')
 
 
-def test_a_finished_prepare_leaves_no_file_of_the_old_layout(dataset, tmp_path):
+def test_a_finished_prepare_leaves_no_file_of_the_old_layout(dataset, tmp_path, gpt2_tokenizer):
     # character data (train.bin, val.bin, meta.pkl) prepared again as BPE shards: none of the old files stays
     docs = tmp_path / 'docs.jsonl'
     docs.write_text(''.join(json.dumps({'text': f'document number {i} ' * 20}) + '\n' for i in range(40)))
@@ -109,3 +109,17 @@ def test_a_dataset_is_the_one_whose_files_it_opened_whatever_is_swapped_in_meanw
     data = Dataset(str(dataset))
     assert data.vocab == old_vocab and (dataset / 'train.bin').read_bytes() != old_tokens
     assert data.tokens('train', 0).tobytes() == old_tokens
+
+
+def test_a_bpe_prepare_without_the_tokenizer_files_stops_in_one_line(dataset, tmp_path):
+    # offline with an empty tiktoken cache: said once by the prepare itself, where a tokenizer worker that died of it
+    # left the pool waiting forever (a proxy that refuses every connection: offline whether or not this machine is)
+    before = snapshot(dataset)
+    docs = tmp_path / 'docs.jsonl'
+    docs.write_text(''.join(json.dumps({'text': f'document {i}'}) + '\n' for i in range(4)))
+    offline = {'https_proxy': 'http://127.0.0.1:9', 'HTTPS_PROXY': 'http://127.0.0.1:9', 'no_proxy': '', 'NO_PROXY': '',
+               'TIKTOKEN_CACHE_DIR': str(tmp_path / 'empty cache')}
+    proc = run_script('data/fineweb_edu/prepare.py', '--input', str(docs), '--out_dir', str(dataset), '--num_proc=1',
+                      env=offline, check=False, timeout=120, fresh=True)
+    one_line_error(proc, "GPT-2's tokenizer files are not in tiktoken's cache")
+    assert snapshot(dataset) == before
