@@ -87,12 +87,12 @@ def configure(defaults: dict, argv: list[str], ranges: dict | None = None, verbo
             echo.append(f"Overriding config with {arg}:\n{source}")
             # a name the file reads is a helper (tokens = 2**19; batch_size = tokens // 1024), as nanoGPT allows
             helpers = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)}
-            for name in helpers - set(defaults):  # one letter off a key is a typo the file also reads, not a helper
+            helpers -= set(defaults)
+            for name in helpers:  # one letter off a key is a typo the file also reads, not a helper
                 if name in namespace and difflib.get_close_matches(name, list(defaults), n=1, cutoff=0.85):
                     raise _unknown_key(name, defaults)
             for key, value in namespace.items():
-                if key.startswith('_') or key in helpers - set(defaults) or isinstance(value, types.ModuleType) or \
-                        callable(value):
+                if key.startswith('_') or key in helpers or isinstance(value, types.ModuleType) or callable(value):
                     continue  # helpers, imports and functions inside the config file (import math)
                 if key not in defaults:
                     raise _unknown_key(key, defaults)

@@ -274,12 +274,8 @@ class GPT(nn.Module):
         adamw = torch.optim.AdamW(optim_groups, lr=learning_rate, betas=betas, fused=fused)
         if optimizer != 'muon':
             return adamw
-        from nanogpt.optim import Optimizers  # two optimizers behind one's interface, only needed here
-        # Muon's learning rate follows learning_rate's schedule, peaking at muon_learning_rate
-        scale = muon_learning_rate / learning_rate if learning_rate else 0.0
-        matrices = torch.optim.Muon([{'params': list(muon.values()), 'lr_scale': scale}], lr=muon_learning_rate,
-                                    weight_decay=weight_decay, momentum=muon_momentum)
-        return Optimizers({'optimizer': adamw, 'muon': matrices})
+        from nanogpt.optim import with_muon  # Muon beside AdamW, behind one optimizer's interface: only needed here
+        return with_muon(adamw, list(muon.values()), weight_decay, learning_rate, muon_learning_rate, muon_momentum)
 
     def estimate_mfu(self, fwdbwd_per_iter: int, dt: float, flops_promised: float | None) -> float | None:
         """Model flops utilization: achieved FLOPS over flops_promised, the peak of the device in use

@@ -1,11 +1,11 @@
 """
 The one writer of every file the project writes (checkpoints, exports, token files, meta files, logs, plots, bench
-results, the run lock). atomic_path writes a whole file: a temporary file beside the destination, renamed into place,
-so an interrupted write never leaves a truncated file that a later run would use. open_regular opens one to append
-to or lock. Neither writes through a symbolic link, nor into a FIFO, a device or a folder at the destination: such a
-destination is refused in one line (a link planted in a folder handed over would make a write change a file outside
-it). open_source opens a file the project reads, refusing the same (a FIFO would hang a reader). Also: downloading a
-file. Torch-free, for the prepare scripts too.
+results, the run lock). atomic_path writes a whole file: a temporary file beside the destination, renamed into
+place, so an interrupted write never leaves a truncated file that a later run would use. open_regular opens one to
+append to or lock (lock_nowait). Neither writes through a symbolic link, nor into a FIFO, a device or a folder at
+the destination: such a destination is refused in one line (a link planted in a folder handed over would make a
+write change a file outside it). open_source opens a file the project reads, refusing the same (a FIFO would hang a
+reader). Also: downloading a file. Torch-free, for the prepare scripts too.
 """
 
 import errno
@@ -14,8 +14,19 @@ import os
 import stat
 from contextlib import contextmanager
 
+try:
+    import fcntl
+except ImportError:  # Windows: no flock, so a folder is not held (not enforced)
+    fcntl = None
+LOCKING = fcntl is not None
+
 KINDS = {stat.S_ISLNK: 'a symbolic link', stat.S_ISDIR: 'a folder', stat.S_ISFIFO: 'a FIFO', stat.S_ISSOCK: 'a socket',
          stat.S_ISCHR: 'a device', stat.S_ISBLK: 'a device'}
+
+
+def _kind(mode: int) -> str | None:
+    """What a file of this mode is, where it is not a regular file."""
+    return next((name for test, name in KINDS.items() if test(mode)), None)
 
 
 def check_destination(path: str):
@@ -24,7 +35,7 @@ def check_destination(path: str):
         mode = os.lstat(path).st_mode
     except FileNotFoundError:
         return
-    kind = next((name for test, name in KINDS.items() if test(mode)), None)
+    kind = _kind(mode)
     if kind:
         target = f" (to {os.readlink(path)})" if stat.S_ISLNK(mode) else ''
         raise SystemExit(f"error: {path} is {kind}{target}, where this run writes a file: the project writes only "
@@ -35,10 +46,9 @@ def open_source(path: str, mode: str = 'r', **kwargs):
     """open(path, mode) of a file the project reads, refusing a FIFO (which would wait forever for a writer), a
     device, a socket or a folder there, in one line; a link to a regular file is read."""
     try:
-        mode_bits = os.stat(path).st_mode
+        kind = _kind(os.stat(path).st_mode)  # through links: what they point to
     except OSError:
-        mode_bits = None  # missing: open says so
-    kind = mode_bits is not None and next((n for t, n in KINDS.items() if t is not stat.S_ISLNK and t(mode_bits)), None)
+        kind = None  # missing: open says so
     if kind:
         raise SystemExit(f"error: {path} is {kind}, where a file is read: put the file itself there")
     return open(path, mode, **kwargs)
@@ -63,6 +73,21 @@ def open_regular(path: str, mode: str, encoding: str = 'utf-8'):
     f = os.fdopen(fd, mode, encoding=encoding)
     f.buffer.raw.name = path  # what open() would name it
     return f
+
+
+def lock_nowait(f) -> bool:
+    """An exclusive flock on the open file f, without waiting: False while another process holds one; True once this
+    process does, or where the system cannot lock (Windows, some network mounts), where it is not enforced. The
+    system releases it when the process ends, however it ends."""
+    if fcntl is None:
+        return True
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    except OSError:  # a filesystem without flock
+        pass
+    return True
 
 
 def _alive(pid: int) -> bool:

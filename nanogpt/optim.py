@@ -10,6 +10,8 @@ A param group's 'lr_scale' is its learning rate over learning_rate: the schedule
 Muon's peaking at muon_learning_rate.
 """
 
+import torch
+
 OPTIMIZERS = ('adamw', 'muon')  # the values of the optimizer key
 
 
@@ -34,6 +36,16 @@ class Optimizers:
     def zero_grad(self, set_to_none: bool = True):
         for part in self.parts.values():
             part.zero_grad(set_to_none=set_to_none)
+
+
+def with_muon(adamw, matrices: list, weight_decay: float, learning_rate: float, muon_learning_rate: float,
+              muon_momentum: float) -> Optimizers:
+    """AdamW and torch.optim.Muon over the given matrices, as one. Muon's learning rate follows learning_rate's
+    schedule, peaking at muon_learning_rate."""
+    scale = muon_learning_rate / learning_rate if learning_rate else 0.0
+    muon = torch.optim.Muon([{'params': matrices, 'lr_scale': scale}], lr=muon_learning_rate,
+                            weight_decay=weight_decay, momentum=muon_momentum)
+    return Optimizers({'optimizer': adamw, 'muon': muon})
 
 
 def parts(optimizer) -> dict:

@@ -18,13 +18,8 @@ import os
 import socket
 import time
 
-from nanogpt.files import check_destination, open_regular
+from nanogpt.files import LOCKING, check_destination, lock_nowait, open_regular
 from nanogpt.runlog import read_records
-
-try:
-    import fcntl
-except ImportError:
-    fcntl = None
 
 LOCK = 'run.lock'
 RUN_ID = os.environ.get('TORCHELASTIC_RUN_ID')  # the same in every restart of one torchrun job
@@ -98,7 +93,7 @@ def _lock(path: str, create: bool = True):
                 raise
             return None
         try:  # a run that ends removes the file before it lets go: a lock on a file no longer at path holds nothing
-            if fcntl is None or os.stat(path).st_ino == os.fstat(f.fileno()).st_ino:
+            if not LOCKING or os.stat(path).st_ino == os.fstat(f.fileno()).st_ino:
                 return f
         except FileNotFoundError:
             pass
@@ -107,18 +102,11 @@ def _lock(path: str, create: bool = True):
 
 def _try_lock(path: str, create: bool):
     f = open_regular(path, 'a+' if create else 'r+')
-    if fcntl is None:  # Windows: no flock, the folder is not held
-        return f
-    try:
-        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:  # held by another process
+    if not lock_nowait(f):  # held by another process
         holder = _read_holder(f)
         f.close()
         raise SystemExit(f"error: {os.path.dirname(path) or '.'} is in use by another run ({holder or 'starting'}), "
-                         f"whose files this one would overwrite: wait for it to end, or choose another out_dir") \
-            from None
-    except OSError:  # a filesystem without flock (some network mounts): the folder is not held, as on Windows
-        pass
+                         f"whose files this one would overwrite: wait for it to end, or choose another out_dir")
     return f
 
 

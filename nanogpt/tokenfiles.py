@@ -28,15 +28,10 @@ import re
 import shutil
 from contextlib import contextmanager
 
-try:
-    import fcntl
-except ImportError:  # Windows: one prepare at a time is not enforced
-    fcntl = None
-
 import numpy as np
 
 from nanogpt import fields
-from nanogpt.files import atomic_path, check_destination, open_regular, open_source
+from nanogpt.files import atomic_path, check_destination, lock_nowait, open_regular, open_source
 
 REPO_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -143,14 +138,9 @@ def preparing(data_dir: str):
     and every reader refuses it until it is prepared again."""
     os.makedirs(data_dir, exist_ok=True)
     lock = open_regular(os.path.join(data_dir, '.prepare.lock'), 'a+')
-    try:
-        if fcntl is not None:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
+    if not lock_nowait(lock):
         lock.close()
-        raise SystemExit(f"error: another prepare is writing the dataset in {data_dir}: wait for it to end") from None
-    except OSError:  # a filesystem without flock: not held
-        pass
+        raise SystemExit(f"error: another prepare is writing the dataset in {data_dir}: wait for it to end")
     # what a prepare that died left (the lock says none is running): its staging folder, its temporary files
     stage = os.path.join(data_dir, '.prepare.new')
     if os.path.islink(stage) or os.path.isfile(stage):
