@@ -4,10 +4,12 @@ them, and calls `config = configure(defaults, sys.argv[1:], RANGES)`; arguments 
 
     python train.py config/override_file.py --batch_size=32
 
-Config keys are a script's public lowercase globals bound to an int, float, bool, str or None (capitalised module
-constants are not). Config files are plain Python exec'd over the defaults; a name the file also reads (or one
-starting with an underscore, a module, a function) is a helper, not a key. --key=value is parsed with literal_eval
-(a string when that fails). An unknown key stops with the closest known one named, as does a wrong type or range.
+Config keys are a script's public lowercase globals bound to an int, float, bool, str, None or a list of strings
+(capitalised module constants are not). Config files are plain Python exec'd over the defaults; a name the file also
+reads (or one starting with an underscore, a module, a function) is a helper, not a key. --key=value (or --key value)
+is parsed with literal_eval (a string when that fails); a list key takes every value up to the next --key
+(--input a.jsonl b.jsonl). A script without config files names the list key its bare arguments fill (plot.py's
+out_dirs). An unknown key stops with the closest known one named, as does a wrong type or range.
 """
 
 import ast
@@ -17,35 +19,21 @@ import re
 import sys
 import types
 
-from nanogpt.ranges import check_ranges
+from nanogpt.ranges import check_ranges, check_type
 
 
 def config_defaults(namespace: dict) -> dict:
-    """The config keys of a script's globals: the public names bound to an int, float, bool, str or None,
-    less the capitalised module constants."""
-    return {k: v for k, v in namespace.items()
-            if not k.startswith('_') and not k.isupper() and (v is None or isinstance(v, (int, float, bool, str)))}
+    """The config keys of a script's globals: the public names bound to an int, float, bool, str, None or a list of
+    those, less the capitalised module constants."""
+    def plain(v):
+        return v is None or isinstance(v, (int, float, bool, str)) or (type(v) is list and all(map(plain, v)))
+    return {k: v for k, v in namespace.items() if not k.startswith('_') and not k.isupper() and plain(v)}
 
 
 def _unknown_key(key: str, known) -> SystemExit:
     close = difflib.get_close_matches(key, list(known), n=1, cutoff=0.5)
     hint = f"did you mean {close[0]!r}?" if close else f"known keys: {', '.join(sorted(known))}"
     return SystemExit(f"error: unknown config key {key!r}: {hint}")
-
-
-def _check_type(key: str, value, default, source: str, nullable: set):
-    """value as default's type, else SystemExit. None fits a None default, or a range ending in 'or None' (top_k)."""
-    if default is None or (value is None and key in nullable):
-        return value
-    if value is None:
-        raise SystemExit(f"error: {source}: {key} must be a {type(default).__name__} (default {default!r}), got None:"
-                         f" give it a value")
-    if isinstance(default, float) and type(value) in (int, float):
-        return float(value)  # an int where a float is expected is fine
-    if type(value) is not type(default):  # exactly: a bool is no int here, nor an int a bool
-        raise SystemExit(f"error: {source}: {key} must be a {type(default).__name__} "
-                         f"(default {default!r}), got {value!r} of type {type(value).__name__}")
-    return value
 
 
 def _print_help(defaults: dict):
@@ -59,8 +47,21 @@ def _print_help(defaults: dict):
     sys.exit(0)
 
 
-def configure(defaults: dict, argv: list[str], ranges: dict | None = None, verbose: bool | None = None):
-    """Apply config files and --key=value arguments to defaults; return the resolved config, checked."""
+def _parse(raws: list[str], default):
+    """The value of --key=raw or --key raw [raw ...] as the default's type would have it."""
+    if isinstance(default, list):  # files or folders: each as typed, or one Python list --input="['a', 'b']"
+        return ast.literal_eval(raws[0]) if len(raws) == 1 and raws[0].startswith('[') else raws
+    try:
+        value = ast.literal_eval(raws[0])
+    except (SyntaxError, ValueError):
+        return raws[0]  # a bare string, e.g. --device=cuda
+    return raws[0] if isinstance(default, str) and not isinstance(value, str) else value  # --wandb_run_name=2024
+
+
+def configure(defaults: dict, argv: list[str], ranges: dict | None = None, verbose: bool | None = None,
+              positional: str | None = None):
+    """Apply config files and --key=value arguments to defaults; return the resolved config, checked. A script
+    that takes no config files names in positional the list key its bare arguments go to."""
     if '--help' in argv or '-h' in argv:
         _print_help(defaults)
     if verbose is None:
@@ -68,11 +69,16 @@ def configure(defaults: dict, argv: list[str], ranges: dict | None = None, verbo
     config = dict(defaults)
     echo = []  # what was overridden, printed once every argument is checked: a typo's error comes first, alone
     nullable = {k for k, spec in (ranges or {}).items() if isinstance(spec, str) and spec.endswith(' or None')}
-    for arg in argv:
-        if not arg.startswith('--'):
+    args, bare = list(argv), []
+    while args:
+        arg = args.pop(0)
+        if not arg.startswith('--') and positional:
+            bare.append(arg)
+        elif not arg.startswith('--'):
             # a config file, exec'd over the current values
-            if not os.path.isfile(arg):
-                raise SystemExit(f"error: config file {arg!r} not found (arguments are config files or --key=value)")
+            if not arg.endswith('.py') or not os.path.isfile(arg):  # a data file passed bare is not run as Python
+                what = f"config file {arg!r} not found" if arg.endswith('.py') else f"{arg!r} is not a config file"
+                raise SystemExit(f"error: {what} (arguments are config files, config/name.py, or --key=value)")
             namespace = dict(config)
             try:
                 with open(arg, encoding='utf-8') as f:
@@ -96,23 +102,21 @@ def configure(defaults: dict, argv: list[str], ranges: dict | None = None, verbo
                     continue  # helpers, imports and functions inside the config file (import math)
                 if key not in defaults:
                     raise _unknown_key(key, defaults)
-                config[key] = _check_type(key, value, defaults[key], arg, nullable)
+                config[key] = check_type(key, value, defaults[key], arg, key in nullable)
         else:
-            # --key=value
-            if '=' not in arg:
-                raise SystemExit(f"error: {arg!r}: overrides are written --key=value")
-            key, raw = arg[2:].split('=', 1)
+            # --key=value, or --key value (a list key: --key value value ...)
+            key, eq, raw = arg[2:].partition('=')
             if key not in defaults:
                 raise _unknown_key(key, defaults)
-            default = defaults[key]
-            try:
-                value = ast.literal_eval(raw)
-            except (SyntaxError, ValueError):
-                value = raw  # a bare string, e.g. --device=cuda
-            if isinstance(default, str) and not isinstance(value, str):
-                value = raw  # --wandb_run_name=2024 stays a string
-            config[key] = _check_type(key, value, default, arg, nullable)
+            raws = [raw] if eq else []
+            while not eq and args and not args[0].startswith('--') and (not raws or isinstance(defaults[key], list)):
+                raws.append(args.pop(0))
+            if not raws:
+                raise SystemExit(f"error: {arg} needs a value: --{key}=VALUE (default {defaults[key]!r})")
+            config[key] = check_type(key, _parse(raws, defaults[key]), defaults[key], arg, key in nullable)
             echo.append(f"Overriding: {key} = {config[key]!r}")
+    if bare:
+        config[positional] = bare
     check_ranges(config, ranges or {})
     if verbose and echo:
         print('\n'.join(echo))

@@ -4,7 +4,7 @@ val loss against iterations (tokens on the top axis), HellaSwag accuracy on its 
 the steps skipped for a non-finite loss as crosses along the bottom, and the learning rate schedule in a small panel.
 
     python plot.py out-shakespeare-char                    # writes out-shakespeare-char/loss.png
-    python plot.py out-a out-b --output=compare.png        # several runs on one figure
+    python plot.py out-a out-b --output=compare.png        # several runs on one figure (.png, .pdf, .svg, ...)
 
 With several runs each run has its own colour (named in the legend, right of the plots) and the line style says
 what a line is. Runs that used different tokens per iteration are drawn against tokens seen, so that they are
@@ -13,9 +13,10 @@ run's log does not say its tokens per iteration, all are drawn against iteration
 
 Needs matplotlib: pip install -e ".[plot]".
 """
-import argparse
 import os
+import sys
 
+from configurator import config_defaults, configure
 from nanogpt import runlog
 from nanogpt.errors import one_line_errors
 from nanogpt.files import atomic_path
@@ -30,6 +31,12 @@ STYLES = {  # what each line of a run is; the run's colour says which run
     'HellaSwag acc_norm (right axis)': dict(linestyle=':', marker='s', markersize=4),
     SKIPPED: dict(linestyle='none', marker='x', markersize=6, clip_on=False),
 }
+
+# -----------------------------------------------------------------------------
+out_dirs = []  # the out_dir of each run to plot (their log.jsonl), given bare: python plot.py out-a out-b
+output = ''  # the image to write, its format from its extension ('' for loss.png in the first out_dir)
+# -----------------------------------------------------------------------------
+defaults = config_defaults(globals())
 
 
 def read_log(out_dir: str) -> dict:
@@ -141,15 +148,18 @@ def figure(out_dirs: list[str]):
 
 def plot(out_dirs: list[str], output: str):
     fig = figure(out_dirs)
+    kind = os.path.splitext(output)[1][1:].lower()
+    if kind not in fig.canvas.get_supported_filetypes():
+        raise SystemExit(f"error: --output={output}: matplotlib writes {', '.join(fig.canvas.get_supported_filetypes())}"
+                         f" files; end the name with one of them, e.g. .png")
     with atomic_path(output) as tmp:  # an interrupted write leaves the previous plot, not half a file
-        fig.savefig(tmp, format=os.path.splitext(output)[1][1:] or 'png')
+        fig.savefig(tmp, format=kind)
     print(f"wrote {output}")
 
 
 if __name__ == '__main__':
-    one_line_errors()
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('out_dirs', nargs='+', help="out_dir of each run to plot (their log.jsonl)")
-    parser.add_argument('--output', help='the PNG to write (default: loss.png in the first out_dir)')
-    args = parser.parse_args()
-    plot(args.out_dirs, args.output or os.path.join(args.out_dirs[0], 'loss.png'))
+    one_line_errors(defaults)
+    cfg = configure(defaults, sys.argv[1:], positional='out_dirs')
+    if not cfg.out_dirs:
+        raise SystemExit("error: name the out_dir of each run to plot: python plot.py out-shakespeare-char [out-b ...]")
+    plot(cfg.out_dirs, cfg.output or os.path.join(cfg.out_dirs[0], 'loss.png'))

@@ -1,6 +1,6 @@
 """
-What the prepare scripts share beyond the token-file contract (nanogpt/tokenfiles.py): the command line and the
-90/10 split of the two Shakespeare scripts, loading a corpus with `datasets` (the hub, or local files), and GPT-2
+What the prepare scripts share beyond the token-file contract (nanogpt/tokenfiles.py): the 90/10 split
+of the two Shakespeare scripts, loading a corpus with `datasets` (the hub, or local files), and GPT-2
 BPE tokenization of many documents in parallel, in order. Torch-free, like the prepare scripts.
 """
 
@@ -9,39 +9,33 @@ from multiprocessing import Pool
 
 import numpy as np
 
-from nanogpt.files import download
-from nanogpt.tokenfiles import DTYPE, REPO_DIR, TokenWriter
+from nanogpt.files import download, open_source
+from nanogpt.tokenfiles import DTYPE, TokenWriter
 from nanogpt.tokenizer import gpt2_encoding
 
 SHAKESPEARE_URL = 'https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt'
 
 
-def shakespeare_splits(doc: str, script: str, argv=None) -> tuple[str, dict]:
-    """The command line of the Shakespeare prepare scripts (--input, --out_dir) and nanoGPT's 90/10 split of the
-    text: --input, else input.txt beside the script, downloaded from char-rnn when missing."""
-    import argparse
-    script_dir = os.path.join(REPO_DIR, os.path.dirname(script))
-    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('--input', help='a text file to use instead of Tiny Shakespeare')
-    parser.add_argument('--out_dir', default=script_dir, help='where to write the token files')
-    args = parser.parse_args(argv)
-    os.makedirs(args.out_dir, exist_ok=True)
-    path = args.input or os.path.join(args.out_dir, 'input.txt')
-    if args.input is None and not os.path.exists(path):
+def shakespeare_splits(input: str, out_dir: str, script: str) -> dict:
+    """nanoGPT's 90/10 split of the text of the Shakespeare prepare scripts: input, else input.txt in out_dir,
+    downloaded from char-rnn when missing."""
+    os.makedirs(out_dir, exist_ok=True)
+    path = input or os.path.join(out_dir, 'input.txt')
+    if not input and not os.path.exists(path):
         download(SHAKESPEARE_URL, path, f"Offline, pass a local copy: python {script} --input PATH")
     if not os.path.exists(path):
         raise SystemExit(f"error: input file {path} not found")
     try:
-        with open(path, 'r', encoding='utf-8') as f:
+        with open_source(path, 'r', encoding='utf-8') as f:
             text = f.read()
     except UnicodeDecodeError as e:
         raise SystemExit(f"error: {path} is not UTF-8 text ({e.reason} at byte {e.start}): convert it, e.g. with "
                          f"iconv -t utf-8") from None
     if len(text) < 10:
         raise SystemExit(f"error: {path} holds {len(text)} characters, too few to split into train and val: "
-                         f"pass a larger text (the dataset in {args.out_dir} is left as it was)")
+                         f"pass a larger text (the dataset in {out_dir} is left as it was)")
     n = len(text)
-    return args.out_dir, {'train': text[:int(n * 0.9)], 'val': text[int(n * 0.9):]}
+    return {'train': text[:int(n * 0.9)], 'val': text[int(n * 0.9):]}
 
 
 _enc = None
@@ -90,6 +84,8 @@ def load_text_dataset(hub_name: str, inputs: list[str], num_proc: int, prepare_s
         missing = [p for p in inputs if not os.path.exists(p)]
         if missing:
             raise SystemExit(f"error: input files not found: {missing}")
+        for path in inputs:  # a FIFO or a folder is refused here, not waited on or half-read by `datasets`
+            open_source(path, 'rb').close()
         builder = builders[exts.pop()]
         kwargs = dict(sample_by='paragraph') if builder == 'text' else {}  # blank lines separate documents
         try:

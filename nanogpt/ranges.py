@@ -1,9 +1,29 @@
 """
-The values a config key may take, declared beside a script's defaults (RANGES = dict(batch_size='> 0', ...)) and
-checked by the configurator once every config file and --key=value is applied, before any work: a range is '> 0',
-'>= 0', an interval such as '[0, 1)' (' or None' after it lets a key be None), or a tuple of the allowed values.
-Keys that must fit together are checked here too, wherever a script has both.
+The values a config key may take. Its type is its default's (check_type, as each value is applied); its range is
+declared beside a script's defaults (RANGES = dict(batch_size='> 0', ...)) and checked by the configurator once
+every config file and --key=value is applied, before any work: a range is '> 0', '>= 0', an interval such as
+'[0, 1)' (' or None' after it lets a key be None), or a tuple of the allowed values. Keys that must fit together
+are checked here too, wherever a script has both.
 """
+
+
+def check_type(key: str, value, default, source: str, nullable: bool = False):
+    """value as default's type, else SystemExit naming source. None fits a None default, or a key whose range ends
+    in 'or None' (nullable: top_k); an int fits a float; a list default takes a list of strings (files, folders)."""
+    if default is None or (value is None and nullable):
+        return value
+    if value is None:
+        raise SystemExit(f"error: {source}: {key} must be a {type(default).__name__} (default {default!r}), got None:"
+                         f" give it a value")
+    if isinstance(default, float) and type(value) in (int, float):
+        return float(value)
+    if isinstance(default, list) and isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+        return list(value)
+    if type(value) is not type(default) or isinstance(default, list):  # exactly: a bool is no int, an int no bool
+        kind = 'list of strings' if isinstance(default, list) else type(default).__name__
+        raise SystemExit(f"error: {source}: {key} must be a {kind} (default {default!r}), got {value!r} of type "
+                         f"{type(value).__name__}")
+    return value
 
 
 def check_ranges(config: dict, ranges: dict):

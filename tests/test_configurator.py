@@ -89,8 +89,40 @@ def test_wrong_type_is_an_error(tmp_path):
 def test_bad_arguments():
     with pytest.raises(SystemExit, match='not found'):
         configure(DEFAULTS, ['config/nope.py'], verbose=False)
-    with pytest.raises(SystemExit, match='--key=value'):
+    with pytest.raises(SystemExit, match=r"'README.md' is not a config file \(arguments are config files"):
+        configure(DEFAULTS, ['README.md'], verbose=False)  # a file that is not Python is never run as Python
+    with pytest.raises(SystemExit, match=r'^error: --batch_size needs a value: --batch_size=VALUE \(default 12\)$'):
         configure(DEFAULTS, ['--batch_size'], verbose=False)
+    with pytest.raises(SystemExit, match='--compile needs a value'):
+        configure(DEFAULTS, ['--compile', '--batch_size=3'], verbose=False)
+
+
+def test_key_space_value_and_list_keys(tmp_path):
+    # --key value as argparse users type it; a list key takes every value up to the next --key
+    defaults = dict(DEFAULTS, input=[], out_dir='out')
+    cfg = configure(defaults, ['--batch_size', '32', '--input', 'a.jsonl', 'b c.jsonl', '--device', 'cpu'],
+                    verbose=False)
+    assert cfg.batch_size == 32 and cfg.input == ['a.jsonl', 'b c.jsonl'] and cfg.device == 'cpu'
+    assert configure(defaults, ['--input=a.jsonl'], verbose=False).input == ['a.jsonl']
+    assert configure(defaults, ['--input=["a", "b"]'], verbose=False).input == ['a', 'b']
+    (tmp_path / 'cfg.py').write_text("input = ['x.txt']\nbatch_size = 4\n")
+    cfg = configure(defaults, ['--input', 'a.jsonl', str(tmp_path / 'cfg.py')], verbose=False)
+    assert cfg.input == ['a.jsonl', str(tmp_path / 'cfg.py')]  # a list key takes what follows it, a file too
+    assert configure(defaults, [str(tmp_path / 'cfg.py')], verbose=False).input == ['x.txt']
+    (tmp_path / 'bad.py').write_text("input = 'x.txt'\n")
+    with pytest.raises(SystemExit, match=r"bad.py: input must be a list of strings \(default \[\]\), got 'x.txt'"):
+        configure(defaults, [str(tmp_path / 'bad.py')], verbose=False)
+    with pytest.raises(SystemExit, match=r"input must be a list of strings .* got \[1, 2\]"):
+        configure(defaults, ['--input=[1, 2]'], verbose=False)
+
+
+def test_a_script_without_config_files_takes_its_bare_arguments_as_a_list_key():
+    defaults = dict(out_dirs=[], output='')
+    cfg = configure(defaults, ['out-a', '--output=x.png', 'out-b'], verbose=False, positional='out_dirs')
+    assert cfg.out_dirs == ['out-a', 'out-b'] and cfg.output == 'x.png'
+    assert configure(defaults, ['--output', 'x.png'], verbose=False, positional='out_dirs').out_dirs == []
+    with pytest.raises(SystemExit, match="unknown config key 'ouput': did you mean 'output'"):
+        configure(defaults, ['out-a', '--ouput=x.png'], verbose=False, positional='out_dirs')
 
 
 @pytest.mark.parametrize('script, arg', [

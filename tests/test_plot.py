@@ -108,3 +108,16 @@ def test_plot_fourteen_runs_with_different_tokens_per_iter(tmp_path):
     assert ax.get_window_extent().y1 <= title_box.y0 and title_box.y1 <= figure_box.y1
     for box in [title_box, *(a.get_window_extent() for a in fig.axes)]:
         assert not box.overlaps(legend_box)
+
+
+@pytest.mark.parametrize('args, expected', [
+    ([], ('name the out_dir of each run to plot',)),
+    (['{run}', '--ouput=x.png'], ("unknown config key 'ouput'", "did you mean 'output'")),
+    (['{run}', '--output={tmp}/run.txt'], ('--output=', 'run.txt', 'end the name with one of them')),
+    (['{run}', '--output={tmp}/run'], ('end the name with one of them',)),
+], ids=['no-run', 'misspelt-option', 'unknown-format', 'no-extension'])
+def test_plot_options_go_through_the_configurator(tmp_path, args, expected):
+    run = write_log(tmp_path / 'run', records())
+    proc = run_script('plot.py', *(a.format(run=run, tmp=tmp_path) for a in args), check=False)
+    one_line_error(proc, *expected)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['run'] and not (tmp_path / 'run' / 'loss.png').exists()

@@ -6,11 +6,12 @@ reading the files it opened. Option values that would loop forever are refused.
 """
 import fcntl
 import json
+import os
 import shutil
 
 import numpy as np
 import pytest
-from conftest import one_line_error, run_script, snapshot, train
+from conftest import REPO, one_line_error, run_script, snapshot, train
 
 from nanogpt.loader import TokenLoader
 from nanogpt.tokenfiles import Dataset
@@ -49,6 +50,27 @@ def test_a_zero_shard_size_is_refused_before_anything(dataset, tmp_path):
     proc = run_script('data/fineweb_edu/prepare.py', '--input', str(docs), '--out_dir', str(dataset),
                       '--shard_size=0', check=False, timeout=60)
     one_line_error(proc, 'shard_size=0', 'greater than 0')
+
+
+PREPARES = ['data/shakespeare_char/prepare.py', 'data/shakespeare/prepare.py', 'data/openwebtext/prepare.py',
+            'data/fineweb_edu/prepare.py']
+
+
+@pytest.mark.parametrize('script', PREPARES)
+@pytest.mark.parametrize('args, expected', [
+    (['--out_dri={data}'], r"^error: unknown config key 'out_dri': did you mean 'out_dir'\?$"),
+    (['--out_dir={data}', '--input={data}'], r"is a folder, where a file is read|takes files of one kind.*got \[''\]"),
+    (['--out_dir={data}', '{data}/train.bin'], r"'.*train.bin' is not a config file \(arguments are config files"),
+    (['--out_dir={data}', '--input'], r"^error: --input needs a value: --input=VALUE"),
+], ids=['misspelt-key', 'input-is-a-folder', 'input-without-its-key', 'key-without-value'])
+def test_every_prepare_reads_its_options_through_the_configurator(dataset, script, args, expected):
+    # called in this process: the options are refused before the folder or the input is touched
+    import runpy
+    main = runpy.run_path(os.path.join(REPO, script), run_name='not_main')['main']
+    before = snapshot(dataset)
+    with pytest.raises(SystemExit, match=expected):
+        main([a.format(data=dataset) for a in args])
+    assert snapshot(dataset) == before
 
 
 def test_a_finished_prepare_leaves_no_file_of_the_old_layout(dataset, tmp_path, gpt2_tokenizer):

@@ -4,61 +4,63 @@ each document followed by <|endoftext|>.
 
     python data/openwebtext/prepare.py --num_proc=16
     python data/openwebtext/prepare.py --input a.jsonl b.jsonl    # your own corpus: .jsonl/.json/.parquet/.txt
+    python data/openwebtext/prepare.py --help                     # every option
 
 The hub copy is read as parquet, which current `datasets` releases load (they no longer run dataset scripts).
 """
-import argparse
 import os
 import sys
 
+from configurator import config_defaults, configure
 from nanogpt.errors import one_line_errors
 from nanogpt.prepare import load_text_dataset, tokenize_to_files
-from nanogpt.ranges import check_ranges
 from nanogpt.tokenfiles import TokenWriter, preparing, write_meta
 
 HUB_NAME = 'Skylion007/openwebtext'
 N_DOCUMENTS = 8_013_769
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('--input', nargs='+', help='local .jsonl/.json/.parquet (a "text" field) or .txt files')
-    parser.add_argument('--hub_name', default=HUB_NAME, help='a Hugging Face dataset with a "text" column')
-    parser.add_argument('--revision', default=None,
-                        help="hub revision, e.g. refs/convert/parquet for the hub's own parquet export")
-    parser.add_argument('--num_proc', type=int, default=max(1, (os.cpu_count() or 2) // 2),
-                        help='tokenizer processes (good number: about half the CPU cores)')
-    parser.add_argument('--val_fraction', type=float, default=0.0005)
-    parser.add_argument('--out_dir', default=os.path.dirname(os.path.abspath(__file__)))
-    args = parser.parse_args(argv)
-    check_ranges(vars(args), dict(num_proc='> 0', val_fraction='(0, 1)'))
-    os.makedirs(args.out_dir, exist_ok=True)
+# -----------------------------------------------------------------------------
+input = []  # local .jsonl/.json/.parquet files (a "text" field) or .txt files, instead of the hub's copy
+hub_name = HUB_NAME  # a Hugging Face dataset with a "text" column
+revision = ''  # hub revision, e.g. refs/convert/parquet for the hub's own parquet export ('' the default branch)
+num_proc = max(1, (os.cpu_count() or 2) // 2)  # tokenizer processes (good number: about half the CPU cores)
+val_fraction = 0.0005  # of the documents, for the val split
+out_dir = os.path.dirname(os.path.abspath(__file__))  # where the dataset is written
+# -----------------------------------------------------------------------------
+RANGES = dict(num_proc='> 0', val_fraction='(0, 1)')
+defaults = config_defaults(globals())
 
-    dataset = load_text_dataset(args.hub_name, args.input, args.num_proc, 'data/openwebtext/prepare.py',
-                                revision=args.revision)
-    if not args.input and args.hub_name == HUB_NAME and len(dataset) != N_DOCUMENTS:
-        print(f"warning: {args.hub_name} has {len(dataset):,} documents, expected {N_DOCUMENTS:,} "
+
+def main(argv: list[str]):
+    cfg = configure(defaults, argv, RANGES)
+    os.makedirs(cfg.out_dir, exist_ok=True)
+
+    dataset = load_text_dataset(cfg.hub_name, cfg.input, cfg.num_proc, 'data/openwebtext/prepare.py',
+                                revision=cfg.revision or None)
+    if not cfg.input and cfg.hub_name == HUB_NAME and len(dataset) != N_DOCUMENTS:
+        print(f"warning: {cfg.hub_name} has {len(dataset):,} documents, expected {N_DOCUMENTS:,} "
               f"(a partial copy?)", file=sys.stderr)
     if len(dataset) < 2:
         raise SystemExit(f"error: {len(dataset)} document(s): need at least two for a train and a val split")
 
     # owt by default only contains the 'train' split, so create a test split
-    split_dataset = dataset.train_test_split(test_size=args.val_fraction, seed=2357, shuffle=True)
+    split_dataset = dataset.train_test_split(test_size=cfg.val_fraction, seed=2357, shuffle=True)
     split_dataset['val'] = split_dataset.pop('test')  # rename the test split to val
 
     counts = {}
-    with preparing(args.out_dir) as stage:  # the new dataset replaces the old one whole, at the end
+    with preparing(cfg.out_dir) as stage:  # the new dataset replaces the old one whole, at the end
         for split, dset in split_dataset.items():
             with TokenWriter(stage, split) as writer:
-                counts[split] = tokenize_to_files(dset['text'], writer, args.num_proc, total=len(dset),
+                counts[split] = tokenize_to_files(dset['text'], writer, cfg.num_proc, total=len(dset),
                                                   desc=f'writing {split}.bin')
             print(f"{split}.bin has {counts[split]:,} tokens from {len(dset):,} documents")
         write_meta(stage, tokenizer='gpt2', vocab_size=50257, tokens=counts)
 
 
 if __name__ == '__main__':
-    one_line_errors()  # no traceback for what the script did not foresee (NANOGPT_DEBUG=1 shows it)
-    main()
+    one_line_errors(defaults)  # no traceback for what the script did not foresee (NANOGPT_DEBUG=1 shows it)
+    main(sys.argv[1:])
 
 # train.bin is ~17GB, val.bin ~8.5MB
 # train has ~9B tokens (9,035,582,198)

@@ -5,21 +5,32 @@ train.bin and val.bin of uint16 token ids (no <|endoftext|>: it is one document)
     python data/shakespeare/prepare.py                 # input.txt beside this script, downloaded if missing
     python data/shakespeare/prepare.py --input FILE    # any text file
 """
+import os
+import sys
+
 import numpy as np
 
+from configurator import config_defaults, configure
 from nanogpt.errors import one_line_errors
 from nanogpt.prepare import shakespeare_splits
 from nanogpt.tokenfiles import TokenWriter, preparing, write_meta
 from nanogpt.tokenizer import gpt2_encoding
 
+# -----------------------------------------------------------------------------
+input = ''  # a text file to use instead of Tiny Shakespeare (input.txt in out_dir, downloaded if missing)
+out_dir = os.path.dirname(os.path.abspath(__file__))  # where the dataset is written
+# -----------------------------------------------------------------------------
+defaults = config_defaults(globals())
 
-def main(argv=None):
-    out_dir, splits = shakespeare_splits(__doc__, 'data/shakespeare/prepare.py', argv)
+
+def main(argv: list[str]):
+    cfg = configure(defaults, argv)
+    splits = shakespeare_splits(cfg.input, cfg.out_dir, 'data/shakespeare/prepare.py')
 
     # encode with tiktoken gpt2 bpe
     enc = gpt2_encoding()
     counts = {}
-    with preparing(out_dir) as stage:  # the new dataset replaces the old one whole, at the end
+    with preparing(cfg.out_dir) as stage:  # the new dataset replaces the old one whole, at the end
         for split, text in splits.items():
             ids = np.array(enc.encode_ordinary(text), dtype=np.uint16)
             print(f"{split} has {len(ids):,} tokens")
@@ -30,8 +41,8 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    one_line_errors()  # no traceback for what the script did not foresee (NANOGPT_DEBUG=1 shows it)
-    main()
+    one_line_errors(defaults)  # no traceback for what the script did not foresee (NANOGPT_DEBUG=1 shows it)
+    main(sys.argv[1:])
 
 # train.bin has 301,966 tokens
 # val.bin has 36,059 tokens

@@ -9,17 +9,26 @@ encoder and decoder and some other related info.
 """
 import os
 import pickle
+import sys
 
 import numpy as np
 
+from configurator import config_defaults, configure
 from nanogpt.errors import one_line_errors
 from nanogpt.files import atomic_path
 from nanogpt.prepare import shakespeare_splits
 from nanogpt.tokenfiles import TokenWriter, preparing, write_meta
 
+# -----------------------------------------------------------------------------
+input = ''  # a text file to use instead of Tiny Shakespeare (input.txt in out_dir, downloaded if missing)
+out_dir = os.path.dirname(os.path.abspath(__file__))  # where the dataset is written
+# -----------------------------------------------------------------------------
+defaults = config_defaults(globals())
 
-def main(argv=None):
-    out_dir, splits = shakespeare_splits(__doc__, 'data/shakespeare_char/prepare.py', argv)
+
+def main(argv: list[str]):
+    cfg = configure(defaults, argv)
+    splits = shakespeare_splits(cfg.input, cfg.out_dir, 'data/shakespeare_char/prepare.py')
     data = splits['train'] + splits['val']
     print(f"length of dataset in characters: {len(data):,}")
 
@@ -34,7 +43,7 @@ def main(argv=None):
     itos = {i: ch for i, ch in enumerate(chars)}
 
     counts = {}
-    with preparing(out_dir) as stage:  # the new dataset replaces the old one whole, at the end
+    with preparing(cfg.out_dir) as stage:  # the new dataset replaces the old one whole, at the end
         for split, text in splits.items():
             ids = np.array([stoi[c] for c in text], dtype=np.uint16)
             print(f"{split} has {len(ids):,} tokens")
@@ -51,8 +60,8 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    one_line_errors()  # no traceback for what the script did not foresee (NANOGPT_DEBUG=1 shows it)
-    main()
+    one_line_errors(defaults)  # no traceback for what the script did not foresee (NANOGPT_DEBUG=1 shows it)
+    main(sys.argv[1:])
 
 # length of dataset in characters:  1,115,394
 # all the unique characters:
