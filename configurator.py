@@ -24,9 +24,10 @@ from nanogpt.ranges import check_ranges, check_type
 
 def config_defaults(namespace: dict) -> dict:
     """The config keys of a script's globals: the public names bound to an int, float, bool, str, None or a list of
-    those, less the capitalised module constants."""
+    strings, less the capitalised module constants."""
     def plain(v):
-        return v is None or isinstance(v, (int, float, bool, str)) or (type(v) is list and all(map(plain, v)))
+        listed = type(v) is list and all(isinstance(s, str) for s in v)
+        return v is None or isinstance(v, (int, float, bool, str)) or listed
     return {k: v for k, v in namespace.items() if not k.startswith('_') and not k.isupper() and plain(v)}
 
 
@@ -50,7 +51,10 @@ def _print_help(defaults: dict):
 def _parse(raws: list[str], default):
     """The value of --key=raw or --key raw [raw ...] as the default's type would have it."""
     if isinstance(default, list):  # files or folders: each as typed, or one Python list --input="['a', 'b']"
-        return ast.literal_eval(raws[0]) if len(raws) == 1 and raws[0].startswith('[') else raws
+        try:
+            return ast.literal_eval(raws[0]) if len(raws) == 1 and raws[0].startswith('[') else raws
+        except (SyntaxError, ValueError):
+            return raws  # a file whose name starts with [
     try:
         value = ast.literal_eval(raws[0])
     except (SyntaxError, ValueError):

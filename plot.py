@@ -148,10 +148,10 @@ def figure(out_dirs: list[str]):
 
 def plot(out_dirs: list[str], output: str):
     fig = figure(out_dirs)
-    kind = os.path.splitext(output)[1][1:].lower()
-    if kind not in fig.canvas.get_supported_filetypes():
-        raise SystemExit(f"error: --output={output}: matplotlib writes {', '.join(fig.canvas.get_supported_filetypes())}"
-                         f" files; end the name with one of them, e.g. .png")
+    kind, kinds = os.path.splitext(output)[1][1:].lower(), fig.canvas.get_supported_filetypes()
+    if kind not in kinds:
+        raise SystemExit(f"error: --output={output}: matplotlib writes {', '.join(kinds)} files; end the name with "
+                         f"one of them, e.g. .png")
     with atomic_path(output) as tmp:  # an interrupted write leaves the previous plot, not half a file
         fig.savefig(tmp, format=kind)
     print(f"wrote {output}")
