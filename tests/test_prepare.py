@@ -73,6 +73,38 @@ def test_every_prepare_reads_its_options_through_the_configurator(dataset, scrip
     assert snapshot(dataset) == before
 
 
+@pytest.mark.parametrize('script', PREPARES)
+@pytest.mark.parametrize('fault', [KeyboardInterrupt(), OSError(28, 'No space left on device')],
+                         ids=['ctrl-c', 'disk-full'])
+def test_every_prepare_interrupted_mid_input_leaves_the_old_dataset(dataset, tmp_path, monkeypatch, request, script,
+                                                                    fault):
+    # the fault strikes as the second array of tokens is written, the first already on disk in the staging folder
+    if script != 'data/shakespeare_char/prepare.py':
+        request.getfixturevalue('gpt2_tokenizer')  # GPT-2 BPE, skipped without its files
+    import runpy
+
+    from nanogpt.tokenfiles import TokenWriter
+    docs = tmp_path / ('docs.jsonl' if 'shakespeare' not in script else 'in.txt')
+    docs.write_text(''.join(json.dumps({'text': f'document {i} ' * 30}) + '\n' for i in range(50))
+                    if docs.suffix == '.jsonl' else 'To be, or not to be, that is the question.\n' * 200)
+    write, calls = TokenWriter.write, []
+
+    def failing_write(self, tokens):
+        calls.append(1)
+        if len(calls) == 2:
+            raise fault
+        return write(self, tokens)
+    monkeypatch.setattr(TokenWriter, 'write', failing_write)
+    main = runpy.run_path(os.path.join(REPO, script), run_name='not_main')['main']
+    before = snapshot(dataset)
+    with pytest.raises(type(fault)):
+        main(['--input', str(docs), '--out_dir', str(dataset)] + (['--num_proc=1'] if 'shakespeare' not in script
+                                                                   else []))
+    assert len(calls) == 2 and snapshot(dataset) == before
+    assert not os.path.exists(dataset / '.prepare.new')  # nothing of the new dataset stays behind
+    Dataset(str(dataset))  # still the character dataset it was, readable
+
+
 def test_a_finished_prepare_leaves_no_file_of_the_old_layout(dataset, tmp_path, gpt2_tokenizer):
     # character data (train.bin, val.bin, meta.pkl) prepared again as BPE shards: none of the old files stays
     docs = tmp_path / 'docs.jsonl'
