@@ -13,6 +13,7 @@ run's log does not say its tokens per iteration, all are drawn against iteration
 
 Needs matplotlib: pip install -e ".[plot]".
 """
+import math
 import os
 import sys
 
@@ -47,6 +48,10 @@ def read_log(out_dir: str) -> dict:
     run = {kind: [] for kind in runlog.KINDS}
     for record in runlog.read_records(path):
         run[runlog.kind_of(record)].append(record)
+    for record in run['step'] + run['eval'] + run['hellaswag']:
+        for key in ('loss', 'lr', 'train_loss', 'val_loss', 'hellaswag'):
+            if key in record and not abs(record[key]) < 1e30:  # NaN, inf, or beyond what an axis holds: not drawn
+                record[key] = math.nan
     if not run['step'] and not run['eval']:
         raise SystemExit(f"error: {path} holds no training steps or evaluations yet: plot it once train.py has "
                          f"logged some")
@@ -55,8 +60,12 @@ def read_log(out_dir: str) -> dict:
 
 def smooth(values: list[float], beta: float = 0.9) -> list[float]:
     """Exponential moving average with bias correction, so the first points are not pulled towards zero."""
-    out, avg = [], 0.0
-    for i, v in enumerate(values, 1):
+    out, avg, i = [], 0.0, 0
+    for v in values:
+        if math.isnan(v):  # a point not drawn leaves the average as it was
+            out.append(v)
+            continue
+        i += 1
         avg = beta * avg + (1 - beta) * v
         out.append(avg / (1 - beta ** i))
     return out

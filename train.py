@@ -322,6 +322,7 @@ if __name__ == '__main__':
     t0_iter = iter_num  # the iteration at which t0 was taken
     running_mfu = -1.0
     running_dt = None  # recent time per iteration, for the ETA: it follows a machine that slows down or speeds up
+    losses = {'val': best_val_loss}  # the last evaluation's, which a save checks: until then, the (sound) start's
     while True:
         # determine and set the learning rate for this iteration
         lr = get_lr(iter_num, learning_rate, warmup_iters, lr_decay_iters, min_lr) if decay_lr else learning_rate
@@ -336,16 +337,13 @@ if __name__ == '__main__':
             # unlike nanoGPT, best_val_loss is never overwritten by a worse loss
             improved = losses['val'] < best_val_loss
             best_val_loss = min(best_val_loss, losses['val'])
-            if not math.isfinite(losses['val']):
-                print0(f"step {iter_num}: the val loss is not finite: no checkpoint saved")
-            elif (improved or always_save_checkpoint) and iter_num > 0 and not eval_only:
-                checkpointer.save(iter_num, best_val_loss)
-                saved = True
+            if (improved or always_save_checkpoint) and iter_num > 0 and not eval_only:
+                saved = checkpointer.save(iter_num, best_val_loss, losses['val'])  # never a diverged model
             t0, t0_iter = time.time(), iter_num  # evaluation time is not training time
 
         # once in a while: a checkpoint between evaluations, so that a restart loses at most checkpoint_interval
         if checkpoint_interval and iter_num % checkpoint_interval == 0 and iter_num > 0 and not (saved or eval_only):
-            checkpointer.save(iter_num, best_val_loss)
+            checkpointer.save(iter_num, best_val_loss, losses['val'])
             t0, t0_iter = time.time(), iter_num
 
         # once in a while: HellaSwag, every hellaswag_interval iterations and at the end
@@ -368,9 +366,9 @@ if __name__ == '__main__':
         bad, stop = guard.check(iter_num, bool(torch.isfinite(loss if scaler.is_enabled() else grad_norm)))
         # a stop request: save where the run stands before printing anything (the terminal may be gone), and leave
         if stop:
-            checkpointer.save(iter_num, best_val_loss)
-            print0(f"interrupted by {signal.Signals(stop).name} at iter {iter_num}: saved {ckpt_path}; continue with "
-                   f"--init_from=resume", file=sys.stderr, flush=True)
+            saved = checkpointer.save(iter_num, best_val_loss, losses['val'])
+            print0(f"interrupted by {signal.Signals(stop).name} at iter {iter_num}: {'saved' if saved else 'kept'} "
+                   f"{ckpt_path}; continue with --init_from=resume", file=sys.stderr, flush=True)
             break
 
         # timing and logging

@@ -50,13 +50,26 @@ class Checkpointer:
         self.fixed = {'model_args': model_args, 'config': config, 'vocab': vocab}
         self.saved_iter = None  # the iteration of the checkpoint in out_dir, once there is one
 
-    def save(self, iter_num: int, best_val_loss: float):
-        """Write the checkpoint. A collective: every rank calls it (RNG states are gathered, and under FSDP the
-        shards too, into whole tensors on rank 0's CPU, as DDP would save them); rank 0 writes."""
+    def save(self, iter_num: int, best_val_loss: float, val_loss: float) -> bool:
+        """Write the checkpoint, unless the model has diverged (val_loss, its last evaluation's, or a weight is not
+        finite): the checkpoint already there stays, and a line says so. A collective: every rank calls it (RNG
+        states are gathered, and under FSDP the shards too, into whole tensors on rank 0's CPU, as DDP would save
+        them); rank 0 writes. Returns whether a checkpoint was written."""
+        if self.saved_iter == iter_num:
+            return True  # out_dir holds this iteration's checkpoint already (the one a resume started from)
         master = self.runtime.master_process
-        rng = rng_states(self.runtime)
-        model_state = full_state_dict(self.raw_model.state_dict(keep_vars=True), master)
-        optimizer_states = {k: full_state_dict(o.state_dict(), master) for k, o in parts(self.optimizer).items()}
+        diverged = None if math.isfinite(val_loss) else 'the val loss is not finite'  # the same on every rank
+        if diverged is None:
+            rng = rng_states(self.runtime)
+            model_state = full_state_dict(self.raw_model.state_dict(keep_vars=True), master)
+            optimizer_states = {k: full_state_dict(o.state_dict(), master) for k, o in parts(self.optimizer).items()}
+            bad = [k for k, t in model_state.items() if t.is_floating_point() and not torch.isfinite(t).all()]
+            diverged = f"weight {bad[0]} is not finite" if bad else None
+        if diverged:
+            if master:
+                kept = f"{self.path} stays from iter {self.saved_iter}" if self.saved_iter is not None else 'none kept'
+                print(f"step {iter_num}: {diverged}: no checkpoint saved ({kept})")
+            return False
         if master:
             print(f"saving checkpoint to {os.path.dirname(self.path)}")
             save_checkpoint(self.path, {
@@ -64,6 +77,7 @@ class Checkpointer:
                 'iter_num': iter_num, 'best_val_loss': best_val_loss, 'loader': self.loader.state_dict(),
                 'rng': rng, 'world_size': self.runtime.world_size, **self.fixed})
         self.saved_iter = iter_num
+        return True
 
     def restore(self, checkpoint: dict):
         """The optimizer (resharded under FSDP), scaler, batch stream position and this rank's RNG states of a

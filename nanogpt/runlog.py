@@ -6,8 +6,9 @@ asked. Its record kinds, each with 'iter', are defined here once (KINDS) for the
     eval       train_loss, val_loss, lr
     skipped    skipped (the count of non-finite steps in a row; the step changed nothing)
     hellaswag  hellaswag (acc_norm), hellaswag_acc
-read_records reads them back, dropping with a note what is not a record (a torn last line, left by a kill or a full
-disk during an append), so that neither a resume nor plot.py fails on it.
+read_records reads them back, skipping with a note what is not a record (a torn last line, left by a kill or a full
+disk during an append, or an edited one), so that plot.py does not fail on it; a resume drops the records after its
+checkpoint and keeps every other line as it is.
 """
 
 import json
@@ -40,10 +41,9 @@ def kind_of(record: dict) -> str | None:
     return None
 
 
-def read_records(path: str, note=print) -> list[dict]:
-    """The records of a log.jsonl, in order. A line that is not a record (torn by a kill mid-append, or garbage) is
-    dropped, and note() says which lines were."""
-    records, dropped = [], []
+def _lines(path: str):
+    """(line number, line, record) for each line of a log.jsonl that is not blank; record is None where the line is no
+    record."""
     with open_source(path, 'rb') as f:
         for line_no, line in enumerate(f, 1):
             if not line.strip():
@@ -52,14 +52,19 @@ def read_records(path: str, note=print) -> list[dict]:
                 record = json.loads(line)
             except ValueError:
                 record = None
-            if kind_of(record) is None:
-                dropped.append(line_no)
-                continue
-            records.append(record)
-    if dropped:
-        lines = ', '.join(map(str, dropped[:5])) + (f" and {len(dropped) - 5} more" if len(dropped) > 5 else '')
-        note(f"note: {path}: skipped line(s) {lines}, not records of a run (a write cut short by a kill or a "
-             f"full disk)")
+            yield line_no, line, record if kind_of(record) else None
+
+
+def read_records(path: str, note=print, fate: str = 'skipped') -> list[dict]:
+    """The records of a log.jsonl, in order. A line that is not a record (torn by a kill mid-append, edited, or
+    garbage) is skipped, and note() says which lines were (and their fate)."""
+    records, odd = [], []
+    for line_no, _, record in _lines(path):
+        (odd.append(line_no) if record is None else records.append(record))
+    if odd:
+        lines = ', '.join(map(str, odd[:5])) + (f" and {len(odd) - 5} more" if len(odd) > 5 else '')
+        note(f"note: {path}: line(s) {lines} are not records of a run (a write cut short by a kill or a full disk, "
+             f"or an edit): {fate}")
     return records
 
 
@@ -77,10 +82,11 @@ class RunLog:
         if not master:
             return
         if self.write and os.path.exists(self.path):
-            records = read_records(self.path)
-            kept = [r for r in records if r['iter'] < iter_num or (r['iter'] == iter_num and 'loss' in r)]
-            with atomic_path(self.path) as tmp, open(tmp, 'w', encoding='utf-8') as f:
-                f.writelines(json.dumps(r) + '\n' for r in kept)
+            read_records(self.path, fate='kept as they are (plot.py skips them)')
+            kept = [line.rstrip(b'\n') + b'\n' for _, line, r in _lines(self.path)
+                    if r is None or r['iter'] < iter_num or (r['iter'] == iter_num and 'loss' in r)]
+            with atomic_path(self.path) as tmp, open(tmp, 'wb') as f:
+                f.writelines(kept)
         if wandb_log:
             import wandb
             self.wandb = wandb.init(project=wandb_project, name=wandb_run_name, config=config)

@@ -12,7 +12,6 @@ Tests marked slow (torchrun launches, torch.compile) are left out by `python -m 
 couple of minutes while developing; CI runs them all.
 """
 import hashlib
-import json
 import os
 import re
 import subprocess
@@ -137,9 +136,10 @@ def bpe_data(folder):
 
 
 def read_log(out_dir, last_run: bool = False) -> list[dict]:
-    """The records of out_dir/log.jsonl; with last_run, those of the latest run only (from its start record)."""
-    with open(os.path.join(out_dir, 'log.jsonl')) as f:
-        records = [json.loads(line) for line in f]
+    """The records of out_dir/log.jsonl, as its readers see them (a line that is no record skipped, in silence); with
+    last_run, those of the latest run only (from its start record)."""
+    from nanogpt import runlog
+    records = runlog.read_records(os.path.join(out_dir, 'log.jsonl'), note=lambda text: None)
     if last_run:
         start = max(i for i, r in enumerate(records) if 'params' in r)
         records = records[start:]

@@ -116,6 +116,20 @@ def test_non_finite_steps_are_skipped_then_stop(char_data, tmp_path):
     assert skipped == [(11, 1), (12, 2), (13, 3), (14, 4)]
 
 
+def test_a_diverged_model_never_replaces_the_checkpoint(char_data, tmp_path):
+    # a learning rate that blows the weights up (finite, then NaN): once an evaluation finds the val loss not finite,
+    # neither its save nor checkpoint_interval's replaces the checkpoint, and the last line says which one there is
+    out = tmp_path / 'out'
+    train(char_data, out, '--max_iters=4', '--eval_interval=4')
+    proc = train(char_data, out, '--init_from=resume', '--max_iters=9', '--eval_interval=3', '--checkpoint_interval=1',
+                 '--learning_rate=1e30', '--decay_lr=False', '--max_bad_steps=100')
+    assert 'step 6: the val loss is not finite: no checkpoint saved (' in proc.stdout
+    assert proc.stdout.count('saving checkpoint') == 1  # iter 5's, before the evaluation at 6 found the divergence
+    assert proc.stdout.splitlines()[-1].endswith('ckpt.pt is from iter 5')
+    ckpt = load_model_state(out)
+    assert ckpt['iter_num'] == 5 and all(torch.isfinite(v).all() for v in ckpt['model'].values())
+
+
 def test_log_jsonl_across_a_resume_and_the_plot(char_data, tmp_path):
     args = [*TINY, f'--dataset={char_data}', '--max_iters=8', '--eval_interval=4', '--lr_decay_iters=8',
             '--checkpoint_interval=2']

@@ -121,3 +121,20 @@ def test_plot_options_go_through_the_configurator(tmp_path, args, expected):
     proc = run_script('plot.py', *(a.format(run=run, tmp=tmp_path) for a in args), check=False)
     one_line_error(proc, *expected)
     assert sorted(p.name for p in tmp_path.iterdir()) == ['run'] and not (tmp_path / 'run' / 'loss.png').exists()
+
+
+def test_values_no_axis_can_hold_are_not_drawn_and_the_smoothed_curve_goes_on(tmp_path):
+    lines = records()
+    for r in lines:
+        if r.get('iter') == 5 and 'loss' in r:
+            r.update(loss=1e308, lr=1e308)
+        if r.get('iter') == 6 and 'loss' in r:
+            r['loss'] = float('nan')
+    out = write_log(tmp_path / 'run', lines)
+    run_script('plot.py', out)
+    assert_png(tmp_path / 'run' / 'loss.png')
+
+    import plot
+    smoothed = [line for line in plot.figure([out]).axes[0].get_lines() if line.get_linewidth() == 1.8][0]
+    y = list(smoothed.get_ydata())
+    assert all(v != v for v in y[4:6]) and all(v == v and v < 5 for v in y[:4] + y[6:])  # NaN at 5 and 6 only

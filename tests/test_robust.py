@@ -63,17 +63,20 @@ def test_a_torchrun_restart_does_not_take_over_another_runs_folder(char_data, tm
     assert snapshot(tmp_path) == before
 
 
-def test_a_torn_last_log_record_is_dropped_and_the_run_resumes(char_data, tmp_path):
+def test_lines_of_the_log_that_are_no_records_are_kept_and_the_run_resumes(char_data, tmp_path):
     train(char_data, tmp_path, '--max_iters=4', '--eval_interval=4')
-    n = len((tmp_path / 'log.jsonl').read_text().splitlines())
-    with open(tmp_path / 'log.jsonl', 'a') as f:
-        f.write('{"loss": 2}\n[4, 2.0]\n')  # valid JSON that no train.py writes: no iter, not an object
-        f.write('{"iter": 5, "loss": 2.1, "l')  # a kill mid-append
+    lines = (tmp_path / 'log.jsonl').read_text().splitlines()
+    n = len(lines)
+    (tmp_path / 'log.jsonl').write_text('\n'.join(lines[:2] + ['{"iter": 1, "loss": "2.5", "lr": 0.1}'] + lines[2:]) +
+                                        '\n{"loss": 2}\n[4, 2.0]\n'  # valid JSON that no train.py writes
+                                        '{"iter": 5, "loss": 2.1, "l')  # a kill mid-append
     proc = train(char_data, tmp_path, '--max_iters=6', '--eval_interval=4', '--init_from=resume')
-    assert f'log.jsonl: skipped line(s) {n + 1}, {n + 2}, {n + 3}, not records' in proc.stdout, proc.stdout
-    assert '"loss": 2}' not in (tmp_path / 'log.jsonl').read_text()
+    assert f'log.jsonl: line(s) 3, {n + 2}, {n + 3}, {n + 4} are not records of a run' in proc.stdout, proc.stdout
+    assert 'kept as they are' in proc.stdout
+    text = (tmp_path / 'log.jsonl').read_text()  # an edited line and garbage are kept, the torn one closed
+    assert '{"iter": 1, "loss": "2.5", "lr": 0.1}\n' in text
+    assert '{"loss": 2}\n[4, 2.0]\n{"iter": 5, "loss": 2.1, "l\n{' in text  # the next record on a line of its own
     assert sorted(iter_losses(tmp_path)) == [5, 6]
-    assert all(line.endswith('}') for line in (tmp_path / 'log.jsonl').read_text().splitlines())
 
 
 def test_an_eval_only_run_and_a_refused_run_leave_the_folder_byte_identical(char_data, tmp_path):
