@@ -23,11 +23,10 @@ import torch
 from torch.nn import functional as F
 
 from configurator import config_defaults, configure
-from nanogpt.checkpoint import load_model
 from nanogpt import fields
+from nanogpt.checkpoint import load_model
 from nanogpt.errors import one_line_errors, takes
-from nanogpt.files import open_source
-from nanogpt.files import download
+from nanogpt.files import download, read_text
 from nanogpt.runtime import end_distributed, print0, setup_runtime
 from nanogpt.tokenfiles import REPO_DIR
 from nanogpt.tokenizer import gpt2_encoding
@@ -66,23 +65,20 @@ ROW = dict(ctx=('a non-empty string', lambda v: isinstance(v, str) and v.strip()
 
 def load_examples(data_file: str = '', limit: int | None = None, cache_dir: str = cache_dir) -> list[dict]:
     path = data_file or cached_val_file(cache_dir)
-    if not os.path.exists(path):
-        raise SystemExit(f"error: HellaSwag file {path} not found")
     examples = []
-    with open_source(path, encoding='utf-8') as f:
-        for line_no, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                example = json.loads(line)
-            except json.JSONDecodeError:
-                raise SystemExit(f"error: {path}:{line_no} is not a HellaSwag record (ctx, 4 endings, label 0-3)"
-                                 f": it is not JSON; use hellaswag_val.jsonl") from None
-            fields.check(example, ROW, f"{path}:{line_no}", "use hellaswag_val.jsonl, whose rows have ctx, 4 endings "
-                         "and a label 0-3", required=tuple(ROW))
-            examples.append(example)
-            if limit and len(examples) == limit:
-                break
+    for line_no, line in enumerate(read_text(path, 'HellaSwag file').splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            example = json.loads(line)
+        except json.JSONDecodeError:
+            raise SystemExit(f"error: {path}:{line_no} is not a HellaSwag record (ctx, 4 endings, label 0-3)"
+                             f": it is not JSON; use hellaswag_val.jsonl") from None
+        fields.check(example, ROW, f"{path}:{line_no}", "use hellaswag_val.jsonl, whose rows have ctx, 4 endings "
+                     "and a label 0-3", required=tuple(ROW))
+        examples.append(example)
+        if limit and len(examples) == limit:
+            break
     if not examples:
         raise SystemExit(f"error: {path} holds no HellaSwag records: pass hellaswag_val.jsonl")
     return examples

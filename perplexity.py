@@ -6,7 +6,6 @@ block_size (each token predicted from the ones before it in its window), so chec
     python perplexity.py --init_from=resume --out_dir=out-shakespeare-char --dataset=shakespeare_char --split=val
 """
 import math
-import os
 import sys
 
 import numpy as np
@@ -15,6 +14,7 @@ import torch
 from configurator import config_defaults, configure
 from nanogpt.checkpoint import load_model
 from nanogpt.errors import one_line_errors
+from nanogpt.files import read_text
 from nanogpt.runtime import print0, setup_runtime
 from nanogpt.tokenfiles import DTYPE, Dataset, dataset_dir
 from nanogpt.tokenizer import check_tokens, get_tokenizer
@@ -64,11 +64,8 @@ def main(argv: list[str]):
     model, checkpoint = load_model(cfg.init_from, cfg.out_dir, runtime.device)
     model.eval()
     if cfg.text_file:
-        if not os.path.exists(cfg.text_file):
-            raise SystemExit(f"error: text file {cfg.text_file} not found")
         encode, _ = get_tokenizer(checkpoint)
-        with open(cfg.text_file, encoding='utf-8') as f:
-            tokens = np.array(encode(f.read()), dtype=np.int64)
+        tokens = np.array(encode(read_text(cfg.text_file, 'text file')), dtype=np.int64)
         source = cfg.text_file
     else:
         data = Dataset(dataset_dir(cfg.dataset), splits=(cfg.split,))

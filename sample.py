@@ -5,7 +5,6 @@ Sample from a trained model, or from OpenAI's GPT-2:
     python sample.py --init_from=gpt2-xl --start="What is the answer to life?" --num_samples=3
     python sample.py --init_from=path/to/hf_dir --start=FILE:prompt.txt
 """
-import os
 import sys
 import time
 
@@ -15,6 +14,7 @@ from configurator import config_defaults, configure
 from nanogpt.checkpoint import load_model
 from nanogpt.errors import one_line_errors
 from nanogpt.fit import generate_fitted
+from nanogpt.files import read_text
 from nanogpt.runtime import setup_runtime
 from nanogpt.tokenizer import get_tokenizer
 
@@ -53,11 +53,7 @@ if __name__ == '__main__':
 
     # encode the beginning of the prompt
     if start.startswith('FILE:'):
-        path = start[5:]
-        if not os.path.exists(path):
-            raise SystemExit(f"error: prompt file {path} not found")
-        with open(path, 'r', encoding='utf-8') as f:
-            start = f.read()
+        start = read_text(start[5:], 'prompt file (--start=FILE:path)')
     start_ids = encode(start)
     if len(start_ids) == 0:
         raise SystemExit("error: the prompt is empty: pass --start with at least one character or token")

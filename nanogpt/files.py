@@ -5,7 +5,8 @@ place, so an interrupted write never leaves a truncated file that a later run wo
 append to or lock (lock_nowait). Neither writes through a symbolic link, nor into a FIFO, a device or a folder at
 the destination: such a destination is refused in one line (a link planted in a folder handed over would make a
 write change a file outside it). open_source opens a file the project reads, refusing the same (a FIFO would hang a
-reader). Also: downloading a file. Torch-free, for the prepare scripts too.
+reader); read_text reads a text file the user hands over (a prompt, a text, a corpus, HellaSwag rows), naming it
+when it is missing or not UTF-8. Also: downloading a file. Torch-free, for the prepare scripts too.
 """
 
 import errno
@@ -52,6 +53,19 @@ def open_source(path: str, mode: str = 'r', **kwargs):
     if kind:
         raise SystemExit(f"error: {path} is {kind}, where a file is read: put the file itself there")
     return open(path, mode, **kwargs)
+
+
+def read_text(path: str, what: str = 'file') -> str:
+    """The text of a UTF-8 file (a byte order mark dropped) read through open_source; a path that is missing, not a
+    file or not UTF-8 is one line naming it and what it is (what: 'prompt file', 'text file', ...)."""
+    if not path or not os.path.exists(path):
+        raise SystemExit(f"error: {what} {path!r} not found")
+    try:
+        with open_source(path, encoding='utf-8-sig') as f:
+            return f.read()
+    except UnicodeDecodeError as e:
+        raise SystemExit(f"error: {what} {path} is not UTF-8 text ({e.reason} at byte {e.start}): convert it, e.g. "
+                         f"with iconv -t utf-8") from None
 
 
 def open_regular(path: str, mode: str, encoding: str = 'utf-8'):

@@ -9,7 +9,7 @@ from multiprocessing import Pool
 
 import numpy as np
 
-from nanogpt.files import download, open_source
+from nanogpt.files import download, open_source, read_text
 from nanogpt.tokenfiles import DTYPE, TokenWriter
 from nanogpt.tokenizer import gpt2_encoding
 
@@ -23,14 +23,7 @@ def shakespeare_splits(input: str, out_dir: str, script: str) -> dict:
     path = input or os.path.join(out_dir, 'input.txt')
     if not input and not os.path.exists(path):
         download(SHAKESPEARE_URL, path, f"Offline, pass a local copy: python {script} --input PATH")
-    if not os.path.exists(path):
-        raise SystemExit(f"error: input file {path} not found")
-    try:
-        with open_source(path, 'r', encoding='utf-8') as f:
-            text = f.read()
-    except UnicodeDecodeError as e:
-        raise SystemExit(f"error: {path} is not UTF-8 text ({e.reason} at byte {e.start}): convert it, e.g. with "
-                         f"iconv -t utf-8") from None
+    text = read_text(path, 'input file')
     if len(text) < 10:
         raise SystemExit(f"error: {path} holds {len(text)} characters, too few to split into train and val: "
                          f"pass a larger text (the dataset in {out_dir} is left as it was)")

@@ -106,7 +106,7 @@ def fingerprint(path: str, file=None) -> str:
     """Size and a hash of the first and last 64 KiB: tells a file from one another prepare wrote, and survives
     copying (unlike modification times). Of the file already open, when given (what a reader holds)."""
     import hashlib
-    f = file or open(path, 'rb')
+    f = file or open_source(path, 'rb')
     try:
         size = os.fstat(f.fileno()).st_size
         f.seek(0)

@@ -52,7 +52,7 @@ def _code_in(path: str) -> str | None:
             with zipfile.ZipFile(path) as z:
                 data = z.read(next(n for n in z.namelist() if n.endswith('data.pkl')))
         else:
-            with open(path, 'rb') as f:
+            with open_source(path, 'rb') as f:
                 data = f.read()
         strings = []
         for op, arg, _ in pickletools.genops(data):
@@ -238,7 +238,7 @@ def download_pretrained(name: str) -> tuple[dict, dict]:
         raise RuntimeError(
             f"could not download {name} from the Hugging Face hub ({type(e).__name__}: {e}). If this machine is "
             f"offline, pass a local directory holding config.json and model.safetensors instead of {name!r}") from e
-    with open(config_file) as f:
+    with open_source(config_file) as f:
         config_args = config_args_from_hf(json.load(f), repo_id)
     check_shapes(config_args, weights_and_shapes(weights_file)[1], config_file)
     assert all(config_args[k] == v for k, v in shape.items()), f"{repo_id} is not shaped like {name}"

@@ -6,10 +6,11 @@ the code.
 """
 import json
 import os
+import re
 
 import pytest
 import torch
-from conftest import train
+from conftest import REPO, train
 
 from nanogpt import checkpoint as ckpt_module
 from nanogpt import fields, runlog, tokenfiles, weights
@@ -118,3 +119,39 @@ def test_a_field_check_names_what_the_value_is():
             "error: x.json: 'n_layer' holds 'twelve', where it must be an integer above 0: fix it")
     refused(lambda: fields.check({'n_layer': True}, spec, 'x.json', 'fix it'), "holds True")  # a bool is no int
     refused(lambda: fields.check([1], spec, 'x.json', 'fix it'), "x.json holds [1], not the dict")
+
+
+@pytest.mark.parametrize('case', ['missing', 'empty-path', 'folder', 'fifo', 'latin-1'])
+def test_a_text_file_handed_over_is_read_or_refused_in_one_line_naming_it(tmp_path, case):
+    # every text a user hands over (a prompt file, perplexity's text, a prepare's input, HellaSwag rows) is read here
+    from nanogpt.files import read_text
+    path = '' if case == 'empty-path' else str(tmp_path / 'given.txt')
+    if case == 'folder':
+        os.mkdir(path)
+    elif case == 'fifo':
+        os.mkfifo(path)  # would wait forever for a writer
+    elif case == 'latin-1':
+        open(path, 'wb').write('café'.encode('latin-1'))
+    says = {'missing': 'not found', 'empty-path': "prompt file '' not found", 'folder': 'is a folder',
+            'fifo': 'is a FIFO', 'latin-1': 'is not UTF-8 text'}[case]
+    with pytest.raises(SystemExit, match=re.escape(says)) as e:
+        read_text(path, 'prompt file')
+    assert path in str(e.value) and '\n' not in str(e.value)
+
+
+def test_a_text_file_with_a_byte_order_mark_reads_without_it(tmp_path):
+    from nanogpt.files import read_text
+    (tmp_path / 'bom.txt').write_bytes('\ufeffhello'.encode('utf-8'))
+    assert read_text(str(tmp_path / 'bom.txt')) == 'hello'
+
+
+def test_every_file_the_project_reads_opens_through_the_readers_of_nanogpt_files():
+    # a bare open() outside nanogpt/files.py is a write to atomic_path's temporary file, never a read
+    sources = ['train.py', 'sample.py', 'bench.py', 'hellaswag.py', 'perplexity.py', 'export_hf.py', 'plot.py',
+               *(f'nanogpt/{f}' for f in os.listdir(os.path.join(REPO, 'nanogpt')) if f.endswith('.py')),
+               *(f'data/{d}/prepare.py' for d in os.listdir(os.path.join(REPO, 'data'))
+                 if os.path.exists(os.path.join(REPO, 'data', d, 'prepare.py')))]
+    for source in sources:
+        if source != 'nanogpt/files.py':
+            for m in re.finditer(r"(?<![\w.])open\(([^,)]+)", open(os.path.join(REPO, source)).read()):
+                assert m.group(1) in ('tmp', 'self._atomic.__enter__('), f"{source}: {m.group(0)}"
