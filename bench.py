@@ -22,6 +22,7 @@ from configurator import config_defaults, configure
 from model import GPT, GPTConfig
 from nanogpt import sweep
 from nanogpt.errors import one_line_errors
+from nanogpt.files import make_folder
 from nanogpt.fit import fit_step, free_memory
 from nanogpt.loader import SyntheticLoader, TokenLoader
 from nanogpt.optim import OPTIMIZERS
@@ -114,6 +115,7 @@ def bench(cfg, runtime, probe=None) -> dict:
         return train_step(model, optimizer, scaler, loader, accumulation, ctx, cfg.grad_clip, cfg.learning_rate)[0]
 
     if cfg.profile:
+        make_folder('bench_log', 'the profiler folder bench_log')  # a file there is refused before the steps, not after
         # useful docs on pytorch profiler: https://pytorch.org/docs/stable/profiler.html#torch.profiler.profile
         with torch.profiler.profile(schedule=torch.profiler.schedule(wait=5, warmup=5, active=5),  # CPU, and CUDA
                                     on_trace_ready=torch.profiler.tensorboard_trace_handler('./bench_log')) as prof:

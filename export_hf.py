@@ -34,7 +34,7 @@ def export(ckpt_path: str, dest: str, trim_vocab: bool = False):
             raise SystemExit(f"error: --trim_vocab keeps GPT-2's {GPT2_VOCAB} tokens, but this model has only "
                              f"{vocab_size}")
         vocab_size = GPT2_VOCAB
-    if os.path.exists(dest) and (not os.path.isdir(dest) or os.listdir(dest)):
+    if os.path.lexists(dest) and (not os.path.isdir(dest) or os.listdir(dest)):
         # writing into it would mix our files with what is there (a stale tokenizer, other weights)
         raise SystemExit(f"error: --dest={dest} already exists and is not an empty folder: choose a new folder, "
                          f"or remove it first")

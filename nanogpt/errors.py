@@ -65,9 +65,11 @@ def _one_line_errors(exc_type, exc, tb):
         message, code = "interrupted", 130
     else:
         code = 1
-        if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
-            message = f"the disk is full{f' writing {exc.filename}' if exc.filename else ''}: free some space and " \
-                      f"run again"
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+            what, fix = {errno.ENOSPC: ('the disk is full', 'free some space'),
+                         errno.EDQUOT: ('the disk quota is used up', 'free some space or raise the quota'),
+                         errno.EFBIG: ('the file size limit is reached', 'raise it (ulimit -f)')}[exc.errno]
+            message = f"{what}{f' writing {exc.filename}' if exc.filename else ''}: {fix} and run again"
         elif isinstance(exc, OSError) and exc.strerror:
             message = f"{exc.strerror}{f': {exc.filename}' if exc.filename else ''}"
         elif oom := out_of_memory(exc):

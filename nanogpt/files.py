@@ -80,9 +80,14 @@ def open_regular(path: str, mode: str, encoding: str = 'utf-8'):
         if e.errno == errno.ELOOP:
             check_destination(path)  # says what is there
         raise
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
         os.close(fd)
         check_destination(path)
+    if st.st_nlink > 1:  # a hard link (cp -al): writing would change the file under its other names too
+        os.close(fd)
+        raise SystemExit(f"error: {path} is a hard link ({st.st_nlink} names for one file), where this run writes a "
+                         f"file: writing would change the others too; remove it (or copy the folder without -l)")
     os.set_blocking(fd, True)
     f = os.fdopen(fd, mode, encoding=encoding)
     f.buffer.raw.name = path  # what open() would name it
@@ -121,6 +126,10 @@ def atomic_path(path: str):
     process left behind (its pid no longer running) are removed first: at GPT-2 size each is gigabytes. A destination
     that is not a regular file is refused before anything is written (check_destination)."""
     check_destination(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise SystemExit(f"error: cannot write {path}: the folder {folder} does not exist; create it, or choose "
+                         f"another path")
     for stale in glob.glob(glob.escape(path) + '.tmp*'):
         pid = stale[len(path) + 4:]
         if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
@@ -134,9 +143,11 @@ def atomic_path(path: str):
         os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except Exception as e:
-        if not (isinstance(e, OSError) and e.errno == errno.ENOSPC) and _full(tmp):
-            # a full disk as the writer reports it (torch.save: "RuntimeError: ... unexpected pos"), said plainly
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path) from e
+        # a full disk, a quota or a file size limit, however the writer reports it (torch.save: "RuntimeError: ...
+        # unexpected pos"), said plainly and of the destination
+        code = e.errno if isinstance(e, OSError) and e.errno in NO_ROOM else _no_room(tmp)
+        if code:
+            raise OSError(code, os.strerror(code), path) from e
         raise
     finally:
         if os.path.exists(tmp):
@@ -153,13 +164,34 @@ def _umask() -> int:
         return mask
 
 
-def _full(path: str, margin: int = 1 << 20) -> bool:
-    """Whether the filesystem of path has less than margin bytes left (a write that failed there filled it)."""
+NO_ROOM = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)  # a full disk, a quota, a file size limit (ulimit -f)
+
+
+def _no_room(path: str, margin: int = 1 << 20) -> int:
+    """The errno of what stopped a write of path that failed, where it is room: ENOSPC when its filesystem has less
+    than margin bytes left, EFBIG when it reached the process's file size limit; else 0."""
     try:
         fs = os.statvfs(os.path.dirname(os.path.abspath(path)))
-    except (OSError, AttributeError):  # no statvfs on Windows
-        return False
-    return fs.f_bavail * fs.f_frsize < margin
+        if fs.f_bavail * fs.f_frsize < margin:
+            return errno.ENOSPC
+        import resource
+        limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+        return errno.EFBIG if limit != resource.RLIM_INFINITY and os.path.getsize(path) >= limit else 0
+    except (OSError, AttributeError, ImportError):  # no statvfs nor resource on Windows; no file written
+        return 0
+
+
+def make_folder(path: str, key: str, create: bool = True) -> str:
+    """path, a folder the script writes in (key names the option), made if missing (unless create=False: checked
+    only); an empty path, or something else than a folder there, is one line."""
+    if not path:
+        raise SystemExit(f"error: {key} is empty: give it a folder")
+    if os.path.exists(path) and not os.path.isdir(path):
+        kind = _kind(os.stat(path).st_mode) or 'a file'
+        raise SystemExit(f"error: {key}={path} is {kind}, not a folder: choose another {key}")
+    if create:
+        os.makedirs(path, exist_ok=True)
+    return path
 
 
 def download(url: str, path: str, offline_hint: str):

@@ -5,11 +5,13 @@ BPE tokenization of many documents in parallel, in order. Torch-free, like the p
 """
 
 import os
+import signal
 from multiprocessing import Pool
 
 import numpy as np
 
-from nanogpt.files import download, open_source, read_text
+from nanogpt.errors import causes
+from nanogpt.files import download, make_folder, open_source, read_text
 from nanogpt.tokenfiles import DTYPE, TokenWriter
 from nanogpt.tokenizer import gpt2_encoding
 
@@ -19,9 +21,9 @@ SHAKESPEARE_URL = 'https://raw.githubusercontent.com/karpathy/char-rnn/master/da
 def shakespeare_splits(input: str, out_dir: str, script: str) -> dict:
     """nanoGPT's 90/10 split of the text of the Shakespeare prepare scripts: input, else input.txt in out_dir,
     downloaded from char-rnn when missing."""
-    os.makedirs(out_dir, exist_ok=True)
     path = input or os.path.join(out_dir, 'input.txt')
     if not input and not os.path.exists(path):
+        make_folder(out_dir, 'out_dir')
         download(SHAKESPEARE_URL, path, f"Offline, pass a local copy: python {script} --input PATH")
     text = read_text(path, 'input file')
     if len(text) < 10:
@@ -51,16 +53,22 @@ def tokenize_to_files(texts, writer: TokenWriter, num_proc: int, total: int | No
 
     from tqdm import tqdm
     gpt2_encoding()  # offline without its files: one line here, not a SystemExit that kills a pool worker (a hang)
-    written = 0
+    written = documents = 0
     t0 = time.time()
-    with Pool(num_proc) as pool, tqdm(total=total, unit='docs', desc=desc) as bar:
+    # the workers leave Ctrl-C to this process, which stops them: one that died of it mid-task could hang the pool
+    with Pool(num_proc, initializer=signal.signal, initargs=(signal.SIGINT, signal.SIG_IGN)) as pool, \
+            tqdm(total=total, unit='docs', desc=desc) as bar:
         try:
             for ids in pool.imap(_tokenize, texts, chunksize=16):
                 writer.write(ids)
                 written += ids.size
+                documents += ids.size > 1  # more than its <|endoftext|>
                 bar.update(1)
         except ValueError as e:  # the dataset being prepared is dropped whole; the folder keeps the one it had
             raise SystemExit(f"error: {e}: fix the input (the dataset folder was left as it was)") from None
+    if not documents:
+        raise SystemExit("error: every document's text is empty: nothing to prepare (the dataset folder was left as "
+                         "it was)")
     dt = time.time() - t0
     print(f"{desc}: {written:,} tokens in {dt:.1f}s ({written / dt:,.0f} tokens/s with {num_proc} processes)")
     return written
@@ -70,22 +78,27 @@ def load_text_dataset(hub_name: str, inputs: list[str], num_proc: int, prepare_s
     """A datasets.Dataset with a 'text' column: from local json/jsonl/txt/parquet files when given, else the hub."""
     import datasets
     if inputs:
-        exts = {os.path.splitext(p)[1].lower() for p in inputs}
-        builders = {'.json': 'json', '.jsonl': 'json', '.txt': 'text', '.parquet': 'parquet'}
-        if len(exts) != 1 or next(iter(exts)) not in builders:
-            raise SystemExit(f"error: --input takes files of one kind: .json/.jsonl, .txt or .parquet, got {sorted(exts)}")
         missing = [p for p in inputs if not os.path.exists(p)]
         if missing:
             raise SystemExit(f"error: input files not found: {missing}")
         for path in inputs:  # a FIFO or a folder is refused here, not waited on or half-read by `datasets`
             open_source(path, 'rb').close()
-        builder = builders[exts.pop()]
+        kinds = {'.json': 'json', '.jsonl': 'json', '.txt': 'text', '.parquet': 'parquet'}
+        builders = {kinds.get(os.path.splitext(p)[1].lower()) for p in inputs}
+        if len(builders) != 1 or None in builders:
+            raise SystemExit(f"error: --input takes files of one kind, .json/.jsonl, .txt or .parquet, got "
+                             f"{', '.join(sorted({os.path.splitext(p)[1] or repr('') for p in inputs}))}")
+        if all(os.path.getsize(p) == 0 for p in inputs):
+            raise SystemExit(f"error: every input file is empty ({', '.join(inputs)}): nothing to prepare")
+        builder = builders.pop()
         kwargs = dict(sample_by='paragraph') if builder == 'text' else {}  # blank lines separate documents
         try:
             ds = datasets.load_dataset(builder, data_files=inputs, split='train', **kwargs)
         except Exception as e:  # malformed JSON, a parquet file that is not one, non-UTF-8 text
-            reason = str(e).strip().splitlines()[0] if str(e).strip() else ''
-            raise SystemExit(f"error: could not read {', '.join(inputs)} as {builder} ({type(e).__name__}: "
+            # the innermost error says what is wrong (datasets wraps it in DatasetGenerationError)
+            inner = [c for c in causes(e) if str(c).strip()][-1:] or [e]
+            reason = str(inner[0]).strip().splitlines()[0] if str(inner[0]).strip() else ''
+            raise SystemExit(f"error: could not read {', '.join(inputs)} as {builder} ({type(inner[0]).__name__}: "
                              f"{reason[:200]}): check the files") from None
         if 'text' not in ds.column_names:
             raise SystemExit(f"error: {inputs[0]} has no 'text' field (its fields: {ds.column_names})")

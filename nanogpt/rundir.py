@@ -18,7 +18,7 @@ import os
 import socket
 import time
 
-from nanogpt.files import LOCKING, check_destination, lock_nowait, open_regular
+from nanogpt.files import LOCKING, check_destination, lock_nowait, make_folder, open_regular
 from nanogpt.runlog import read_records
 
 LOCK = 'run.lock'
@@ -37,8 +37,7 @@ def claim(out_dir: str, init_from: str, eval_only: bool, master: bool) -> str:
     """Check, before anything is built or downloaded, that this run may write in out_dir: the init_from to use,
     'resume' for a torchrun restart of a run that saved a checkpoint. SystemExit when the folder is not this run's
     to write. Nothing is written: hold() takes the folder once the run is about to write there."""
-    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
-        raise SystemExit(f"error: out_dir={out_dir!r} is a file, not a directory: choose another out_dir")
+    make_folder(out_dir, 'out_dir', create=False)
     if eval_only:
         return init_from
     lock = _lock(os.path.join(out_dir, LOCK), create=False) if master else None
@@ -53,7 +52,7 @@ def hold(out_dir: str, init_from: str):
     """Create out_dir and hold it for this process until it exits or calls release(); SystemExit while another
     process holds it, or when another run wrote there since claim() looked. A lock left by a process that died is
     taken over, with a note."""
-    os.makedirs(out_dir, exist_ok=True)
+    make_folder(out_dir, 'out_dir')
     lock = _lock(os.path.join(out_dir, LOCK))
     _check_files(out_dir, init_from, master=False)  # again, now that no other run can start writing
     _hold(lock)

@@ -26,12 +26,13 @@ import os
 import pickle
 import re
 import shutil
+import stat
 from contextlib import contextmanager
 
 import numpy as np
 
 from nanogpt import fields
-from nanogpt.files import atomic_path, check_destination, lock_nowait, open_regular, open_source
+from nanogpt.files import atomic_path, check_destination, lock_nowait, make_folder, open_regular, open_source
 
 REPO_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -136,15 +137,15 @@ def preparing(data_dir: str):
     its layout (a train.bin where shards are now written, a meta.pkl beside BPE tokens). An error or an interrupt
     leaves data_dir as it was. Should the process die in the swap itself, meta.json says the dataset is incomplete,
     and every reader refuses it until it is prepared again."""
-    os.makedirs(data_dir, exist_ok=True)
+    make_folder(data_dir, 'out_dir')
     lock = open_regular(os.path.join(data_dir, '.prepare.lock'), 'a+')
     if not lock_nowait(lock):
         lock.close()
         raise SystemExit(f"error: another prepare is writing the dataset in {data_dir}: wait for it to end")
     # what a prepare that died left (the lock says none is running): its staging folder, its temporary files
     stage = os.path.join(data_dir, '.prepare.new')
-    if os.path.islink(stage) or os.path.isfile(stage):
-        os.remove(stage)
+    if os.path.lexists(stage) and not stat.S_ISDIR(os.lstat(stage).st_mode):
+        os.remove(stage)  # a link, a file, a FIFO (which rmtree would open, and wait on forever)
     shutil.rmtree(stage, ignore_errors=True)
     for name in os.listdir(data_dir):
         base, _, pid = name.rpartition('.tmp')
@@ -166,9 +167,10 @@ def _swap(stage: str, data_dir: str):
     and written last, so a reader meanwhile refuses the folder instead of reading a mix."""
     old = [name for name in os.listdir(data_dir) if DATASET_RE.match(name)]
     new = [name for name in os.listdir(stage) if DATASET_RE.match(name)]
-    if old:  # a nanoGPT dataset has no meta.json: it gets the marker too
-        with atomic_path(os.path.join(data_dir, 'meta.json')) as tmp, open(tmp, 'w') as f:
-            json.dump({'complete': False}, f)
+    # first, whatever the folder held (nothing, or a nanoGPT dataset without meta.json): a swap cut short leaves a
+    # folder every reader refuses, never part of a dataset read unchecked
+    with atomic_path(os.path.join(data_dir, 'meta.json')) as tmp, open(tmp, 'w') as f:
+        json.dump({'complete': False}, f)
     for name in sorted(new, key=lambda n: n == 'meta.json'):  # meta.json last
         os.replace(os.path.join(stage, name), os.path.join(data_dir, name))
     for name in set(old) - set(new):
@@ -178,6 +180,11 @@ def _swap(stage: str, data_dir: str):
 def write_meta(data_dir: str, **fields):
     """meta.json, the last file a prepare writes (atomically): tokenizer, vocab_size, token counts and the
     fingerprint of every file of the dataset, so a loader can tell one prepare's dataset from a mix of two."""
+    for split in ('train', 'val'):  # refused here, in the staging folder: the dataset in place stays
+        n = fields.get('tokens', {}).get(split, 0)
+        if n < 2:
+            raise SystemExit(f"error: the {split} split would hold {n} token(s), too few to train or evaluate on: "
+                             f"give a larger input (the dataset in {os.path.dirname(data_dir)} is left as it was)")
     fields['files'] = {os.path.basename(p): fingerprint(p) for p in dataset_files(data_dir)}
     fields['complete'] = True
     with atomic_path(os.path.join(data_dir, 'meta.json')) as tmp, open(tmp, 'w') as f:
@@ -308,9 +315,10 @@ class Dataset:
 
 def dataset_dir(dataset: str) -> str:
     """data/<dataset> of this repository, or `dataset` itself when it is a path."""
-    if os.sep in dataset or os.path.isdir(dataset):
-        return dataset
-    return os.path.join(REPO_DIR, 'data', dataset)
+    path = dataset if os.sep in dataset or os.path.isdir(dataset) else os.path.join(REPO_DIR, 'data', dataset)
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise SystemExit(f"error: dataset {path} is a file, not a dataset folder: pass the folder that holds it")
+    return path
 
 
 def split_files(data_dir: str, split: str) -> list[str]:

@@ -153,7 +153,7 @@ def test_a_full_disk_during_a_save_keeps_the_previous_checkpoint(dataset, tmp_pa
             "runpy.run_path(sys.argv[0], run_name='__main__')\n")
     proc = run_code(code, os.path.join(REPO, 'train.py'), *TINY, f'--dataset={dataset}', f'--out_dir={out}',
                     '--max_iters=2', '--eval_interval=1', '--init_from=resume', check=False)
-    one_line_error(proc, 'the disk is full', 'ckpt.pt.tmp')
+    one_line_error(proc, 'the disk is full writing', 'ckpt.pt: free some space')
     assert snapshot(out)['ckpt.pt'] == before and sorted(os.listdir(out)) == ['ckpt.pt', 'log.jsonl']
 
 
@@ -265,5 +265,5 @@ def test_prepare_errors_are_one_line_too(tmp_path):
     (tmp_path / 'in.txt').write_text('some text to prepare\n' * 10)
     proc = run_script('data/shakespeare_char/prepare.py', '--input', str(tmp_path / 'in.txt'), '--out_dir',
                       str(tmp_path / 'out'), check=False)
-    one_line_error(proc, 'File exists', str(tmp_path / 'out'))
+    one_line_error(proc, f"out_dir={tmp_path / 'out'} is a file, not a folder: choose another out_dir")
     assert (tmp_path / 'out').read_text() == 'my notes'

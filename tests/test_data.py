@@ -216,7 +216,7 @@ def test_a_shard_missing_or_one_the_prepare_never_wrote_is_refused(tmp_path):
         folder.mkdir()
         with TokenWriter(str(folder), lambda i: 'val' if i == 0 else 'train', shard_size=100) as w:
             w.write(tokens[:count * 100])
-        write_meta(str(folder), tokenizer='gpt2', vocab_size=50257)
+        write_meta(str(folder), tokenizer='gpt2', vocab_size=50257, tokens=w.counts)
 
     # the first shard missing: the numbers that are present have no gap between them
     shards(tmp_path / 'a', 3)

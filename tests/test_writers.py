@@ -111,3 +111,28 @@ def test_a_fifo_where_a_run_reads_is_refused_without_waiting_for_a_writer(char_d
     os.mkfifo(out / name)  # open() of a FIFO for reading waits for a writer that never comes
     proc = train(char_data, out, '--max_iters=4', '--eval_interval=2', '--init_from=resume', check=False)
     one_line_error(proc, f"{out / name} is a FIFO")
+
+
+@pytest.mark.parametrize('where', ['file', 'fifo', 'empty'])
+@pytest.mark.parametrize('script', ['data/shakespeare_char/prepare.py', 'data/openwebtext/prepare.py', 'train.py'])
+def test_every_output_folder_that_is_no_folder_is_refused_in_one_line_naming_the_option(char_data, tmp_path, where,
+                                                                                        script):
+    # nanogpt.files.make_folder, where every out_dir (a run's, a prepare's) is made, checked before any work
+    out = tmp_path / 'out'
+    if where == 'file':
+        out.write_text('my notes')
+    elif where == 'fifo':
+        os.mkfifo(out)
+    (tmp_path / 'in.txt').write_text('some text to prepare\n' * 10)
+    args = [f'--input={tmp_path / "in.txt"}'] if 'prepare' in script else ['--max_iters=1', f'--dataset={char_data}']
+    args.append(f'--out_dir={"" if where == "empty" else out}')
+    says = 'out_dir is empty: give it a folder' if where == 'empty' else \
+        f"out_dir={out} is {'a file' if where == 'file' else 'a FIFO'}, not a folder: choose another out_dir"
+    if script == 'train.py':
+        one_line_error(train(char_data, out, *args, check=False), says)
+    else:
+        import runpy
+        main = runpy.run_path(os.path.join(REPO, script), run_name='not_main')['main']
+        with pytest.raises(SystemExit, match=re.escape(says)):
+            main(args)
+    assert sorted(os.listdir(tmp_path)) == ['in.txt'] + (['out'] if where != 'empty' else [])

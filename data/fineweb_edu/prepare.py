@@ -13,6 +13,7 @@ import sys
 
 from configurator import config_defaults, configure
 from nanogpt.errors import one_line_errors
+from nanogpt.files import make_folder
 from nanogpt.prepare import load_text_dataset, tokenize_to_files
 from nanogpt.tokenfiles import TokenWriter, preparing, write_meta
 
@@ -32,7 +33,7 @@ defaults = config_defaults(globals())
 
 def main(argv: list[str]):
     cfg = configure(defaults, argv, RANGES)
-    os.makedirs(cfg.out_dir, exist_ok=True)
+    make_folder(cfg.out_dir, 'out_dir', create=False)  # refused now, not after the corpus is read
 
     dataset = load_text_dataset(HUB_NAME, cfg.input, cfg.num_proc, 'data/fineweb_edu/prepare.py',
                                 name=cfg.remote_name)
@@ -41,9 +42,9 @@ def main(argv: list[str]):
             tokenize_to_files(dataset['text'], writer, cfg.num_proc, total=len(dataset), desc='tokenizing')
         for split in ('val', 'train'):
             print(f"{split}: {writer.counts.get(split, 0):,} tokens")
-        if 'train' not in writer.counts:
-            print("warning: everything fit in the val shard, so there is no train split: lower --shard_size",
-                  file=sys.stderr)
+        if 'train' not in writer.counts:  # refused before the swap: the dataset in place stays
+            raise SystemExit(f"error: all {writer.counts.get('val', 0):,} tokens fit in the val shard, leaving no "
+                             f"train split: lower --shard_size (the dataset in {cfg.out_dir} is left as it was)")
         write_meta(stage, tokenizer='gpt2', vocab_size=50257, tokens=writer.counts,
                    shard_size=cfg.shard_size, shards=[os.path.basename(p) for p in writer.written])
 

@@ -13,6 +13,7 @@ import sys
 
 from configurator import config_defaults, configure
 from nanogpt.errors import one_line_errors
+from nanogpt.files import make_folder
 from nanogpt.prepare import load_text_dataset, tokenize_to_files
 from nanogpt.tokenfiles import TokenWriter, preparing, write_meta
 
@@ -34,7 +35,7 @@ defaults = config_defaults(globals())
 
 def main(argv: list[str]):
     cfg = configure(defaults, argv, RANGES)
-    os.makedirs(cfg.out_dir, exist_ok=True)
+    make_folder(cfg.out_dir, 'out_dir', create=False)  # refused now, not after the corpus is read
 
     dataset = load_text_dataset(cfg.hub_name, cfg.input, cfg.num_proc, 'data/openwebtext/prepare.py',
                                 revision=cfg.revision or None)
