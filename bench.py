@@ -63,7 +63,7 @@ fit_batch_size = True  # a batch_size that does not fit in memory is timed as sm
 RANGES = dict(batch_size='> 0', block_size='> 0', gradient_accumulation_steps='> 0', n_layer='> 0', n_head='> 0',
               n_embd='> 0', dropout='[0, 1)', vocab_size='> 0', data_parallel=DATA_PARALLEL, grad_clip='>= 0',
               optimizer=OPTIMIZERS, learning_rate='>= 0', weight_decay='>= 0', burnin_steps='>= 0',
-              benchmark_steps='> 0')
+              benchmark_steps='> 0', peak_flops='> 0 or None')
 defaults = config_defaults(globals())
 
 CPU_SHAPE = dict(n_layer=4, n_head=4, n_embd=128, block_size=128, batch_size=8)  # a CPU times it in under a minute

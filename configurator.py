@@ -81,7 +81,8 @@ def configure(defaults: dict, argv: list[str], ranges: dict | None = None, verbo
         elif not arg.startswith('--'):
             # a config file, exec'd over the current values
             if not arg.endswith('.py') or not os.path.isfile(arg):  # a data file passed bare is not run as Python
-                what = f"config file {arg!r} not found" if arg.endswith('.py') else f"{arg!r} is not a config file"
+                what = f"{arg!r} is not a config file" if not arg.endswith('.py') or os.path.exists(arg) else \
+                    f"config file {arg!r} not found"
                 raise SystemExit(f"error: {what} (arguments are config files, config/name.py, or --key=value)")
             namespace = dict(config)
             try:
@@ -91,7 +92,7 @@ def configure(defaults: dict, argv: list[str], ranges: dict | None = None, verbo
                 exec(compile(tree, arg, 'exec'), namespace)
             except SyntaxError as e:
                 raise SystemExit(f"error: config file {arg}, line {e.lineno}: {e.msg}: fix the Python there") from None
-            except (Exception, SystemExit) as e:  # exit() too: a config file sets keys, it does not end the run
+            except BaseException as e:  # exit() too, or a KeyboardInterrupt: a config file sets keys, it ends no run
                 what = 'called exit()' if isinstance(e, SystemExit) else f'failed when run ({type(e).__name__}: {e})'
                 raise SystemExit(f"error: config file {arg} {what}: fix the Python there") from None
             echo.append(f"Overriding config with {arg}:\n{source}")

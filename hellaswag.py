@@ -59,8 +59,10 @@ def cached_val_file(cache_dir: str) -> str:
 
 
 # the fields of a HellaSwag row that are read, and what each must be
-ROW = dict(ctx=('a non-empty string', lambda v: isinstance(v, str) and v.strip() != ''), endings=('a list of 4 strings', lambda v: isinstance(v, list) and len(v) == 4 and all(
-    isinstance(e, str) for e in v)), label=('0, 1, 2 or 3', lambda v: type(v) is int and 0 <= v <= 3))
+ROW = dict(ctx=('a non-empty string', lambda v: isinstance(v, str) and v.strip() != ''),
+           endings=('a list of 4 non-empty strings', lambda v: isinstance(v, list) and len(v) == 4 and all(
+               isinstance(e, str) and e.strip() != '' for e in v)),
+           label=('0, 1, 2 or 3', lambda v: type(v) is int and 0 <= v <= 3))
 
 
 def load_examples(data_file: str = '', limit: int | None = None, cache_dir: str = cache_dir) -> list[dict]:

@@ -321,7 +321,9 @@ def sample_next(logits, temperature: float = 1.0, top_k: int | None = None, top_
     """Draw the next token (b, 1) from logits (b, vocab_size)."""
     if temperature == 0.0:
         return logits.argmax(dim=-1, keepdim=True)
-    logits = logits.float() / temperature
+    # the largest logit made 0, so that no temperature overflows (nor one below float32's range, which would be 0)
+    logits = logits.float()
+    logits = (logits - logits.max(dim=-1, keepdim=True).values) / max(temperature, torch.finfo(torch.float32).tiny)
     if top_k is not None:
         v, _ = torch.topk(logits, min(top_k, logits.size(-1)))
         logits[logits < v[:, [-1]]] = -float('inf')

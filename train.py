@@ -109,7 +109,7 @@ RANGES = dict(eval_interval='> 0', log_interval='> 0', eval_iters='> 0',
               n_embd='> 0', dropout='[0, 1)', optimizer=OPTIMIZERS, learning_rate='>= 0', muon_learning_rate='>= 0',
               muon_momentum='[0, 1)', max_iters='>= 0', weight_decay='>= 0', beta1='[0, 1)', beta2='[0, 1)',
               grad_clip='>= 0', warmup_iters='>= 0', lr_decay_iters='>= 0', min_lr='>= 0',
-              data_parallel=DATA_PARALLEL, hellaswag_interval='>= 0', hellaswag_limit='>= 0')
+              data_parallel=DATA_PARALLEL, hellaswag_interval='>= 0', hellaswag_limit='>= 0', peak_flops='> 0 or None')
 defaults = config_defaults(globals())  # the names above: what config files and --key=value may set
 
 
@@ -218,6 +218,9 @@ if __name__ == '__main__':
     if hellaswag_interval > 0:
         from hellaswag import evaluate_hellaswag, load_examples
         hellaswag = load_examples(hellaswag_file, hellaswag_limit or None)
+        if vocab is not None:  # said now, not at the first evaluation
+            raise SystemExit(f"error: hellaswag_interval={hellaswag_interval} needs a GPT-2 BPE model, and {data.dir} "
+                             f"is character-level data: set --hellaswag_interval=0")
 
     # the run folder: this run's to write (a new run never overwrites another's files)
     init_from = rundir.claim(out_dir, init_from, eval_only, master_process)

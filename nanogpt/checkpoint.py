@@ -25,7 +25,7 @@ from model import GPT, GPTConfig
 from nanogpt import fields
 from nanogpt.errors import takes
 from nanogpt.files import atomic_path
-from nanogpt.optim import parts
+from nanogpt.optim import OPTIMIZERS, parts
 from nanogpt.parallel import full_state_dict, load_optimizer_state, restore_rng, rng_states
 from nanogpt.runtime import print0
 from nanogpt.tokenfiles import read_vocab
@@ -87,13 +87,22 @@ class Checkpointer:
         if saved != ours:  # one optimizer's state cannot continue another's
             raise SystemExit(f"error: {self.path} was trained with optimizer={saved!r}, this run asks for {ours!r}: "
                              f"resume with --optimizer={saved}, or start a new run in another out_dir")
-        for key, optimizer in parts(self.optimizer).items():
-            load_optimizer_state(optimizer, checkpoint[key])
-        if checkpoint.get('scaler'):  # a run without float16 saved a disabled scaler's empty state
-            self.scaler.load_state_dict(checkpoint['scaler'])
-        if 'loader' in checkpoint:  # continue the batch stream instead of replaying it
-            self.loader.load_state_dict(checkpoint['loader'])
-        restore_rng(checkpoint.get('rng', {}), self.runtime)
+        part = 'optimizer'
+        try:  # what fields cannot say of these states (their insides are torch's), their loading does
+            for part, optimizer in parts(self.optimizer).items():
+                load_optimizer_state(optimizer, checkpoint[part])
+            part = 'scaler'
+            if checkpoint.get('scaler'):  # a run without float16 saved a disabled scaler's empty state
+                self.scaler.load_state_dict(checkpoint['scaler'])
+            part = 'loader'
+            if 'loader' in checkpoint:  # continue the batch stream instead of replaying it
+                self.loader.load_state_dict(checkpoint['loader'])
+            part = 'rng'
+            restore_rng(checkpoint.get('rng', {}), self.runtime)
+        except (KeyError, TypeError, ValueError, IndexError, RuntimeError) as e:
+            raise SystemExit(f"error: {self.path}: its {part!r} state does not load ({type(e).__name__}: "
+                             f"{str(e).splitlines()[0] if str(e) else ''}): the file is damaged; resume from a copy, "
+                             f"or start a new run in another out_dir") from None
         self.saved_iter = checkpoint['iter_num']
 
     def last_note(self, iter_num: int, val_loss: float, best_val_loss: float) -> str:
@@ -116,7 +125,7 @@ MODEL_ARGS = dict(n_layer=fields.POSITIVE_INT, n_head=fields.POSITIVE_INT, n_emb
                   block_size=fields.POSITIVE_INT, vocab_size=fields.POSITIVE_INT, bias=fields.BOOL,
                   dropout=fields.FRACTION)
 CONFIG = dict(dataset=fields.STR, batch_size=fields.POSITIVE_INT, gradient_accumulation_steps=fields.POSITIVE_INT,
-              optimizer=fields.STR)
+              optimizer=(' or '.join(map(repr, OPTIMIZERS)), lambda v: v in OPTIMIZERS))
 LOADER = dict(next=fields.COUNT, seed=('an integer', lambda v: type(v) is int))
 TRAINING = ('iter_num', 'best_val_loss', 'optimizer')  # what a resume needs beyond the model
 
@@ -162,7 +171,16 @@ def model_from_checkpoint(checkpoint: dict, source: str = 'checkpoint') -> GPT:
     try:
         model.load_state_dict(state_dict)
     except RuntimeError as e:
-        raise SystemExit(f"error: the weights in {source} do not fit its model_args {model_args}: {e}") from e
+        ours = model.state_dict()
+        missing, unexpected = sorted(set(ours) - set(state_dict)), sorted(set(state_dict) - set(ours))
+        shapes = [f"{k} is {tuple(v.shape)}, not {tuple(ours[k].shape)}" for k, v in state_dict.items()
+                  if k in ours and v.shape != ours[k].shape]
+        bias = " (model_args has no 'bias': GPTConfig's default, True, expects them)" if 'bias' not in model_args \
+            and missing and all(k.endswith('.bias') for k in missing) else ''
+        what = '; '.join(filter(None, [missing and f"it lacks {', '.join(missing[:3])}{' ...' * (len(missing) > 3)}",
+                                       unexpected and f"{', '.join(unexpected[:3])} are not this GPT's", *shapes[:2]]))
+        raise SystemExit(f"error: the weights in {source} do not fit its model_args: {what or str(e).splitlines()[0]}"
+                         f"{bias}; the file is damaged or another model's") from e
     return model
 
 
@@ -193,4 +211,11 @@ def load_model(init_from: str, out_dir: str = 'out', device='cpu', dropout: floa
             raise SystemExit(f"error: {e}") from e
         vocab = read_vocab(init_from) if os.path.isdir(init_from) else None
         checkpoint = {'model_args': asdict(model.config), 'vocab': vocab, 'source': init_from}
+    bad = next((name for name, p in model.named_parameters() if not torch.isfinite(p).all()), None)
+    if bad:  # sampled, it would print blank text; trained on, NaN from the first step
+        raise SystemExit(f"error: {ckpt_path if init_from == 'resume' else init_from}: weight {bad} holds NaN or "
+                         f"inf values (a model that diverged, or a damaged file): use another checkpoint")
+    if checkpoint.get('vocab') is not None and len(checkpoint['vocab']) != model.config.vocab_size:
+        raise SystemExit(f"error: {init_from}: its {len(checkpoint['vocab'])} characters (meta.json) are not its "
+                         f"vocabulary of {model.config.vocab_size} tokens: export the model again")
     return model.to(device), checkpoint

@@ -106,6 +106,9 @@ def load_optimizer_state(optimizer, state: dict):
     resumes under FSDP and the other way round, on any number of ranks."""
     for group, saved_group in zip(optimizer.param_groups, state['param_groups']):
         for param, index in zip(group['params'], saved_group['params']):
+            for k, v in state['state'].get(index, {}).items():  # moments are shaped like their parameter
+                if isinstance(v, torch.Tensor) and v.numel() > 1 and v.shape != param.shape:
+                    raise ValueError(f"{k} of parameter {index} is {tuple(v.shape)}, not {tuple(param.shape)}")
             if isinstance(param, DTensor) and index in state['state']:
                 state['state'][index] = {
                     # src_data_rank=None: every rank holds the whole tensor and cuts its own shard, no communication

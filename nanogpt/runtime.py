@@ -59,7 +59,12 @@ def setup_runtime(device: str = 'auto', dtype: str = 'auto', seed: int = 1337, b
     try:
         device_type = torch.device(device).type
     except RuntimeError:
-        raise SystemExit(f"error: device={device!r} is not a device: use auto, cpu, cuda, cuda:N or mps") from None
+        device_type = None
+    if device_type not in ('cpu', 'cuda', 'mps'):  # 'meta' and the like hold no data to train or sample
+        raise SystemExit(f"error: device={device!r} is not a device this project runs on: use auto, cpu, cuda, "
+                         f"cuda:N or mps")
+    if not -2 ** 63 <= seed <= 2 ** 63 - world_size:  # seed + rank, for torch.manual_seed
+        raise SystemExit(f"error: seed={seed}: a seed must fit in 64 bits (-2**63 to 2**63 - rank)")
     if device_type == 'cuda' and not torch.cuda.is_available():
         raise SystemExit(f"error: device={device!r} but CUDA is not available here: use --device=cpu or --device=mps")
     if device_type == 'mps' and not torch.backends.mps.is_available():

@@ -213,6 +213,12 @@ def read_meta(data_dir: str) -> dict | None:
         raise SystemExit(f"error: {path} holds a JSON {type(meta).__name__}, not the object a prepare writes: "
                          f"prepare the dataset again ({prepare_hint(data_dir)})")
     fields.check(meta, META, path, f"prepare the dataset again ({prepare_hint(data_dir)})")
+    chars = meta.get('chars')  # the fields that must agree with each other: characters, their count, the tokenizer
+    agree = chars is None or (meta.get('tokenizer', 'char'), meta.get('vocab_size', len(chars))) == ('char', len(chars))
+    if not agree:
+        raise SystemExit(f"error: {path} does not agree with itself: {len(chars)} characters, vocab_size "
+                         f"{meta.get('vocab_size')!r}, tokenizer {meta.get('tokenizer')!r}; prepare the dataset again "
+                         f"({prepare_hint(data_dir)})")
     return meta
 
 

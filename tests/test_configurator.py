@@ -2,6 +2,8 @@
 configurator.py: defaults are the plain globals, command-line and config-file overrides, the closest key named for
 a typo, wrong types refused, module constants not keys, and --help listing every key with its default and comment.
 """
+import re
+
 import pytest
 
 from configurator import config_defaults, configure
@@ -95,6 +97,30 @@ def test_bad_arguments():
         configure(DEFAULTS, ['--batch_size'], verbose=False)
     with pytest.raises(SystemExit, match='--compile needs a value'):
         configure(DEFAULTS, ['--compile', '--batch_size=3'], verbose=False)
+
+
+def test_a_key_with_a_numeric_range_takes_only_numbers():
+    # a None default takes any type (peak_flops=None, or a number): its range says it is a number
+    defaults = dict(peak_flops=None)
+    for value in ('abc', 'True', "'3e14'"):
+        with pytest.raises(SystemExit, match=r'peak_flops=.*: peak_flops must be a number$'):
+            configure(defaults, [f'--peak_flops={value}'], {'peak_flops': '> 0 or None'}, verbose=False)
+    assert configure(defaults, ['--peak_flops=3e14'], {'peak_flops': '> 0 or None'}, verbose=False).peak_flops == 3e14
+
+
+@pytest.mark.parametrize('body, says', [('raise KeyboardInterrupt', 'failed when run (KeyboardInterrupt'),
+                                        ('import os; os.kill(os.getpid(), 0)\nbatch_size = "8"', 'must be a int')])
+def test_a_config_file_that_interrupts_or_sets_a_wrong_type_names_itself(tmp_path, body, says):
+    (tmp_path / 'cfg.py').write_text(body + '\n')
+    with pytest.raises(SystemExit, match=re.escape(says)) as e:
+        configure(DEFAULTS, [str(tmp_path / 'cfg.py')], verbose=False)
+    assert str(tmp_path / 'cfg.py') in str(e.value)
+
+
+def test_a_folder_named_like_a_config_file_is_not_one(tmp_path):
+    (tmp_path / 'x.py').mkdir()
+    with pytest.raises(SystemExit, match=r"'.*x.py' is not a config file"):
+        configure(DEFAULTS, [str(tmp_path / 'x.py')], verbose=False)
 
 
 def test_key_space_value_and_list_keys(tmp_path):

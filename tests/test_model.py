@@ -310,6 +310,13 @@ def test_sample_next_top_k_top_p():
         assert set(draws[row].tolist()) == kept, (row, kept)
 
 
+@pytest.mark.parametrize('temperature', [1e-300, 1e-40, 1e-6])
+def test_a_temperature_near_zero_samples_the_most_likely_token(temperature):
+    # logits / temperature overflowed (inf - inf is NaN: multinomial refused the probabilities)
+    logits = torch.tensor([[30.0, 29.0, -5.0], [-1.0, 2.0, 1.9]])
+    assert sample_next(logits, temperature).flatten().tolist() == [0, 1]
+
+
 @pytest.mark.skipif(not hasattr(torch.nn, 'LinearCrossEntropyOptions'), reason='F.linear_cross_entropy needs torch >= 2.13')
 def test_chunked_loss_equals_the_plain_loss_and_gradients():
     # GPT-2-like proportions: vocab much wider than n_embd, more positions than n_embd (where chunking applies)

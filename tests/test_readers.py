@@ -155,3 +155,53 @@ def test_every_file_the_project_reads_opens_through_the_readers_of_nanogpt_files
         if source != 'nanogpt/files.py':
             for m in re.finditer(r"(?<![\w.])open\(([^,)]+)", open(os.path.join(REPO, source)).read()):
                 assert m.group(1) in ('tmp', 'self._atomic.__enter__('), f"{source}: {m.group(0)}"
+
+
+def weights_damaged(path):
+    """What load_model reads of a checkpoint's weights, damaged in turn: (what, checkpoint, what the line says)."""
+    original = torch.load(path, weights_only=True)
+    model = original['model']
+    name = next(k for k in model if k.endswith('attn.c_attn.weight'))
+    yield 'nan', {**original, 'model': {**model, name: torch.full_like(model[name], float('nan'))}}, \
+        f'weight {name} holds NaN or inf'
+    yield 'missing', {**original, 'model': {k: v for k, v in model.items() if k != 'transformer.ln_f.weight'}}, \
+        'it lacks transformer.ln_f.weight'
+    yield 'shape', {**original, 'model': {**model, name: model[name][:, :-1]}}, \
+        f'{name} is {tuple(model[name][:, :-1].shape)}, not {tuple(model[name].shape)}'
+    args = {k: v for k, v in original['model_args'].items() if k != 'bias'}
+    biased = {**original, 'model_args': args, 'model': {k: v for k, v in model.items() if not k.endswith('.bias')}}
+    yield 'no-bias-field', biased, "model_args has no 'bias'"
+
+
+def test_every_weight_damage_of_a_checkpoint_is_one_line_before_use(checkpoint_path, tmp_path):
+    # a model with NaN weights would sample blank text, or train on NaN; missing or misshapen ones fail in torch
+    (tmp_path / 'out').mkdir()
+    for what, damaged, says in weights_damaged(checkpoint_path):
+        torch.save(damaged, tmp_path / 'out' / 'ckpt.pt')
+        refused(lambda: ckpt_module.load_model('resume', str(tmp_path / 'out')), 'ckpt.pt', says)
+
+
+@pytest.mark.parametrize('part, damage, says', [
+    ('rng', lambda ck: ck.update(rng={0: {'cpu': 'garbage'}}), "its 'rng' state does not load (TypeError"),
+    ('rng', lambda ck: ck.update(rng={0: {}}), "its 'rng' state does not load (KeyError"),
+    ('optimizer', lambda ck: ck['optimizer'].update(param_groups='x'), "its 'optimizer' state does not load"),
+    ('optimizer', lambda ck: next(iter(ck['optimizer']['state'].values())).update(exp_avg=torch.zeros(3, 3)),
+     "exp_avg of parameter 0 is (3, 3), not"),
+], ids=['rng-values', 'rng-empty', 'optimizer-groups', 'optimizer-moment-shape'])
+def test_a_damaged_training_state_is_one_line_at_resume(checkpoint_path, tmp_path, char_data, part, damage, says):
+    # the insides of the optimizer and RNG states are torch's: their loading is their check, and says which part
+    checkpoint = torch.load(checkpoint_path, weights_only=True)
+    damage(checkpoint)
+    (tmp_path / 'out').mkdir()
+    torch.save(checkpoint, tmp_path / 'out' / 'ckpt.pt')
+    proc = train(char_data, tmp_path / 'out', '--max_iters=4', '--init_from=resume', check=False)
+    assert proc.returncode == 1 and 'Traceback' not in proc.stderr
+    assert says in proc.stderr.strip().splitlines()[-1] and 'resume from a copy' in proc.stderr, proc.stderr[-1000:]
+
+
+def test_a_meta_json_that_does_not_agree_with_itself_is_refused(char_data, tmp_path):
+    with open(os.path.join(char_data, 'meta.json')) as f:
+        good = json.load(f)
+    for edit in ({'vocab_size': good['vocab_size'] + 1}, {'tokenizer': 'gpt2'}, {'chars': good['chars'][:-1]}):
+        (tmp_path / 'meta.json').write_text(json.dumps({**good, **edit}))
+        refused(lambda: tokenfiles.read_meta(str(tmp_path)), 'does not agree with itself', 'prepare the dataset again')

@@ -30,10 +30,17 @@ def test_seed_makes_draws_repeat():
 @pytest.mark.parametrize('device, message', [
     ('gpu', "device='gpu' is not a device"),
     ('cpu:banana', "is not a device"),
+    ('meta', "device='meta' is not a device this project runs on"),  # torch's, but it holds no data
 ])
 def test_bad_device_strings(device, message):
     with pytest.raises(SystemExit, match=message):
         setup_runtime(device)
+
+
+@pytest.mark.parametrize('seed', [2 ** 64, -2 ** 63 - 1])
+def test_a_seed_beyond_64_bits_is_one_line(seed):
+    with pytest.raises(SystemExit, match=rf'^error: seed={seed}: a seed must fit in 64 bits'):
+        setup_runtime('cpu', seed=seed)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason='needs a machine without CUDA')
