@@ -7,6 +7,7 @@ reading the files it opened. Option values that would loop forever are refused.
 import fcntl
 import json
 import os
+import re
 import shutil
 
 import numpy as np
@@ -176,4 +177,59 @@ def test_a_bpe_prepare_without_the_tokenizer_files_stops_in_one_line(dataset, tm
     proc = run_script('data/fineweb_edu/prepare.py', '--input', str(docs), '--out_dir', str(dataset), '--num_proc=1',
                       env=offline, check=False, timeout=120, fresh=True)
     one_line_error(proc, "GPT-2's tokenizer files are not in tiktoken's cache")
+    assert snapshot(dataset) == before
+
+
+@pytest.mark.parametrize('planted', ['fifo', 'file', 'link'])
+def test_whatever_a_killed_prepare_left_as_its_staging_folder_is_replaced(dataset, tmp_path, planted):
+    stage = dataset / '.prepare.new'
+    if planted == 'fifo':
+        os.mkfifo(stage)  # shutil.rmtree would open it, and wait for a writer forever
+    elif planted == 'file':
+        stage.write_text('x')
+    else:
+        (tmp_path / 'elsewhere').mkdir()
+        (tmp_path / 'elsewhere' / 'keep.txt').write_text('precious')
+        os.symlink(tmp_path / 'elsewhere', stage)
+    run_script('data/shakespeare_char/prepare.py', '--input', str(dataset / 'input.txt'), '--out_dir', str(dataset),
+               timeout=60)
+    Dataset(str(dataset))
+    assert not os.path.lexists(stage) and (planted != 'link' or (tmp_path / 'elsewhere' / 'keep.txt').exists())
+
+
+def test_a_swap_into_a_fresh_folder_cut_short_leaves_a_folder_every_reader_refuses(tmp_path, monkeypatch):
+    # killed in the swap just before its last rename: every token file in place, meta.json not (without the marker
+    # written first, this read as a nanoGPT dataset, unchecked)
+    import runpy
+
+    from nanogpt import tokenfiles
+    replace = os.replace
+
+    def dying_replace(src, dst):
+        if '.prepare.new' in src and dst.endswith(f'fresh{os.sep}meta.json'):  # the swap's last rename
+            raise KeyboardInterrupt
+        return replace(src, dst)
+    monkeypatch.setattr(tokenfiles.os, 'replace', dying_replace)
+    (tmp_path / 'in.txt').write_text('To be, or not to be, that is the question.\n' * 100)
+    main = runpy.run_path(os.path.join(REPO, 'data/shakespeare_char/prepare.py'), run_name='not_main')['main']
+    with pytest.raises(KeyboardInterrupt):
+        main([f'--input={tmp_path / "in.txt"}', f'--out_dir={tmp_path / "fresh"}'])
+    monkeypatch.undo()
+    assert {'train.bin', 'val.bin', 'meta.pkl'} <= set(os.listdir(tmp_path / 'fresh'))  # the dataset is there...
+    with pytest.raises(SystemExit, match='is incomplete'):  # ...and refused, not read unchecked
+        Dataset(str(tmp_path / 'fresh'))
+
+
+@pytest.mark.parametrize('script, docs, args, says', [
+    ('data/openwebtext/prepare.py', [''] * 8, [], "every document's text is empty"),
+    ('data/fineweb_edu/prepare.py', ['a few words'] * 8, [], 'leaving no train split: lower --shard_size'),
+], ids=['all-documents-empty', 'everything-in-the-val-shard'])
+def test_a_prepare_with_nothing_to_train_on_leaves_the_old_dataset(dataset, tmp_path, gpt2_tokenizer, script, docs,
+                                                                   args, says):
+    import runpy
+    (tmp_path / 'docs.jsonl').write_text(''.join(json.dumps({'text': t}) + '\n' for t in docs))
+    main = runpy.run_path(os.path.join(REPO, script), run_name='not_main')['main']
+    before = snapshot(dataset)
+    with pytest.raises(SystemExit, match=re.escape(says)):
+        main([f'--input={tmp_path / "docs.jsonl"}', f'--out_dir={dataset}', '--num_proc=1', *args])
     assert snapshot(dataset) == before

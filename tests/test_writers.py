@@ -136,3 +136,40 @@ def test_every_output_folder_that_is_no_folder_is_refused_in_one_line_naming_the
         with pytest.raises(SystemExit, match=re.escape(says)):
             main(args)
     assert sorted(os.listdir(tmp_path)) == ['in.txt'] + (['out'] if where != 'empty' else [])
+
+
+@pytest.mark.parametrize('writer', [append, lock])
+def test_a_hard_link_where_a_file_is_appended_or_locked_is_refused(tmp_path, writer):
+    # a folder copied with cp -al: the lock's or the log's other name is a file outside the folder
+    outside = tmp_path / 'outside.txt'
+    outside.write_text('precious\n')
+    (tmp_path / 'run').mkdir()
+    os.link(outside, tmp_path / 'run' / 'file')
+    with pytest.raises(SystemExit, match=r"run/file is a hard link \(2 names for one file\).*remove it"):
+        writer(tmp_path / 'run' / 'file')
+    assert outside.read_text() == 'precious\n'
+
+
+def test_a_write_into_a_missing_folder_names_the_folder(tmp_path):
+    with pytest.raises(SystemExit, match=rf"^error: cannot write .*loss.png: the folder {re.escape(str(tmp_path))}/nope "
+                                         rf"does not exist"):
+        write_whole(tmp_path / 'nope' / 'loss.png')
+
+
+def test_a_file_size_limit_is_said_of_the_destination_and_leaves_nothing(tmp_path):
+    # ulimit -f: the write fails with EFBIG (Python ignores SIGXFSZ), or a writer's own error (torch.save's) as it
+    import errno
+    import resource
+    path = tmp_path / 'ckpt.pt'
+    path.write_bytes(b'the previous checkpoint')
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (4096, hard))
+    try:
+        with pytest.raises(OSError) as e:
+            with atomic_path(str(path)) as tmp:
+                import torch
+                torch.save({'w': torch.zeros(10_000)}, tmp)
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+    assert e.value.errno == errno.EFBIG and e.value.filename == str(path)
+    assert path.read_bytes() == b'the previous checkpoint' and os.listdir(tmp_path) == ['ckpt.pt']
