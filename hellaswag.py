@@ -92,7 +92,8 @@ def render_example(example: dict, enc, block_size: int):
     ctx_tokens = enc.encode(example['ctx'], disallowed_special=())
     rows, masks = [], []
     for ending in example['endings']:
-        end_tokens = enc.encode(' ' + ending, disallowed_special=())  # ' ' because GPT-2's tokens carry the space before a word
+        # ' ' because GPT-2's tokens carry the space before a word
+        end_tokens = enc.encode(' ' + ending, disallowed_special=())
         row = (ctx_tokens + end_tokens)[-block_size:]
         n_end = min(len(end_tokens), len(row))
         rows.append(row)
@@ -124,7 +125,8 @@ def score_example(model, tokens, mask, ctx=None):
 
 
 def evaluate_hellaswag(model, examples: list[dict], runtime, progress: bool = True) -> dict:
-    """acc and acc_norm of a GPT (unwrapped: no DDP, no compile, as the examples' lengths vary) over examples; under DDP each rank scores every world_size-th example and counts are summed."""
+    """acc and acc_norm of a GPT (unwrapped: no DDP, no compile, as the examples' lengths vary) over examples; under
+    DDP each rank scores every world_size-th example and counts are summed."""
     from tqdm import tqdm
     enc = gpt2_encoding()
     config = model.config

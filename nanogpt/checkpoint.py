@@ -63,7 +63,8 @@ class Checkpointer:
             rng = rng_states(self.runtime)
             model_state = full_state_dict(self.raw_model.state_dict(keep_vars=True), master)
             optimizer_states = {k: full_state_dict(o.state_dict(), master) for k, o in parts(self.optimizer).items()}
-            bad = [k for k, t in model_state.items() if master and t.is_floating_point() and not torch.isfinite(t).all()]
+            bad = [k for k, t in model_state.items()
+                   if master and t.is_floating_point() and not torch.isfinite(t).all()]
             diverged = f"weight {bad[0]} is not finite" if bad else None
         if diverged:
             if master:

@@ -148,6 +148,8 @@ def atomic_path(path: str):
         code = e.errno if isinstance(e, OSError) and e.errno in NO_ROOM else _no_room(tmp)
         if code:
             raise OSError(code, os.strerror(code), path) from e
+        if isinstance(e, OSError) and e.filename == tmp:  # a read-only folder, say: named by what was written
+            raise OSError(e.errno, e.strerror, path) from e
         raise
     finally:
         if os.path.exists(tmp):

@@ -231,7 +231,8 @@ def _check_files(data_dir: str, meta: dict | None, note, opened: dict):
     missing = sorted(set(range(numbers[-1] + 1)) - set(numbers)) if numbers else []
     if missing:
         raise SystemExit(f"error: {data_dir} has shards up to number {numbers[-1]} but not {missing[0]:06d} "
-                         f"({len(missing)} missing): a download or copy is incomplete; {prepare_hint(data_dir)} again")
+                         f"({len(missing)} missing): a download or copy is incomplete; prepare it again "
+                         f"({prepare_hint(data_dir)})")
     if meta is not None and meta.get('complete') is False:
         raise SystemExit(f"error: the dataset in {data_dir} is incomplete (its prepare was interrupted): "
                          f"prepare it again ({prepare_hint(data_dir)})")
@@ -290,10 +291,10 @@ class Dataset:
             for path, f in zip(paths, files):
                 size = os.fstat(f.fileno()).st_size
                 if size == 0:
-                    raise SystemExit(f"error: {path} is empty: {prepare_hint(self.dir)} again")
+                    raise SystemExit(f"error: {path} is empty: prepare it again ({prepare_hint(self.dir)})")
                 if size % 2:
                     raise SystemExit(f"error: {path} has an odd size ({size} bytes), so it is not a uint16 token file:"
-                                     f" it may be truncated; {prepare_hint(self.dir)} again")
+                                     f" it may be truncated; prepare it again ({prepare_hint(self.dir)})")
                 lengths.append(size // 2)
             self._splits[split] = (paths, lengths, files)
         return self._splits[split][:2]
@@ -351,6 +352,8 @@ def prepare_hint(data_dir: str) -> str:
         if close:  # a name of data/ as a name, a path as a path
             named = close[0] if parent == os.path.join(REPO_DIR, 'data') else os.path.join(parent, close[0])
             return f"there is no such folder: did you mean --dataset={named}?"
+    if os.path.exists(os.path.join(data_dir, 'meta.json')):  # a prepare wrote it: one of data/*/prepare.py
+        return f"run the data/<name>/prepare.py that made it with --out_dir={data_dir}"
     return f"write {data_dir}/train.bin and val.bin (uint16 token ids) or shards, see nanogpt/tokenfiles.py"
 
 

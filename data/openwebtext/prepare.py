@@ -8,6 +8,7 @@ each document followed by <|endoftext|>.
 
 The hub copy is read as parquet, which current `datasets` releases load (they no longer run dataset scripts).
 """
+import math
 import os
 import sys
 
@@ -42,8 +43,10 @@ def main(argv: list[str]):
     if not cfg.input and cfg.hub_name == HUB_NAME and len(dataset) != N_DOCUMENTS:
         print(f"warning: {cfg.hub_name} has {len(dataset):,} documents, expected {N_DOCUMENTS:,} "
               f"(a partial copy?)", file=sys.stderr)
-    if len(dataset) < 2:
-        raise SystemExit(f"error: {len(dataset)} document(s): need at least two for a train and a val split")
+    n_val = math.ceil(cfg.val_fraction * len(dataset))  # as train_test_split counts it
+    if not 0 < n_val < len(dataset):
+        raise SystemExit(f"error: {len(dataset)} document(s) with val_fraction={cfg.val_fraction} leave "
+                         f"{len(dataset) - n_val} for train: lower val_fraction, or give more documents")
 
     # owt by default only contains the 'train' split, so create a test split
     split_dataset = dataset.train_test_split(test_size=cfg.val_fraction, seed=2357, shuffle=True)
