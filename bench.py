@@ -27,7 +27,8 @@ from nanogpt.fit import fit_step, free_memory
 from nanogpt.loader import SyntheticLoader, TokenLoader
 from nanogpt.optim import OPTIMIZERS
 from nanogpt.parallel import DATA_PARALLEL, place_model, wrap_model
-from nanogpt.runtime import check_needs, describe_device, device_peak_flops, end_distributed, print0, setup_runtime
+from nanogpt.runtime import (check_needs, describe_device, device_peak_flops, device_type_of, end_distributed, print0,
+                             setup_runtime)
 from nanogpt.tokenfiles import Dataset, dataset_dir, read_vocab, split_files
 from train import train_step
 
@@ -63,8 +64,10 @@ fit_batch_size = True  # a batch_size that does not fit in memory is timed as sm
 RANGES = dict(batch_size='> 0', block_size='> 0', gradient_accumulation_steps='> 0', n_layer='> 0', n_head='> 0',
               n_embd='> 0', dropout='[0, 1)', vocab_size='> 0', data_parallel=DATA_PARALLEL, grad_clip='>= 0',
               optimizer=OPTIMIZERS, learning_rate='>= 0', weight_decay='>= 0', burnin_steps='>= 0',
-              benchmark_steps='> 0', peak_flops='> 0 or None')
+              benchmark_steps='> 0', peak_flops='> 0 or None', dtype=('auto', 'float32', 'bfloat16', 'float16'))
 defaults = config_defaults(globals())
+SWEEPABLE = {k for k, v in defaults.items() if type(v) in (int, float, bool)} | {'dtype', 'device', 'optimizer',
+                                                                                 'data_parallel'}
 
 CPU_SHAPE = dict(n_layer=4, n_head=4, n_embd=128, block_size=128, batch_size=8)  # a CPU times it in under a minute
 
@@ -155,7 +158,7 @@ def bench(cfg, runtime, probe=None) -> dict:
 # -----------------------------------------------------------------------------
 if __name__ == '__main__':
     one_line_errors(defaults)
-    argv, swept = sweep.split_sweep(sys.argv[1:])
+    argv, swept = sweep.split_sweep(sys.argv[1:], SWEEPABLE)
     base = configure(defaults, argv, RANGES)
     runtime = setup_runtime(base.device, base.dtype, base.seed)
     given = {arg[2:].partition('=')[0] for arg in sys.argv[1:] if arg.startswith('--')}
@@ -174,7 +177,12 @@ if __name__ == '__main__':
         argv.append(f'--vocab_size={len(vocab)}')  # the model train.py trains on that dataset
         print0(f"note: {folder} has a vocabulary of {len(vocab)} characters: timing vocab_size={len(vocab)}, as "
                f"train.py trains on it")
-    settings = sweep.settings(swept, base.json, lambda args: configure(defaults, argv + args, RANGES, verbose=False))
+    def configured(args: list[str]):  # a setting's config, its device checked too: a bad one costs no results
+        cfg = configure(defaults, argv + args, RANGES, verbose=False)
+        if cfg.device != 'auto':
+            device_type_of(cfg.device)
+        return cfg
+    settings = sweep.settings(swept, base.json, configured)
     results, described = [], ''
     for setting, cfg in settings:
         if setting:

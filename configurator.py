@@ -69,7 +69,7 @@ def configure(defaults: dict, argv: list[str], ranges: dict | None = None, verbo
     if '--help' in argv or '-h' in argv:
         _print_help(defaults)
     if verbose is None:
-        verbose = int(os.environ.get('RANK', 0)) == 0  # under torchrun only rank 0 prints
+        verbose = os.environ.get('RANK', '0') == '0'  # under torchrun only rank 0 prints
     config = dict(defaults)
     echo = []  # what was overridden, printed once every argument is checked: a typo's error comes first, alone
     nullable = {k for k, spec in (ranges or {}).items() if isinstance(spec, str) and spec.endswith(' or None')}

@@ -40,7 +40,7 @@ defaults = config_defaults(globals())
 if __name__ == '__main__':
     one_line_errors(defaults)
     globals().update(vars(configure(defaults, sys.argv[1:], RANGES)))  # overrides from command line or config file
-    runtime = setup_runtime(device, dtype, seed)
+    runtime = setup_runtime(device, dtype, seed, ddp=False)
     device, ctx = runtime.device, runtime.ctx
 
     # model: a checkpoint of this project, or OpenAI's / a Hugging Face GPT-2

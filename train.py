@@ -41,7 +41,8 @@ from nanogpt.loader import TokenLoader
 from nanogpt.parallel import DATA_PARALLEL, clip_grad_norm, place_model, sync_gradients, wrap_model
 from nanogpt.runlog import RunLog
 from nanogpt.optim import OPTIMIZERS
-from nanogpt.runtime import RunGuard, check_needs, device_peak_flops, end_distributed, print0, setup_runtime
+from nanogpt.runtime import (RunGuard, check_needs, device_peak_flops, distributed_env, end_distributed, print0,
+                             setup_runtime)
 from nanogpt.tokenfiles import Dataset, dataset_dir
 from nanogpt.tokenizer import check_tokens
 from nanogpt.weights import PRETRAINED
@@ -194,7 +195,7 @@ if __name__ == '__main__':
     check_needs(config)  # what the config needs of this installation (chunked_loss, Muon, wandb), before any work
 
     # various inits, derived attributes, I/O setup
-    world_size = int(os.environ.get('WORLD_SIZE', 1))  # checked before any process waits for the others
+    world_size = distributed_env()[3]  # checked before any process waits for the others
     if gradient_accumulation_steps % world_size:
         raise SystemExit(f"error: gradient_accumulation_steps={gradient_accumulation_steps} is not divisible by "
                          f"the {world_size} processes: make it a multiple of {world_size}")

@@ -22,7 +22,10 @@ from nanogpt.files import LOCKING, check_destination, lock_nowait, make_folder, 
 from nanogpt.runlog import read_records
 
 LOCK = 'run.lock'
-RUN_ID = os.environ.get('TORCHELASTIC_RUN_ID')  # the same in every restart of one torchrun job
+# the same in every restart of one torchrun job, and in no other: torchrun's run id is 'none' for every job started
+# without --rdzv-id or --standalone, so the agent that restarts the workers (their parent process) is named too
+RUN_ID = f"{os.environ['TORCHELASTIC_RUN_ID']}@{socket.gethostname()}:{os.getppid()}" \
+    if 'TORCHELASTIC_RUN_ID' in os.environ else None
 
 
 def _run_id(log_path: str) -> str | None:

@@ -48,14 +48,8 @@ def default_device() -> str:
     return 'cpu'
 
 
-def setup_runtime(device: str = 'auto', dtype: str = 'auto', seed: int = 1337, backend: str = 'auto') -> Runtime:
-    """Set up the device, the DDP process group when launched by torchrun, the autocast context and the seeds."""
-    ddp = int(os.environ.get('RANK', -1)) != -1
-    rank = int(os.environ.get('RANK', 0))
-    local_rank = int(os.environ.get('LOCAL_RANK', 0))
-    world_size = int(os.environ.get('WORLD_SIZE', 1))
-    if device == 'auto':
-        device = default_device()
+def device_type_of(device: str) -> str:
+    """'cpu', 'cuda' or 'mps' for a device name (not 'auto'); SystemExit for one no run can use, or not here."""
     try:
         device_type = torch.device(device).type
     except RuntimeError:
@@ -63,12 +57,42 @@ def setup_runtime(device: str = 'auto', dtype: str = 'auto', seed: int = 1337, b
     if device_type not in ('cpu', 'cuda', 'mps'):  # 'meta' and the like hold no data to train or sample
         raise SystemExit(f"error: device={device!r} is not a device this project runs on: use auto, cpu, cuda, "
                          f"cuda:N or mps")
-    if not -2 ** 63 <= seed <= 2 ** 63 - world_size:  # seed + rank, for torch.manual_seed
-        raise SystemExit(f"error: seed={seed}: a seed must fit in 64 bits (-2**63 to 2**63 - rank)")
     if device_type == 'cuda' and not torch.cuda.is_available():
         raise SystemExit(f"error: device={device!r} but CUDA is not available here: use --device=cpu or --device=mps")
     if device_type == 'mps' and not torch.backends.mps.is_available():
         raise SystemExit("error: device='mps' but MPS is not available here: use --device=cpu")
+    return device_type
+
+
+def distributed_env(ddp: bool = True) -> tuple[bool, int, int, int]:
+    """(ddp, rank, local_rank, world_size) from the variables torchrun sets, checked together: set by hand and
+    inconsistent, they would make a process wait forever for ranks that never come. ddp=False: a script that runs
+    in one process (sample.py) leaves them alone."""
+    names = ('RANK', 'LOCAL_RANK', 'WORLD_SIZE')
+    env = {k: os.environ[k] for k in names if k in os.environ}
+    if not ddp or not {'RANK', 'WORLD_SIZE'} & set(env):
+        return False, 0, 0, 1
+    given = ' '.join(f"{k}={v}" for k, v in env.items())
+    if not all(v.isdigit() for v in env.values()) or not {'RANK', 'WORLD_SIZE'} <= set(env):
+        raise SystemExit(f"error: {given}: RANK and WORLD_SIZE are set together, as integers, by torchrun: launch "
+                         f"with torchrun, or unset them")
+    rank, world_size = int(env['RANK']), int(env['WORLD_SIZE'])
+    if rank >= world_size or not {'MASTER_ADDR', 'MASTER_PORT'} <= set(os.environ):
+        raise SystemExit(f"error: {given}: a rank below WORLD_SIZE, MASTER_ADDR and MASTER_PORT are needed to meet "
+                         f"the other ranks: launch with torchrun, or unset them")
+    return True, rank, int(env.get('LOCAL_RANK', 0)), world_size
+
+
+def setup_runtime(device: str = 'auto', dtype: str = 'auto', seed: int = 1337, backend: str = 'auto',
+                  ddp: bool = True) -> Runtime:
+    """Set up the device, the DDP process group when launched by torchrun, the autocast context and the seeds.
+    ddp=False for a script that runs in one process whatever the environment."""
+    ddp, rank, local_rank, world_size = distributed_env(ddp)
+    if device == 'auto':
+        device = default_device()
+    device_type = device_type_of(device)
+    if not -2 ** 63 <= seed <= 2 ** 63 - world_size:  # seed + rank, for torch.manual_seed
+        raise SystemExit(f"error: seed={seed}: a seed must fit in 64 bits (-2**63 to 2**63 - rank)")
     if ddp:
         if backend == 'auto':
             backend = 'nccl' if device_type == 'cuda' else 'gloo'
@@ -76,6 +100,9 @@ def setup_runtime(device: str = 'auto', dtype: str = 'auto', seed: int = 1337, b
             device = f'cuda:{local_rank}'  # one GPU per process
             torch.cuda.set_device(device)
         if not torch.distributed.is_initialized():  # bench.py sets up again for each device or dtype it sweeps
+            if world_size > 1 and 'TORCHELASTIC_RUN_ID' not in os.environ:  # set by hand: a rank that waits says so
+                print(f"rank {rank} of {world_size}: meeting the other ranks at {os.environ['MASTER_ADDR']}:"
+                      f"{os.environ['MASTER_PORT']}", file=sys.stderr, flush=True)
             torch.distributed.init_process_group(backend=backend)
     if dtype == 'auto':
         if device_type == 'cuda':

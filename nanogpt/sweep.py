@@ -1,7 +1,8 @@
 """
-bench.py's sweeps: any key given as a comma-separated list (--batch_size=8,16,32) is swept, every combination of
-the swept values one setting (bench.py checks each before the first one runs); the results printed as a table and
-written, whole, to a JSON file for later comparison.
+bench.py's sweeps: a key of numbers, true/false or a few names (dtype, device) given as a comma-separated list
+(--batch_size=8,16,32) is swept, every combination of the swept values one setting (bench.py checks each before the
+first one runs); the results printed as a table and written, whole, to a JSON file for later comparison. Paths are
+never split: a comma is part of a file name.
 """
 
 import itertools
@@ -9,17 +10,21 @@ import json
 import os
 
 from nanogpt.errors import out_of_memory
-from nanogpt.files import atomic_path, check_destination
+from nanogpt.files import atomic_path, check_destination, open_source
 
 
-def split_sweep(argv: list[str]) -> tuple[list[str], dict]:
-    """The arguments less the swept ones, and {key: [value strings]} for each --key=a,b,c."""
+def split_sweep(argv: list[str], sweepable) -> tuple[list[str], dict]:
+    """The arguments less the swept ones, and {key: [value strings]} for each --key=a,b,c of a sweepable key. As for
+    any key, the last one given counts: a sweep replaces a value given before it, and a value after it the sweep."""
     fixed, swept = [], {}
     for arg in argv:
         key, _, value = arg[2:].partition('=')
-        if arg.startswith('--') and ',' in value:
+        if arg.startswith('--') and ',' in value and key in sweepable:
             swept[key] = value.split(',')
+            fixed = [a for a in fixed if not a.startswith(f'--{key}=')]
         else:
+            if arg.startswith('--'):
+                swept.pop(key, None)
             fixed.append(arg)
     return fixed, swept
 
@@ -32,6 +37,15 @@ def settings(swept: dict, json_path: str, configure) -> list[tuple[dict, object]
         raise SystemExit(f"error: --json={json_path}: its folder does not exist: create it, or choose another path")
     if json_path:
         check_destination(json_path)
+        if os.path.exists(json_path):  # bench results are replaced, anything else (a checkpoint, say) never is
+            try:
+                with open_source(json_path) as f:
+                    earlier = json.load(f)
+            except (ValueError, UnicodeDecodeError):
+                earlier = None
+            if not isinstance(earlier, dict) or 'results' not in earlier:
+                raise SystemExit(f"error: --json={json_path} holds something other than bench results, which this "
+                                 f"run would replace: choose another file")
     combinations = [dict(zip(swept, values)) for values in itertools.product(*swept.values())]
     return [(c, configure([f'--{k}={v}' for k, v in c.items()])) for c in combinations]
 

@@ -111,3 +111,29 @@ def test_a_sweep_opens_its_dataset_once(char_data, tmp_path):
     proc = run_script('bench.py', *SMALL, f'--dataset={tmp_path}', '--vocab_size=16', '--batch_size=2,4')
     assert proc.stdout.count('has no meta.json') == 1, proc.stdout
     assert re.search(r'^4 \| [\d.]+ \| ', proc.stdout, re.M), proc.stdout
+
+
+def test_only_keys_of_numbers_flags_and_names_are_swept_and_the_last_given_counts():
+    from nanogpt.sweep import split_sweep
+    sweepable = {'batch_size', 'dtype'}
+    fixed, swept = split_sweep(['--batch_size=2', '--batch_size=4,8', '--json=r,1.json', '--dtype=float32,float16',
+                                '--dtype=float32'], sweepable)
+    assert swept == {'batch_size': ['4', '8']}  # a path keeps its comma; the dtype given after the sweep counts
+    assert fixed == ['--json=r,1.json', '--dtype=float32']
+
+
+def test_a_results_file_is_only_ever_bench_results_and_every_setting_is_checked_first(tmp_path):
+    from nanogpt.sweep import settings
+    (tmp_path / 'ckpt.pt').write_bytes(b'PK\x03\x04 a checkpoint')
+    with pytest.raises(SystemExit, match=r'holds something other than bench results'):
+        settings({}, str(tmp_path / 'ckpt.pt'), lambda args: None)
+    assert (tmp_path / 'ckpt.pt').read_bytes() == b'PK\x03\x04 a checkpoint'
+    (tmp_path / 'old.json').write_text('{"device": "cpu", "swept": [], "results": []}')
+    assert settings({}, str(tmp_path / 'old.json'), lambda args: args) == [({}, [])]
+    import bench
+    from configurator import configure
+    for key, values in (('device', ['cpu', 'meta']), ('dtype', ['float32', 'float8'])):
+        with pytest.raises(SystemExit, match=values[1]):  # refused before the first setting is timed
+            settings({key: values}, '', lambda args: (cfg := configure(bench.defaults, args, bench.RANGES,
+                                                                       verbose=False)).device == 'auto' or
+                     bench.device_type_of(cfg.device))

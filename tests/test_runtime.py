@@ -52,3 +52,22 @@ def test_cuda_index_without_cuda():
 def test_unknown_dtype():
     with pytest.raises(SystemExit, match="dtype='float64'"):
         setup_runtime('cpu', 'float64')
+
+
+@pytest.mark.parametrize('env, says', [
+    (dict(RANK='0'), 'RANK and WORLD_SIZE are set together'),
+    (dict(WORLD_SIZE='3'), 'RANK and WORLD_SIZE are set together'),
+    (dict(RANK='abc', WORLD_SIZE='2'), 'as integers'),
+    (dict(RANK='0', WORLD_SIZE='1'), 'MASTER_ADDR and MASTER_PORT are needed'),
+    (dict(RANK='2', WORLD_SIZE='2', MASTER_ADDR='localhost', MASTER_PORT='29500'), 'a rank below WORLD_SIZE'),
+], ids=['rank-alone', 'world-size-alone', 'not-an-integer', 'no-master', 'rank-too-high'])
+def test_torchrun_variables_set_by_hand_are_checked_together(monkeypatch, env, says):
+    # set inconsistently, they made a process wait forever for ranks that never come, or fail in torch
+    from nanogpt.runtime import distributed_env
+    for k in ('RANK', 'LOCAL_RANK', 'WORLD_SIZE', 'MASTER_ADDR', 'MASTER_PORT'):
+        monkeypatch.delenv(k, raising=False)
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    with pytest.raises(SystemExit, match=says):
+        distributed_env()
+    assert distributed_env(ddp=False) == (False, 0, 0, 1)  # sample.py and perplexity.py run in one process
