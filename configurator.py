@@ -86,7 +86,7 @@ def configure(defaults: dict, argv: list[str], ranges: dict | None = None, verbo
                 raise SystemExit(f"error: {what} (arguments are config files, config/name.py, or --key=value)")
             namespace = dict(config)
             try:
-                with open(arg, encoding='utf-8') as f:
+                with open(arg, encoding='utf-8-sig') as f:  # a byte order mark, as Python reads it
                     source = f.read()
                 tree = ast.parse(source, arg)
                 exec(compile(tree, arg, 'exec'), namespace)
@@ -120,8 +120,8 @@ def configure(defaults: dict, argv: list[str], ranges: dict | None = None, verbo
                 raise SystemExit(f"error: {arg} needs a value: --{key}=VALUE (default {defaults[key]!r})")
             config[key] = check_type(key, _parse(raws, defaults[key]), defaults[key], arg, key in nullable)
             echo.append(f"Overriding: {key} = {config[key]!r}")
-    if bare:
-        config[positional] = bare
+    if bare:  # after those given as --key a b, if any
+        config[positional] = config[positional] + bare
     check_ranges(config, ranges or {})
     if verbose and echo:
         print('\n'.join(echo))

@@ -10,11 +10,13 @@ and sample.py --init_from=dest read back.
 A model trained with bias=False gets zero biases, which compute the same function.
 """
 import os
+import shutil
 import sys
 
 from configurator import config_defaults, configure
 from nanogpt.checkpoint import load_checkpoint, model_from_checkpoint
 from nanogpt.errors import one_line_errors
+from nanogpt.tokenfiles import dataset_dir, read_vocab
 from nanogpt.weights import GPT2_VOCAB, write_json, write_pretrained
 
 # -----------------------------------------------------------------------------
@@ -34,14 +36,26 @@ def export(ckpt_path: str, dest: str, trim_vocab: bool = False):
             raise SystemExit(f"error: --trim_vocab keeps GPT-2's {GPT2_VOCAB} tokens, but this model has only "
                              f"{vocab_size}")
         vocab_size = GPT2_VOCAB
+    chars = checkpoint.get('vocab')
+    if chars is None and vocab_size < GPT2_VOCAB:  # an older checkpoint's characters are its dataset's
+        dataset = checkpoint.get('config', {}).get('dataset')
+        chars = read_vocab(dataset_dir(dataset)) if dataset else None
+        if chars is None:
+            raise SystemExit(f"error: {ckpt_path} is a model of {vocab_size} characters that names none of them, "
+                             f"nor a dataset that does: put its dataset's meta.pkl back in data/{dataset}")
     if os.path.lexists(dest) and (not os.path.isdir(dest) or os.listdir(dest)):
         # writing into it would mix our files with what is there (a stale tokenizer, other weights)
         raise SystemExit(f"error: --dest={dest} already exists and is not an empty folder: choose a new folder, "
                          f"or remove it first")
-    tokenizer = write_pretrained(model, dest, vocab_size)
-    if checkpoint.get('vocab') is not None:  # a character-level model: its characters, read as a dataset's are
-        write_json(os.path.join(dest, 'meta.json'), {'tokenizer': 'char', 'vocab_size': vocab_size,
-                                                     'chars': ''.join(checkpoint['vocab'])})
+    stage = f"{dest.rstrip(os.sep)}.tmp{os.getpid()}"  # written whole, then renamed: never half an export at dest
+    try:
+        tokenizer = write_pretrained(model, stage, vocab_size)
+        if chars is not None:  # a character-level model: its characters, read as a dataset's are
+            write_json(os.path.join(stage, 'meta.json'), {'tokenizer': 'char', 'vocab_size': vocab_size,
+                                                          'chars': ''.join(chars)})
+        os.replace(stage, dest)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
     print(f"exported {ckpt_path} ({model.get_num_params() / 1e6:.2f}M parameters, vocabulary {vocab_size}) "
           f"to {dest}{' with the GPT-2 tokenizer' if tokenizer else ''}")
 

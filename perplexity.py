@@ -86,7 +86,7 @@ def main(argv: list[str]):
         raise SystemExit(f"error: {source} holds token id {tokens.max()}, outside the model's vocabulary of "
                          f"{model.config.vocab_size}")
     loss, n = token_loss(model, tokens, cfg.batch_size, runtime.device, runtime.ctx)
-    print0(f"{source}: {n:,} tokens, loss {loss:.4f}, perplexity {math.exp(loss):.3f}")
+    print0(f"{source}: {n:,} tokens, loss {loss:.4f}, perplexity {math.exp(loss) if loss < 700 else math.inf:.3f}")
 
 
 if __name__ == '__main__':

@@ -45,8 +45,13 @@ def read_log(out_dir: str) -> dict:
     path = os.path.join(out_dir, 'log.jsonl')
     if not os.path.exists(path):
         raise SystemExit(f"error: no {path}: train.py writes it; pass the out_dir of a run")
+    records = runlog.read_records(path)
+    starts = [i for i, r in enumerate(records) if 'params' in r and r.get('init_from') != 'resume']
+    if len(starts) > 1:  # train.py never starts a new run in a folder that has one: these are logs put together
+        print(f"note: {path} holds {len(starts)} runs started from scratch: drawing the last")
+        records = records[starts[-1]:]
     run = {kind: [] for kind in runlog.KINDS}
-    for record in runlog.read_records(path):
+    for record in sorted(records, key=lambda r: r['iter']):  # in order of iterations, however the lines were
         run[runlog.kind_of(record)].append(record)
     for record in run['step'] + run['eval'] + run['hellaswag']:
         for key in ('loss', 'lr', 'train_loss', 'val_loss', 'hellaswag'):

@@ -105,12 +105,13 @@ hellaswag_limit = 0  # examples per HellaSwag evaluation (0: all 10,042)
 hellaswag_file = ''  # a local hellaswag_val.jsonl; empty: downloaded once into data/hellaswag
 # -----------------------------------------------------------------------------
 # the values each key may take: anything else stops before any work with one line naming the key
-RANGES = dict(eval_interval='> 0', log_interval='> 0', eval_iters='> 0',
-              gradient_accumulation_steps='> 0', batch_size='> 0', block_size='> 0', n_layer='> 0', n_head='> 0',
-              n_embd='> 0', dropout='[0, 1)', optimizer=OPTIMIZERS, learning_rate='>= 0', muon_learning_rate='>= 0',
-              muon_momentum='[0, 1)', max_iters='>= 0', weight_decay='>= 0', beta1='[0, 1)', beta2='[0, 1)',
-              grad_clip='>= 0', warmup_iters='>= 0', lr_decay_iters='>= 0', min_lr='>= 0',
-              data_parallel=DATA_PARALLEL, hellaswag_interval='>= 0', hellaswag_limit='>= 0', peak_flops='> 0 or None')
+RANGES = dict(eval_interval='> 0', log_interval='> 0', eval_iters='> 0', checkpoint_interval='>= 0',
+              max_bad_steps='> 0', gradient_accumulation_steps='> 0', batch_size='> 0', block_size='> 0',
+              n_layer='> 0', n_head='> 0', n_embd='> 0', dropout='[0, 1)', optimizer=OPTIMIZERS, learning_rate='>= 0',
+              muon_learning_rate='>= 0', muon_momentum='[0, 1)', max_iters='>= 0', weight_decay='>= 0',
+              beta1='[0, 1)', beta2='[0, 1)', grad_clip='>= 0', warmup_iters='>= 0', lr_decay_iters='>= 0',
+              min_lr='>= 0', data_parallel=DATA_PARALLEL, hellaswag_interval='>= 0', hellaswag_limit='>= 0',
+              peak_flops='> 0 or None')
 defaults = config_defaults(globals())  # the names above: what config files and --key=value may set
 
 

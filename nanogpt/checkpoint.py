@@ -17,6 +17,7 @@ rank's RNG states), world_size; and vocab, the characters of a character-level m
 
 import math
 import os
+import re
 from dataclasses import asdict
 
 import torch
@@ -29,7 +30,7 @@ from nanogpt.optim import OPTIMIZERS, parts
 from nanogpt.parallel import full_state_dict, load_optimizer_state, restore_rng, rng_states
 from nanogpt.runtime import print0
 from nanogpt.tokenfiles import read_vocab
-from nanogpt.weights import check_shapes, torch_load
+from nanogpt.weights import check_shapes, check_tensors, torch_load
 
 
 def save_checkpoint(path: str, checkpoint: dict):
@@ -135,8 +136,10 @@ def load_checkpoint(ckpt_path: str, required=('model', 'model_args')) -> dict:
     """The checkpoint at ckpt_path, every field the code uses checked (the required ones present); SystemExit naming
     what to do where there is none (OpenAI's weights too, for a script that takes --init_from)."""
     if not os.path.exists(ckpt_path):
+        exported = os.path.exists(os.path.join(os.path.dirname(ckpt_path), 'config.json'))
         raise SystemExit(f"error: no checkpoint at {ckpt_path}: train one with train.py (out_dir sets where)"
-                         f"{', or pass --init_from=gpt2 for OpenAI weights' if takes('init_from') else ''}")
+                         f"{', or pass --init_from=gpt2 for OpenAI weights' if takes('init_from') else ''}"
+                         f"{f' (the folder holds an export: --init_from={os.path.dirname(ckpt_path)})' * exported}")
     checkpoint = torch_load(ckpt_path, 'checkpoint')
     fix = "the file is damaged or not a checkpoint of this project or nanoGPT: use another, or train again"
     fields.check(checkpoint, CHECKPOINT, ckpt_path, fix, required)
@@ -164,8 +167,14 @@ def model_from_checkpoint(checkpoint: dict, source: str = 'checkpoint') -> GPT:
     if set(model_args) - known:
         raise SystemExit(f"error: {source} has model arguments {sorted(set(model_args) - known)} that this GPT "
                          f"does not know: it comes from another architecture")
-    # checkpoints of a torch.compile'd model (nanoGPT's) carry this prefix
-    state_dict = {k.removeprefix('_orig_mod.'): v for k, v in checkpoint['model'].items()}
+    # checkpoints of a torch.compile'd model (nanoGPT's) or of a DDP wrapper carry these prefixes, in either order
+    state_dict = {re.sub(r'^((_orig_mod|module)\.)+', '', k): v for k, v in checkpoint['model'].items()}
+    check_tensors(state_dict, source)
+    head, wte = state_dict.get('lm_head.weight'), state_dict.get('transformer.wte.weight')
+    if head is not None and wte is not None and (head.shape != wte.shape or not torch.equal(head, wte)):
+        # loaded after wte, it would replace the tied weight
+        raise SystemExit(f"error: {source}: lm_head.weight differs from transformer.wte.weight, which GPT-2 ties: "
+                         f"the file is damaged or another model's")
     state_dict = {k: v for k, v in state_dict.items() if not k.endswith('.attn.bias')}  # old causal-mask buffers
     check_shapes(model_args, {k: tuple(v.shape) for k, v in state_dict.items()}, source)
     model = GPT(GPTConfig(**model_args))

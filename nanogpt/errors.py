@@ -135,7 +135,7 @@ def one_line_errors(keys=()):
     with its config keys, the options its hints may name."""
     global _options
     _options = frozenset(keys)
-    if not os.environ.get('NANOGPT_DEBUG'):
+    if os.environ.get('NANOGPT_DEBUG', '0') in ('', '0'):
         sys.excepthook = _one_line_errors
     for name in ('stdout', 'stderr'):
         stream = getattr(sys, name)

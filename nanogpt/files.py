@@ -132,7 +132,7 @@ def atomic_path(path: str):
                          f"another path")
     for stale in glob.glob(glob.escape(path) + '.tmp*'):
         pid = stale[len(path) + 4:]
-        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)) and not os.path.isdir(stale):
             os.remove(stale)
     tmp = f"{path}.tmp{os.getpid()}"
     if os.path.lexists(tmp):  # this pid's own leftover, or something planted there: the writer creates it anew
@@ -145,7 +145,8 @@ def atomic_path(path: str):
     except Exception as e:
         # a full disk, a quota or a file size limit, however the writer reports it (torch.save: "RuntimeError: ...
         # unexpected pos"), said plainly and of the destination
-        code = e.errno if isinstance(e, OSError) and e.errno in NO_ROOM else _no_room(tmp)
+        code = e.errno if isinstance(e, OSError) and e.errno in NO_ROOM else \
+            errno.ENOSPC if 'No space left on device' in str(e) else _no_room(tmp)
         if code:
             raise OSError(code, os.strerror(code), path) from e
         if isinstance(e, OSError) and e.filename == tmp:  # a read-only folder, say: named by what was written
@@ -174,7 +175,7 @@ def _no_room(path: str, margin: int = 1 << 20) -> int:
     than margin bytes left, EFBIG when it reached the process's file size limit; else 0."""
     try:
         fs = os.statvfs(os.path.dirname(os.path.abspath(path)))
-        if fs.f_bavail * fs.f_frsize < margin:
+        if fs.f_bavail * fs.f_frsize < margin or (fs.f_files and fs.f_favail == 0):  # no bytes, or no inodes, left
             return errno.ENOSPC
         import resource
         limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
@@ -205,4 +206,4 @@ def download(url: str, path: str, offline_hint: str):
             with open(tmp, 'wb') as f:
                 f.write(response.read())
     except OSError as e:
-        raise SystemExit(f"error: could not download {url} ({e}).\n{offline_hint}") from None
+        raise SystemExit(f"error: could not download {url} ({e}). {offline_hint}") from None

@@ -4,6 +4,7 @@ of the two Shakespeare scripts, loading a corpus with `datasets` (the hub, or lo
 BPE tokenization of many documents in parallel, in order. Torch-free, like the prepare scripts.
 """
 
+import glob
 import os
 import signal
 from multiprocessing import Pool
@@ -83,6 +84,8 @@ def load_text_dataset(hub_name: str, inputs: list[str], num_proc: int, prepare_s
             raise SystemExit(f"error: input files not found: {missing}")
         for path in inputs:  # a FIFO or a folder is refused here, not waited on or half-read by `datasets`
             open_source(path, 'rb').close()
+        if len({os.path.realpath(p) for p in inputs}) < len(inputs):  # its documents would be in train and val
+            raise SystemExit(f"error: --input names a file twice ({' '.join(inputs)}): give each once")
         kinds = {'.json': 'json', '.jsonl': 'json', '.txt': 'text', '.parquet': 'parquet'}
         builders = {kinds.get(os.path.splitext(p)[1].lower()) for p in inputs}
         if len(builders) != 1 or None in builders:
@@ -93,7 +96,8 @@ def load_text_dataset(hub_name: str, inputs: list[str], num_proc: int, prepare_s
         builder = builders.pop()
         kwargs = dict(sample_by='paragraph') if builder == 'text' else {}  # blank lines separate documents
         try:
-            ds = datasets.load_dataset(builder, data_files=inputs, split='train', **kwargs)
+            # data_files are glob patterns: a name holding [ or * is escaped, to be itself
+            ds = datasets.load_dataset(builder, data_files=[glob.escape(p) for p in inputs], split='train', **kwargs)
         except Exception as e:  # malformed JSON, a parquet file that is not one, non-UTF-8 text
             # the innermost error says what is wrong (datasets wraps it in DatasetGenerationError)
             inner = [c for c in causes(e) if str(c).strip()][-1:] or [e]

@@ -23,7 +23,7 @@ from nanogpt.runlog import read_records
 
 LOCK = 'run.lock'
 # the same in every restart of one torchrun job, and in no other: torchrun's run id is 'none' for every job started
-# without --rdzv-id or --standalone, so the agent that restarts the workers (their parent process) is named too
+# without a rendezvous id (rdzv-id, or standalone), so the agent that restarts the workers (their parent) is named too
 RUN_ID = f"{os.environ['TORCHELASTIC_RUN_ID']}@{socket.gethostname()}:{os.getppid()}" \
     if 'TORCHELASTIC_RUN_ID' in os.environ else None
 

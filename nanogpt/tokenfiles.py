@@ -130,14 +130,24 @@ DATASET_RE = re.compile(r'^((train|val)(_\d{6})?\.bin|meta\.json|meta\.pkl)$')  
 
 
 @contextmanager
-def preparing(data_dir: str):
+def preparing(data_dir: str, inputs=()):
     """The folder a prepare writes its new dataset into: a staging folder inside data_dir, held by one prepare at a
     time (an flock on data_dir/.prepare.lock). When the block completes, the staged dataset replaces data_dir's whole:
     until then every script reads the old dataset unchanged, and after it no file of the old one remains, whatever
     its layout (a train.bin where shards are now written, a meta.pkl beside BPE tokens). An error or an interrupt
     leaves data_dir as it was. Should the process die in the swap itself, meta.json says the dataset is incomplete,
-    and every reader refuses it until it is prepared again."""
+    and every reader refuses it until it is prepared again. Refused before anything: a folder holding a model (an
+    export: its meta.json is the model's), and inputs (the prepare's) that the swap would replace."""
     make_folder(data_dir, 'out_dir')
+    model = [n for n in ('config.json', 'model.safetensors') if os.path.exists(os.path.join(data_dir, n))]
+    if model:  # its meta.json is the model's vocabulary, not a dataset's
+        raise SystemExit(f"error: out_dir={data_dir} holds a model ({', '.join(model)}), not a dataset: prepare into "
+                         f"another folder")
+    for path in filter(None, inputs):  # the swap would replace it
+        if os.path.dirname(os.path.realpath(path)) == os.path.realpath(data_dir) and \
+                DATASET_RE.match(os.path.basename(path)):
+            raise SystemExit(f"error: --input {path} is a file of the dataset this prepare replaces: copy it "
+                             f"elsewhere first, or choose another out_dir")
     lock = open_regular(os.path.join(data_dir, '.prepare.lock'), 'a+')
     if not lock_nowait(lock):
         lock.close()
@@ -273,9 +283,10 @@ class Dataset:
         if os.path.exists(pkl):  # opened with the token files: checked as it was then
             opened['meta.pkl'] = open_source(pkl, 'rb')
         _check_files(data_dir, self.meta, note, opened)
+        # the meta.json read above and the meta.pkl opened with it: one prepare's, throughout
+        self.vocab = read_vocab(data_dir, self.meta or {}, opened.get('meta.pkl'))
         if 'meta.pkl' in opened:
             opened['meta.pkl'].close()
-        self.vocab = read_vocab(data_dir, self.meta or {})  # the meta.json read above: one prepare's, throughout
         self.tokenizer = 'char' if self.vocab is not None else (self.meta or {}).get('tokenizer', 'gpt2')
 
     def split(self, split: str) -> tuple[list[str], list[int]]:
@@ -295,6 +306,9 @@ class Dataset:
                 if size % 2:
                     raise SystemExit(f"error: {path} has an odd size ({size} bytes), so it is not a uint16 token file:"
                                      f" it may be truncated; prepare it again ({prepare_hint(self.dir)})")
+                if os.pread(f.fileno(), 6, 0) == b'\x93NUMPY':  # its header would be read as tokens
+                    raise SystemExit(f"error: {path} is a numpy .npy file, not raw uint16 tokens: write it with "
+                                     f"np.asarray(tokens, np.uint16).tofile(path), or prepare it again")
                 lengths.append(size // 2)
             self._splits[split] = (paths, lengths, files)
         return self._splits[split][:2]
@@ -310,19 +324,23 @@ class Dataset:
         if (split, vocab_size) in self._checked:
             return
         self._checked.add((split, vocab_size))
+        whose = "the model's"
+        if self.meta and self.meta.get('vocab_size', vocab_size) < vocab_size:  # GPT-2's 50257 in a model of 50304
+            vocab_size, whose = self.meta['vocab_size'], "the dataset's (meta.json)"
         for index, (path, n) in enumerate(zip(*self.split(split))):
             data = self.tokens(split, index)
             pieces = [data[:sample], data[n // 2:n // 2 + sample], data[max(n - sample, 0):]]
             top = max(int(p.max()) for p in pieces if p.size)
             del data
             if top >= vocab_size:
-                raise SystemExit(f"error: {path} holds token id {top}, outside the model's vocabulary of {vocab_size}"
-                                 f": the data was prepared with another tokenizer, or vocab_size is wrong")
+                raise SystemExit(f"error: {path} holds token id {top}, outside {whose} vocabulary of {vocab_size}: the"
+                                 f" file is damaged, or the data was prepared with another tokenizer")
 
 
 def dataset_dir(dataset: str) -> str:
     """data/<dataset> of this repository, or `dataset` itself when it is a path."""
-    path = dataset if os.sep in dataset or os.path.isdir(dataset) else os.path.join(REPO_DIR, 'data', dataset)
+    named = os.path.join(REPO_DIR, 'data', dataset)  # a name is data/<name>'s, whatever folder the cwd holds
+    path = dataset if os.sep in dataset or (os.path.isdir(dataset) and not os.path.isdir(named)) else named
     if os.path.exists(path) and not os.path.isdir(path):
         raise SystemExit(f"error: dataset {path} is a file, not a dataset folder: pass the folder that holds it")
     return path
@@ -365,18 +383,22 @@ class _PlainUnpickler(pickle.Unpickler):
         raise pickle.UnpicklingError(f"it refers to {module}.{name}, and only plain data is loaded")
 
 
-def read_vocab(data_dir: str, meta: dict | None = None) -> list[str] | None:
+def read_vocab(data_dir: str, meta: dict | None = None, pkl_file=None) -> list[str] | None:
     """The character vocabulary of a dataset (index -> character): meta.json's 'chars', else nanoGPT's meta.pkl
-    read as plain data only. None when the dataset has neither (GPT-2 BPE). meta: its meta.json, when already read.
-    """
+    read as plain data only. None when the dataset has neither (GPT-2 BPE). meta: its meta.json, when already read;
+    pkl_file: its meta.pkl, when already open."""
     meta = (read_meta(data_dir) if meta is None else meta) or {}
     if meta.get('complete') is False:  # the characters of a dataset half prepared are no vocabulary
         raise SystemExit(f"error: the dataset in {data_dir} is incomplete (its prepare was interrupted): "
                          f"prepare it again ({prepare_hint(data_dir)})")
-    if meta.get('chars') is not None:
-        return list(meta['chars'])
     pkl_path = os.path.join(data_dir, 'meta.pkl')
-    if not os.path.exists(pkl_path):
+    if meta.get('chars') is not None:
+        if (pkl_file or os.path.exists(pkl_path)) and _pkl_vocab(pkl_file or pkl_path) != list(meta['chars']):
+            raise SystemExit(f"error: {data_dir}: the characters of meta.json and meta.pkl differ (one of them was "
+                             f"edited or comes from another prepare): prepare the dataset again "
+                             f"({prepare_hint(data_dir)})")
+        return list(meta['chars'])
+    if not (pkl_file or os.path.exists(pkl_path)):
         if meta.get('tokenizer') == 'char':
             raise SystemExit(f"error: {data_dir} is character-level data, but its vocabulary (meta.pkl) is "
                              f"missing: prepare the dataset again ({prepare_hint(data_dir)})")
@@ -385,13 +407,27 @@ def read_vocab(data_dir: str, meta: dict | None = None) -> list[str] | None:
         raise SystemExit(f"error: {data_dir}/meta.json says the tokenizer is {meta['tokenizer']!r}, but meta.pkl "
                          f"beside it holds a character vocabulary: prepare the dataset again "
                          f"({prepare_hint(data_dir)}), or remove the file that does not belong")
+    return _pkl_vocab(pkl_file or pkl_path)
+
+
+def _pkl_vocab(pkl) -> list[str]:
+    """nanoGPT's meta.pkl (a path, or the file open) read as plain data only: its itos in order, which its stoi must
+    invert (nanoGPT's prepare encoded with stoi)."""
+    pkl_path = pkl if isinstance(pkl, str) else pkl.name
     try:
-        with open_source(pkl_path, 'rb') as f:
-            pkl = _PlainUnpickler(f).load()
+        if isinstance(pkl, str):
+            with open_source(pkl, 'rb') as f:
+                pkl = _PlainUnpickler(f).load()
+        else:
+            pkl.seek(0)
+            pkl = _PlainUnpickler(pkl).load()
         itos = pkl['itos']
         vocab = [itos[i] for i in range(pkl['vocab_size'])]
     except Exception as e:
         raise SystemExit(f"error: {pkl_path} is refused ({type(e).__name__}: {e}): a character vocabulary is a dict "
                          f"of plain data; prepare the dataset again") from None
     fields.check({'itos': vocab}, {'itos': fields.CHARS}, pkl_path, "prepare the dataset again")
+    if 'stoi' in pkl and pkl['stoi'] != {ch: i for i, ch in enumerate(vocab)}:
+        raise SystemExit(f"error: {pkl_path}: its stoi and itos disagree, so the ids' characters are unknown; prepare "
+                         f"the dataset again")
     return vocab

@@ -31,15 +31,17 @@ def torch_load(path: str, what: str):
     except pickle.UnpicklingError as e:
         found = re.search(r'GLOBAL (\S+)', str(e)) or _code_in(path)  # torch's message names it, or a scan does
         if found is None:
-            raise SystemExit(f"error: could not read the {what} {path} (UnpicklingError: {e}): the file is "
-                             f"damaged or not a PyTorch {what}") from None
+            raise SystemExit(f"error: could not read the {what} {path} (UnpicklingError: {str(e).splitlines()[0]}): "
+                             f"the file is damaged or not a PyTorch {what}") from None
         name = found if isinstance(found, str) else found.group(1)
         raise SystemExit(f"error: refused to load {path}: it holds objects other than tensors and plain data, "
                          f"which could run code when loaded (it refers to {name}); use {what}s you trust, "
                          f"written by this project, nanoGPT or transformers") from None
+    except OSError as e:  # a permission, say: the file itself may be sound
+        raise SystemExit(f"error: could not open the {what} {path} ({e.strerror}): check its permissions") from None
     except Exception as e:
-        raise SystemExit(f"error: could not read the {what} {path} ({type(e).__name__}: {e}): the file is "
-                         f"damaged or not a PyTorch {what}") from None
+        raise SystemExit(f"error: could not read the {what} {path} ({type(e).__name__}: {str(e).splitlines()[0]}): "
+                         f"the file is damaged or not a PyTorch {what}") from None
 
 
 def _code_in(path: str) -> str | None:
@@ -156,6 +158,15 @@ def our_name(k: str) -> str:
     return k if k.startswith(('transformer.', 'lm_head.')) else 'transformer.' + k
 
 
+def check_tensors(state_dict: dict, source: str):
+    """SystemExit unless every weight is a floating-point tensor: integers (a damaged or quantised file) would be
+    cast into the model in silence."""
+    odd = next((k for k, v in state_dict.items() if not v.is_floating_point()), None)
+    if odd:
+        raise SystemExit(f"error: {source}: weight {odd} is {state_dict[odd].dtype}, not floating point: the file is "
+                         f"damaged or quantised; use float32, bfloat16 or float16 weights")
+
+
 def read_weights(weights_path: str, raw: dict | None = None) -> dict:
     """A Hugging Face GPT-2 weights file (or its tensors, raw) as a state_dict of this model: its keys, Linear (not
     Conv1D) layout."""
@@ -170,6 +181,7 @@ def read_weights(weights_path: str, raw: dict | None = None) -> dict:
             continue
         k = our_name(k)
         state_dict[k] = v.t() if k.endswith(TRANSPOSED) else v
+    check_tensors(state_dict, weights_path)
     return state_dict
 
 
@@ -193,7 +205,9 @@ def weights_and_shapes(weights_path: str) -> tuple[dict | None, dict]:
 def read_folder(path: str) -> tuple[dict, dict]:
     config_path = os.path.join(path, 'config.json')
     if not os.path.exists(config_path):
-        raise FileNotFoundError(f"{path} has no config.json: it is not a Hugging Face GPT-2 checkpoint")
+        run = " (it holds a ckpt.pt: pass --init_from=resume --out_dir=that folder)" * os.path.exists(
+            os.path.join(path, 'ckpt.pt'))
+        raise FileNotFoundError(f"{path} has no config.json: it is not a Hugging Face GPT-2 checkpoint{run}")
     with open_source(config_path) as f:
         try:
             hf_config = json.load(f)
@@ -207,6 +221,9 @@ def read_folder(path: str) -> tuple[dict, dict]:
             raw, shapes = weights_and_shapes(weights_path)
             check_shapes(config_args, shapes, config_path)
             return config_args, read_weights(weights_path, raw)
+    if any(name.endswith('.index.json') for name in os.listdir(path)):
+        raise FileNotFoundError(f"{path} holds a sharded checkpoint, which is not read here: save it as one file "
+                                f"(transformers: save_pretrained(path, max_shard_size='100GB'))")
     raise FileNotFoundError(f"{path} has neither model.safetensors nor pytorch_model.bin")
 
 
@@ -251,8 +268,10 @@ def read_pretrained(name_or_path: str) -> tuple[dict, dict]:
         return read_folder(name_or_path)
     if name_or_path in PRETRAINED:
         return download_pretrained(name_or_path)
+    run = f" (for a checkpoint: --init_from=resume --out_dir={os.path.dirname(name_or_path) or '.'})" * \
+        name_or_path.endswith('.pt')
     raise ValueError(f"unknown pretrained model {name_or_path!r}: use one of {', '.join(PRETRAINED)} "
-                     f"or a directory holding config.json and model.safetensors")
+                     f"or a directory holding config.json and model.safetensors{run}")
 
 
 # -----------------------------------------------------------------------------

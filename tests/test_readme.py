@@ -67,7 +67,7 @@ def test_every_readme_command_passes_its_scripts_configurator(command, monkeypat
     script, _, args = script_and_args(command)
     module = importlib.import_module(script[:-3])
     monkeypatch.chdir(REPO)  # config files are named from the repository root
-    fixed, swept = split_sweep(args) if script == 'bench.py' else (args, {})
+    fixed, swept = split_sweep(args, module.SWEEPABLE) if script == 'bench.py' else (args, {})
     for values in itertools.product(*swept.values()):  # bench.py: every setting of a sweep
         setting = [f'--{k}={v}' for k, v in zip(swept, values)]
         configure(module.defaults, fixed + setting, getattr(module, 'RANGES', None), verbose=False)

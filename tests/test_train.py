@@ -209,8 +209,8 @@ def test_missing_dataset_names_its_prepare_script(tmp_path):
 def test_error_messages(char_data, tmp_path):
     proc = train(char_data, tmp_path / 'none', '--init_from=resume', check=False)
     assert proc.returncode != 0 and 'no checkpoint at' in proc.stderr
-    proc = train(char_data, tmp_path, '--gradient_accumulation_steps=3', env={'WORLD_SIZE': '2', 'RANK': '0'},
-                 check=False)
+    proc = train(char_data, tmp_path, '--gradient_accumulation_steps=3', check=False,
+                 env={'WORLD_SIZE': '2', 'RANK': '0', 'MASTER_ADDR': 'localhost', 'MASTER_PORT': '29500'})
     assert proc.returncode != 0 and 'not divisible by the 2 processes' in proc.stderr
     proc = train(char_data, tmp_path, '--learning_rat=1', check=False)
     assert proc.returncode != 0 and "did you mean 'learning_rate'" in proc.stderr

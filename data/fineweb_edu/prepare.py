@@ -37,7 +37,7 @@ def main(argv: list[str]):
 
     dataset = load_text_dataset(HUB_NAME, cfg.input, cfg.num_proc, 'data/fineweb_edu/prepare.py',
                                 name=cfg.remote_name)
-    with preparing(cfg.out_dir) as stage:  # the new dataset replaces the old one whole, at the end
+    with preparing(cfg.out_dir, cfg.input) as stage:  # the new dataset replaces the old one whole, at the end
         with TokenWriter(stage, lambda index: 'val' if index == 0 else 'train', cfg.shard_size) as writer:
             tokenize_to_files(dataset['text'], writer, cfg.num_proc, total=len(dataset), desc='tokenizing')
         for split in ('val', 'train'):

@@ -53,7 +53,7 @@ def main(argv: list[str]):
     split_dataset['val'] = split_dataset.pop('test')  # rename the test split to val
 
     counts = {}
-    with preparing(cfg.out_dir) as stage:  # the new dataset replaces the old one whole, at the end
+    with preparing(cfg.out_dir, cfg.input) as stage:  # the new dataset replaces the old one whole, at the end
         for split, dset in split_dataset.items():
             with TokenWriter(stage, split) as writer:
                 counts[split] = tokenize_to_files(dset['text'], writer, cfg.num_proc, total=len(dset),

@@ -30,7 +30,7 @@ def main(argv: list[str]):
     # encode with tiktoken gpt2 bpe
     enc = gpt2_encoding()
     counts = {}
-    with preparing(cfg.out_dir) as stage:  # the new dataset replaces the old one whole, at the end
+    with preparing(cfg.out_dir, [cfg.input]) as stage:  # the new dataset replaces the old one whole, at the end
         for split, text in splits.items():
             ids = np.array(enc.encode_ordinary(text), dtype=np.uint16)
             print(f"{split} has {len(ids):,} tokens")

@@ -43,7 +43,7 @@ def main(argv: list[str]):
     itos = {i: ch for i, ch in enumerate(chars)}
 
     counts = {}
-    with preparing(cfg.out_dir) as stage:  # the new dataset replaces the old one whole, at the end
+    with preparing(cfg.out_dir, [cfg.input]) as stage:  # the new dataset replaces the old one whole, at the end
         for split, text in splits.items():
             ids = np.array([stoi[c] for c in text], dtype=np.uint16)
             print(f"{split} has {len(ids):,} tokens")
