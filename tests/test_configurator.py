@@ -117,6 +117,11 @@ def test_a_config_file_that_interrupts_or_sets_a_wrong_type_names_itself(tmp_pat
     assert str(tmp_path / 'cfg.py') in str(e.value)
 
 
+def test_a_config_file_may_start_with_a_byte_order_mark(tmp_path):
+    (tmp_path / 'cfg.py').write_bytes('\ufeffbatch_size = 7\n'.encode('utf-8'))  # as Python itself runs it
+    assert configure(DEFAULTS, [str(tmp_path / 'cfg.py')], verbose=False).batch_size == 7
+
+
 def test_a_folder_named_like_a_config_file_is_not_one(tmp_path):
     (tmp_path / 'x.py').mkdir()
     with pytest.raises(SystemExit, match=r"'.*x.py' is not a config file"):
@@ -146,6 +151,8 @@ def test_a_script_without_config_files_takes_its_bare_arguments_as_a_list_key():
     defaults = dict(out_dirs=[], output='')
     cfg = configure(defaults, ['out-a', '--output=x.png', 'out-b'], verbose=False, positional='out_dirs')
     assert cfg.out_dirs == ['out-a', 'out-b'] and cfg.output == 'x.png'
+    cfg = configure(defaults, ['--out_dirs', 'a', 'b', '--output', 'x.png', 'c'], verbose=False, positional='out_dirs')
+    assert cfg.out_dirs == ['a', 'b', 'c']  # bare ones join those given with the key
     assert configure(defaults, ['--output', 'x.png'], verbose=False, positional='out_dirs').out_dirs == []
     with pytest.raises(SystemExit, match="unknown config key 'ouput': did you mean 'output'"):
         configure(defaults, ['out-a', '--ouput=x.png'], verbose=False, positional='out_dirs')

@@ -138,3 +138,12 @@ def test_values_no_axis_can_hold_are_not_drawn_and_the_smoothed_curve_goes_on(tm
     smoothed = [line for line in plot.figure([out]).axes[0].get_lines() if line.get_linewidth() == 1.8][0]
     y = list(smoothed.get_ydata())
     assert all(v != v for v in y[4:6]) and all(v == v and v < 5 for v in y[:4] + y[6:])  # NaN at 5 and 6 only
+
+
+def test_records_are_drawn_in_order_and_logs_put_together_draw_their_last_run(tmp_path):
+    first, second = records(iters=20), records(iters=10, tokens_per_iter=4096)
+    out = write_log(tmp_path / 'run', first[:1] + first[1:][::-1] + second)  # reversed lines, then another run
+    import plot
+    run = plot.read_log(out)
+    assert [r['iter'] for r in run['step']] == list(range(1, 11)) and run['start'][0]['tokens_per_iter'] == 4096
+

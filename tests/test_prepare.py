@@ -233,3 +233,20 @@ def test_a_prepare_with_nothing_to_train_on_leaves_the_old_dataset(dataset, tmp_
     with pytest.raises(SystemExit, match=re.escape(says)):
         main([f'--input={tmp_path / "docs.jsonl"}', f'--out_dir={dataset}', '--num_proc=1', *args])
     assert snapshot(dataset) == before
+
+
+def test_a_prepare_refuses_a_models_folder_and_an_input_it_would_replace(dataset, tmp_path):
+    import runpy
+    main = runpy.run_path(os.path.join(REPO, 'data/shakespeare_char/prepare.py'), run_name='not_main')['main']
+    export = tmp_path / 'export'  # export_hf.py's folder: its meta.json is the model's vocabulary
+    export.mkdir()
+    (export / 'config.json').write_text('{}')
+    (export / 'meta.json').write_text('{"tokenizer": "char", "vocab_size": 3, "chars": "abc"}')
+    with pytest.raises(SystemExit, match=r'holds a model \(config.json\), not a dataset'):
+        main([f'--input={dataset / "input.txt"}', f'--out_dir={export}'])
+    assert (export / 'meta.json').read_text() == '{"tokenizer": "char", "vocab_size": 3, "chars": "abc"}'
+    before = snapshot(dataset)
+    shutil.copy(dataset / 'input.txt', dataset / 'meta.json')  # a corpus kept where the swap writes meta.json
+    with pytest.raises(SystemExit, match=r'is a file of the dataset this prepare replaces'):
+        main([f'--input={dataset / "meta.json"}', f'--out_dir={dataset}'])
+    assert snapshot(dataset)['meta.json'] != before['meta.json']  # the user's file, untouched

@@ -171,6 +171,18 @@ def weights_damaged(path):
     args = {k: v for k, v in original['model_args'].items() if k != 'bias'}
     biased = {**original, 'model_args': args, 'model': {k: v for k, v in model.items() if not k.endswith('.bias')}}
     yield 'no-bias-field', biased, "model_args has no 'bias'"
+    yield 'int8', {**original, 'model': {k: v.to(torch.int8) for k, v in model.items()}}, 'is torch.int8, not floating'
+    untied = {**model, 'lm_head.weight': model['lm_head.weight'] + 1}
+    yield 'untied', {**original, 'model': untied}, 'lm_head.weight differs from transformer.wte.weight'
+
+
+def test_a_checkpoint_of_a_ddp_wrapped_compiled_model_loads(checkpoint_path, tmp_path):
+    original = torch.load(checkpoint_path, weights_only=True)
+    (tmp_path / 'out').mkdir()
+    torch.save({**original, 'model': {f'module._orig_mod.{k}': v for k, v in original['model'].items()}},
+               tmp_path / 'out' / 'ckpt.pt')
+    model, _ = ckpt_module.load_model('resume', str(tmp_path / 'out'))
+    assert torch.equal(model.state_dict()['transformer.wte.weight'], original['model']['transformer.wte.weight'])
 
 
 def test_every_weight_damage_of_a_checkpoint_is_one_line_before_use(checkpoint_path, tmp_path):
@@ -205,3 +217,34 @@ def test_a_meta_json_that_does_not_agree_with_itself_is_refused(char_data, tmp_p
     for edit in ({'vocab_size': good['vocab_size'] + 1}, {'tokenizer': 'gpt2'}, {'chars': good['chars'][:-1]}):
         (tmp_path / 'meta.json').write_text(json.dumps({**good, **edit}))
         refused(lambda: tokenfiles.read_meta(str(tmp_path)), 'does not agree with itself', 'prepare the dataset again')
+
+
+def test_a_vocabulary_whose_two_files_or_two_halves_disagree_is_refused(char_data, tmp_path):
+    import pickle
+    import shutil
+    data = tmp_path / 'data'
+    shutil.copytree(char_data, data)
+    meta = json.loads((data / 'meta.json').read_text())
+    swapped = meta['chars'][1] + meta['chars'][0] + meta['chars'][2:]  # two characters trade places
+    (data / 'meta.json').write_text(json.dumps({**meta, 'chars': swapped}))
+    refused(lambda: tokenfiles.Dataset(str(data), note=lambda _: None), 'the characters of meta.json and meta.pkl '
+            'differ')
+    (data / 'meta.json').unlink()  # nanoGPT's layout: meta.pkl alone, whose stoi must invert its itos
+    pkl = pickle.loads((data / 'meta.pkl').read_bytes())
+    pkl['stoi'] = {ch: i for i, ch in enumerate(swapped)}
+    (data / 'meta.pkl').write_bytes(pickle.dumps(pkl))
+    refused(lambda: tokenfiles.read_vocab(str(data)), 'its stoi and itos disagree')
+
+
+def test_token_files_that_are_not_raw_tokens_of_the_datasets_vocabulary_are_refused(tmp_path):
+    import numpy as np
+    tokens = np.arange(1000, dtype=np.uint16) % 50
+    for split in ('train', 'val'):
+        np.save(tmp_path / f'{split}.npy', tokens)
+        (tmp_path / f'{split}.npy').rename(tmp_path / f'{split}.bin')  # build-nanogpt's shards, renamed
+    refused(lambda: tokenfiles.Dataset(str(tmp_path), note=lambda _: None), 'is a numpy .npy file')
+    for split in ('train', 'val'):
+        np.append(tokens, 50300).astype(np.uint16).tofile(tmp_path / f'{split}.bin')
+    tokenfiles.write_meta(str(tmp_path), tokenizer='gpt2', vocab_size=50257, tokens={'train': 1001, 'val': 1001})
+    data = tokenfiles.Dataset(str(tmp_path))
+    refused(lambda: data.check_ids('train', 50304), "token id 50300, outside the dataset's (meta.json) vocabulary")
