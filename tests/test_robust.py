@@ -453,3 +453,19 @@ def test_cheap_checks_come_before_downloads(tmp_path):
                           f'--out_dir={tmp_path / "out"}', check=False)
         one_line_error(proc, 'no train data in', 'missing')
         assert 'loading weights' not in proc.stdout and not (tmp_path / 'out').exists()
+
+
+def test_an_export_of_a_checkpoint_without_characters_takes_its_datasets_and_is_written_whole(char_data, tmp_path,
+                                                                                              monkeypatch):
+    import export_hf
+    train(char_data, tmp_path / 'run', '--max_iters=2', '--eval_interval=2')
+    checkpoint = torch.load(tmp_path / 'run' / 'ckpt.pt', weights_only=True)
+    torch.save({k: v for k, v in checkpoint.items() if k != 'vocab'}, tmp_path / 'run' / 'ckpt.pt')  # nanoGPT's
+    export_hf.main([f'--out_dir={tmp_path / "run"}', f'--dest={tmp_path / "hf"}'])
+    chars = json.loads((tmp_path / 'hf' / 'meta.json').read_text())['chars']
+    assert list(chars) == checkpoint['vocab']
+    # interrupted as it writes meta.json, its last file: no folder at dest, so the export can simply be run again
+    monkeypatch.setattr(export_hf, 'write_json', lambda *a: (_ for _ in ()).throw(KeyboardInterrupt))
+    with pytest.raises(KeyboardInterrupt):
+        export_hf.main([f'--out_dir={tmp_path / "run"}', f'--dest={tmp_path / "hf2"}'])
+    assert sorted(os.listdir(tmp_path)) == ['hf', 'run']
