@@ -31,10 +31,10 @@ def config_defaults(namespace: dict) -> dict:
     return {k: v for k, v in namespace.items() if not k.startswith('_') and not k.isupper() and plain(v)}
 
 
-def _unknown_key(key: str, known) -> SystemExit:
+def _unknown_key(key: str, known, source: str = '') -> SystemExit:
     close = difflib.get_close_matches(key, list(known), n=1, cutoff=0.5)
     hint = f"did you mean {close[0]!r}?" if close else f"known keys: {', '.join(sorted(known))}"
-    return SystemExit(f"error: unknown config key {key!r}: {hint}")
+    return SystemExit(f"error: unknown config key {key!r}{f' in {source}' if source else ''}: {hint}")
 
 
 def _print_help(defaults: dict):
@@ -66,8 +66,6 @@ def configure(defaults: dict, argv: list[str], ranges: dict | None = None, verbo
               positional: str | None = None):
     """Apply config files and --key=value arguments to defaults; return the resolved config, checked. A script
     that takes no config files names in positional the list key its bare arguments go to."""
-    if '--help' in argv or '-h' in argv:
-        _print_help(defaults)
     if verbose is None:
         verbose = os.environ.get('RANK', '0') == '0'  # under torchrun only rank 0 prints
     config = dict(defaults)
@@ -76,6 +74,8 @@ def configure(defaults: dict, argv: list[str], ranges: dict | None = None, verbo
     args, bare = list(argv), []
     while args:
         arg = args.pop(0)
+        if arg in ('--help', '-h'):  # where it is an argument, not a value (--start -h)
+            _print_help(defaults)
         if not arg.startswith('--') and positional:
             bare.append(arg)
         elif not arg.startswith('--'):
@@ -98,15 +98,17 @@ def configure(defaults: dict, argv: list[str], ranges: dict | None = None, verbo
             echo.append(f"Overriding config with {arg}:\n{source}")
             # a name the file reads is a helper (tokens = 2**19; batch_size = tokens // 1024), as nanoGPT allows
             helpers = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)}
+            helpers |= {n.id for loop in ast.walk(tree) if isinstance(loop, (ast.For, ast.comprehension))
+                        for n in ast.walk(loop.target) if isinstance(n, ast.Name)}  # for i in ...: a loop's names
             helpers -= set(defaults)
             for name in helpers:  # one letter off a key is a typo the file also reads, not a helper
                 if name in namespace and difflib.get_close_matches(name, list(defaults), n=1, cutoff=0.85):
-                    raise _unknown_key(name, defaults)
+                    raise _unknown_key(name, defaults, arg)
             for key, value in namespace.items():
                 if key.startswith('_') or key in helpers or isinstance(value, types.ModuleType) or callable(value):
                     continue  # helpers, imports and functions inside the config file (import math)
                 if key not in defaults:
-                    raise _unknown_key(key, defaults)
+                    raise _unknown_key(key, defaults, arg)
                 config[key] = check_type(key, value, defaults[key], arg, key in nullable)
         else:
             # --key=value, or --key value (a list key: --key value value ...)

@@ -43,6 +43,10 @@ def export(ckpt_path: str, dest: str, trim_vocab: bool = False):
         if chars is None:
             raise SystemExit(f"error: {ckpt_path} is a model of {vocab_size} characters that names none of them, "
                              f"nor a dataset that does: put its dataset's meta.pkl back in data/{dataset}")
+    dest = os.path.abspath(dest)  # 'dest/.' and 'dest/' name dest itself
+    if os.path.islink(dest) or dest == os.getcwd():  # a link would be replaced, the cwd cannot be
+        raise SystemExit(f"error: --dest={dest} is {'a symbolic link' if os.path.islink(dest) else 'this folder'}: "
+                         f"choose a new folder")
     if os.path.lexists(dest) and (not os.path.isdir(dest) or os.listdir(dest)):
         # writing into it would mix our files with what is there (a stale tokenizer, other weights)
         raise SystemExit(f"error: --dest={dest} already exists and is not an empty folder: choose a new folder, "

@@ -22,6 +22,7 @@ SHAKESPEARE_URL = 'https://raw.githubusercontent.com/karpathy/char-rnn/master/da
 def shakespeare_splits(input: str, out_dir: str, script: str) -> dict:
     """nanoGPT's 90/10 split of the text of the Shakespeare prepare scripts: input, else input.txt in out_dir,
     downloaded from char-rnn when missing."""
+    make_folder(out_dir, 'out_dir', create=False)  # refused now, not after the input is read
     path = input or os.path.join(out_dir, 'input.txt')
     if not input and not os.path.exists(path):
         make_folder(out_dir, 'out_dir')

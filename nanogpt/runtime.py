@@ -175,10 +175,10 @@ def end_distributed(code: int = 0):
 
 class RunGuard:
     """What ends a training run early, decided by every rank together after each step: a stop request (SIGTERM,
-    what SLURM and cloud preemption send, or Ctrl-C; caught here so the run ends at a step boundary, with a
-    checkpoint) and a step skipped for a non-finite loss or gradient (printed, recorded through log(iter=...,
-    skipped=...), and the run stops after max_bad_steps in a row). Under DDP or FSDP a rank deciding alone would
-    deadlock or diverge from the others."""
+    what SLURM and cloud preemption send, Ctrl-C, or SIGHUP from a closed terminal; caught here so the run ends at
+    a step boundary, with a checkpoint) and a step skipped for a non-finite loss or gradient (printed, recorded
+    through log(iter=..., skipped=...), and the run stops after max_bad_steps in a row). Under DDP or FSDP a rank
+    deciding alone would deadlock or diverge from the others."""
 
     def __init__(self, runtime: Runtime, max_bad_steps: int, out_dir: str, log):
         self.runtime, self.max_bad_steps, self.out_dir, self.log = runtime, max_bad_steps, out_dir, log
@@ -186,6 +186,9 @@ class RunGuard:
         self.bad_steps = 0  # steps in a row skipped for a non-finite loss or gradient
         signal.signal(signal.SIGTERM, self._catch)
         signal.signal(signal.SIGINT, self._catch)
+        # a closed terminal or a dropped ssh session, unless the run ignores it (nohup)
+        if hasattr(signal, 'SIGHUP') and signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:
+            signal.signal(signal.SIGHUP, self._catch)
 
     def _catch(self, signum, frame):
         self.signum = signum

@@ -33,6 +33,8 @@ def settings(swept: dict, json_path: str, configure) -> list[tuple[dict, object]
     """(setting, its config) for every combination of the swept values, {key: value string}, each checked by
     configure(['--key=value', ...]) before any runs, as is the folder of the results file: a bad one costs no
     results."""
+    if json_path and not json_path.endswith('.json'):  # never a name of a dataset or a run's files
+        raise SystemExit(f"error: --json={json_path}: the results file's name ends in .json")
     if json_path and not os.path.isdir(os.path.dirname(os.path.abspath(json_path))):
         raise SystemExit(f"error: --json={json_path}: its folder does not exist: create it, or choose another path")
     if json_path:

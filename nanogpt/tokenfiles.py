@@ -143,23 +143,26 @@ def preparing(data_dir: str, inputs=()):
     if model:  # its meta.json is the model's vocabulary, not a dataset's
         raise SystemExit(f"error: out_dir={data_dir} holds a model ({', '.join(model)}), not a dataset: prepare into "
                          f"another folder")
-    for path in filter(None, inputs):  # the swap would replace it
-        if os.path.dirname(os.path.realpath(path)) == os.path.realpath(data_dir) and \
-                DATASET_RE.match(os.path.basename(path)):
-            raise SystemExit(f"error: --input {path} is a file of the dataset this prepare replaces: copy it "
-                             f"elsewhere first, or choose another out_dir")
+    stage = os.path.join(data_dir, '.prepare.new')
+    for path in filter(None, inputs):  # what the clean-up below or the swap would remove
+        where, name = os.path.split(os.path.realpath(path))
+        base, _, pid = name.rpartition('.tmp')
+        ours = where == os.path.realpath(data_dir) and bool(DATASET_RE.match(name) or
+                                                            pid.isdigit() and DATASET_RE.match(base))
+        if ours or (os.path.realpath(path) + os.sep).startswith(os.path.realpath(stage) + os.sep):
+            raise SystemExit(f"error: --input {path} is a file this prepare replaces or removes in {data_dir}: copy "
+                             f"it elsewhere first, or choose another out_dir")
     lock = open_regular(os.path.join(data_dir, '.prepare.lock'), 'a+')
     if not lock_nowait(lock):
         lock.close()
         raise SystemExit(f"error: another prepare is writing the dataset in {data_dir}: wait for it to end")
     # what a prepare that died left (the lock says none is running): its staging folder, its temporary files
-    stage = os.path.join(data_dir, '.prepare.new')
     if os.path.lexists(stage) and not stat.S_ISDIR(os.lstat(stage).st_mode):
         os.remove(stage)  # a link, a file, a FIFO (which rmtree would open, and wait on forever)
     shutil.rmtree(stage, ignore_errors=True)
     for name in os.listdir(data_dir):
         base, _, pid = name.rpartition('.tmp')
-        if pid.isdigit() and DATASET_RE.match(base):
+        if pid.isdigit() and DATASET_RE.match(base) and not os.path.isdir(os.path.join(data_dir, name)):
             os.remove(os.path.join(data_dir, name))
         elif DATASET_RE.match(name):  # what the swap will replace: refused now, not after the whole prepare
             check_destination(os.path.join(data_dir, name))
@@ -339,8 +342,11 @@ class Dataset:
 
 def dataset_dir(dataset: str) -> str:
     """data/<dataset> of this repository, or `dataset` itself when it is a path."""
+    if not dataset:
+        raise SystemExit("error: dataset is empty: give a name (data/<name>) or a folder of token files")
     named = os.path.join(REPO_DIR, 'data', dataset)  # a name is data/<name>'s, whatever folder the cwd holds
-    path = dataset if os.sep in dataset or (os.path.isdir(dataset) and not os.path.isdir(named)) else named
+    path = dataset if os.sep in dataset or dataset.startswith('.') or (os.path.isdir(dataset) and
+                                                                       not os.path.isdir(named)) else named
     if os.path.exists(path) and not os.path.isdir(path):
         raise SystemExit(f"error: dataset {path} is a file, not a dataset folder: pass the folder that holds it")
     return path
@@ -359,6 +365,8 @@ def prepare_hint(data_dir: str) -> str:
     """What to do about a dataset folder that is missing files: its prepare script, a folder of a close name where
     there is no such folder (a misspelt --dataset), else the files to write."""
     script = os.path.join(data_dir, 'prepare.py')
+    if os.path.exists(os.path.join(data_dir, 'config.json')):  # an export's folder: its meta.json is export_hf.py's
+        return "this is a model's folder: export it again with export_hf.py"
     if os.path.exists(script):
         inside = os.path.abspath(script).startswith(REPO_DIR + os.sep)
         return f"run python {os.path.relpath(script, REPO_DIR) if inside else script}"

@@ -125,8 +125,11 @@ def test_only_keys_of_numbers_flags_and_names_are_swept_and_the_last_given_count
 def test_a_results_file_is_only_ever_bench_results_and_every_setting_is_checked_first(tmp_path):
     from nanogpt.sweep import settings
     (tmp_path / 'ckpt.pt').write_bytes(b'PK\x03\x04 a checkpoint')
-    with pytest.raises(SystemExit, match=r'holds something other than bench results'):
+    with pytest.raises(SystemExit, match=r"the results file's name ends in .json"):  # nor a dataset's val.bin
         settings({}, str(tmp_path / 'ckpt.pt'), lambda args: None)
+    (tmp_path / 'meta.json').write_text('{"tokenizer": "char", "vocab_size": 3, "chars": "abc"}')
+    with pytest.raises(SystemExit, match=r'holds something other than bench results'):
+        settings({}, str(tmp_path / 'meta.json'), lambda args: None)
     assert (tmp_path / 'ckpt.pt').read_bytes() == b'PK\x03\x04 a checkpoint'
     (tmp_path / 'old.json').write_text('{"device": "cpu", "swept": [], "results": []}')
     assert settings({}, str(tmp_path / 'old.json'), lambda args: args) == [({}, [])]

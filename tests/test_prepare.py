@@ -247,6 +247,25 @@ def test_a_prepare_refuses_a_models_folder_and_an_input_it_would_replace(dataset
     assert (export / 'meta.json').read_text() == '{"tokenizer": "char", "vocab_size": 3, "chars": "abc"}'
     before = snapshot(dataset)
     shutil.copy(dataset / 'input.txt', dataset / 'meta.json')  # a corpus kept where the swap writes meta.json
-    with pytest.raises(SystemExit, match=r'is a file of the dataset this prepare replaces'):
+    with pytest.raises(SystemExit, match=r'is a file this prepare replaces or removes'):
         main([f'--input={dataset / "meta.json"}', f'--out_dir={dataset}'])
     assert snapshot(dataset)['meta.json'] != before['meta.json']  # the user's file, untouched
+
+
+@pytest.mark.parametrize('where', ['.prepare.new/in.txt', 'meta.pkl.tmp1', 'train.bin'])
+def test_an_input_the_prepare_would_remove_is_refused_and_kept(dataset, where):
+    import runpy
+    main = runpy.run_path(os.path.join(REPO, 'data/shakespeare_char/prepare.py'), run_name='not_main')['main']
+    path = dataset / where
+    path.parent.mkdir(exist_ok=True)
+    path.write_text('To be, or not to be, that is the question.\n' * 50)
+    with pytest.raises(SystemExit, match='is a file this prepare replaces or removes'):
+        main([f'--input={path}', f'--out_dir={dataset}'])
+    assert path.read_text().startswith('To be')
+
+
+def test_a_folder_named_like_a_stale_temporary_is_left_alone(dataset):
+    (dataset / 'train.bin.tmp99999').mkdir()  # no prepare's: a folder someone made
+    run_script('data/shakespeare_char/prepare.py', '--input', str(dataset / 'input.txt'), '--out_dir', str(dataset))
+    assert (dataset / 'train.bin.tmp99999').is_dir()
+    Dataset(str(dataset))

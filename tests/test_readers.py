@@ -248,3 +248,15 @@ def test_token_files_that_are_not_raw_tokens_of_the_datasets_vocabulary_are_refu
     tokenfiles.write_meta(str(tmp_path), tokenizer='gpt2', vocab_size=50257, tokens={'train': 1001, 'val': 1001})
     data = tokenfiles.Dataset(str(tmp_path))
     refused(lambda: data.check_ids('train', 50304), "token id 50300, outside the dataset's (meta.json) vocabulary")
+
+
+@pytest.mark.parametrize('dataset, says', [('', 'dataset is empty'), ('.', 'no train data in .')])
+def test_an_empty_or_relative_dataset_is_not_the_repositorys_data_folder(tmp_path, monkeypatch, dataset, says):
+    monkeypatch.chdir(tmp_path)
+    refused(lambda: tokenfiles.Dataset(tokenfiles.dataset_dir(dataset), note=lambda _: None), says)
+
+
+def test_a_damaged_meta_json_of_an_export_says_to_export_again(tmp_path):
+    (tmp_path / 'config.json').write_text('{}')
+    (tmp_path / 'meta.json').write_text('{"tokenizer": "char", "vocab_size": 4, "chars": "abc"}')
+    refused(lambda: tokenfiles.read_vocab(str(tmp_path)), 'does not agree with itself', 'export it again with export_hf.py')

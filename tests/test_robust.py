@@ -469,3 +469,7 @@ def test_an_export_of_a_checkpoint_without_characters_takes_its_datasets_and_is_
     with pytest.raises(KeyboardInterrupt):
         export_hf.main([f'--out_dir={tmp_path / "run"}', f'--dest={tmp_path / "hf2"}'])
     assert sorted(os.listdir(tmp_path)) == ['hf', 'run']
+    (tmp_path / 'empty').mkdir()
+    os.symlink(tmp_path / 'empty', tmp_path / 'link')  # replaced by the rename, not written into: refused
+    with pytest.raises(SystemExit, match=r'link is a symbolic link: choose a new folder'):
+        export_hf.main([f'--out_dir={tmp_path / "run"}', f'--dest={tmp_path / "link"}/'])

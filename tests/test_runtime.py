@@ -1,5 +1,6 @@
 """nanogpt.runtime.setup_runtime: the device and dtype chosen by 'auto', and one-line refusals of devices and dtypes."""
 import contextlib
+import os
 
 import pytest
 import torch
@@ -71,3 +72,22 @@ def test_torchrun_variables_set_by_hand_are_checked_together(monkeypatch, env, s
     with pytest.raises(SystemExit, match=says):
         distributed_env()
     assert distributed_env(ddp=False) == (False, 0, 0, 1)  # sample.py and perplexity.py run in one process
+
+
+def test_a_closed_terminal_stops_a_run_like_sigterm_unless_nohup_ignores_it():
+    import signal
+    import types
+
+    from nanogpt.runtime import RunGuard
+    runtime = types.SimpleNamespace(device='cpu', ddp=False)
+    saved = {s: signal.getsignal(s) for s in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT)}
+    try:
+        guard = RunGuard(runtime, 3, 'unused', log=lambda **r: None)
+        os.kill(os.getpid(), signal.SIGHUP)
+        assert guard.check(1, True) == (False, signal.SIGHUP)  # caught: the run saves and ends at this step
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)  # nohup python train.py ...
+        RunGuard(runtime, 3, 'unused', log=lambda **r: None)
+        assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+    finally:
+        for s, handler in saved.items():
+            signal.signal(s, handler)
