@@ -57,6 +57,14 @@ def hold(out_dir: str, init_from: str):
     taken over, with a note."""
     make_folder(out_dir, 'out_dir')
     lock = _lock(os.path.join(out_dir, LOCK))
+    if LOCKING:  # the folder itself too: a run.lock removed by hand then holds nothing
+        folder = os.open(out_dir, os.O_RDONLY)
+        if not lock_nowait(folder):
+            os.close(folder)
+            lock.close()
+            raise SystemExit(f"error: {out_dir} is in use by another run (whose run.lock was removed), whose files "
+                             f"this one would overwrite: wait for it to end, or choose another out_dir")
+        _folders.append(folder)
     _check_files(out_dir, init_from, master=False)  # again, now that no other run can start writing
     _hold(lock)
 
@@ -82,6 +90,7 @@ def _check_files(out_dir: str, init_from: str, master: bool) -> str:
 
 
 _held = []  # the open lock file of the folder this process holds (the flock lives as long as it is open)
+_folders = []  # and the folder's own descriptor, flocked too
 
 
 def _lock(path: str, create: bool = True):
@@ -149,3 +158,5 @@ def release():
         except OSError:  # already gone, or a folder that no longer lets us: the flock still goes with the file
             pass
         f.close()
+    while _folders:
+        os.close(_folders.pop())

@@ -93,6 +93,20 @@ def test_an_eval_only_run_and_a_refused_run_leave_the_folder_byte_identical(char
     assert snapshot(tmp_path) == before
 
 
+def test_a_held_folder_whose_run_lock_was_removed_by_hand_is_still_held(char_data, tmp_path):
+    first = popen_train(char_data, tmp_path, '--max_iters=100000', '--eval_interval=2')
+    for line in first.stdout:
+        if line.startswith('iter 3:'):
+            break
+    try:
+        os.remove(tmp_path / 'run.lock')  # the folder itself is held too: a second run mixed its files in before
+        one_line_error(train(char_data, tmp_path, '--max_iters=2', '--init_from=resume', check=False),
+                       'is in use by another run (whose run.lock was removed)', 'choose another out_dir')
+    finally:
+        first.kill()
+        first.wait()
+
+
 def test_a_second_run_into_a_held_folder_refuses_and_a_dead_holders_lock_is_taken_over(char_data, tmp_path):
     first = popen_train(char_data, tmp_path, '--max_iters=100000', '--eval_interval=2')
     for line in first.stdout:
