@@ -101,7 +101,8 @@ def load_text_dataset(hub_name: str, inputs: list[str], num_proc: int, prepare_s
             ds = datasets.load_dataset(builder, data_files=[glob.escape(p) for p in inputs], split='train', **kwargs)
         except Exception as e:  # malformed JSON, a parquet file that is not one, non-UTF-8 text
             # the innermost error says what is wrong (datasets wraps it in DatasetGenerationError)
-            inner = [c for c in causes(e) if str(c).strip()][-1:] or [e]
+            found = [c for c in causes(e) if str(c).strip()]  # pyarrow's says the row; a fallback reader's, less
+            inner = [c for c in found if 'Arrow' in type(c).__name__][:1] or found[-1:] or [e]
             reason = str(inner[0]).strip().splitlines()[0] if str(inner[0]).strip() else ''
             raise SystemExit(f"error: could not read {', '.join(inputs)} as {builder} ({type(inner[0]).__name__}: "
                              f"{reason[:200]}): check the files") from None

@@ -129,6 +129,9 @@ def dataset_files(data_dir: str) -> list[str]:
 DATASET_RE = re.compile(r'^((train|val)(_\d{6})?\.bin|meta\.json|meta\.pkl)$')  # every file of a dataset, any layout
 
 
+STAGED = '.staged-by-prepare'  # the mark of a staging folder
+
+
 @contextmanager
 def preparing(data_dir: str, inputs=()):
     """The folder a prepare writes its new dataset into: a staging folder inside data_dir, held by one prepare at a
@@ -159,6 +162,10 @@ def preparing(data_dir: str, inputs=()):
     # what a prepare that died left (the lock says none is running): its staging folder, its temporary files
     if os.path.lexists(stage) and not stat.S_ISDIR(os.lstat(stage).st_mode):
         os.remove(stage)  # a link, a file, a FIFO (which rmtree would open, and wait on forever)
+    elif os.path.isdir(stage) and not os.path.exists(os.path.join(stage, STAGED)):
+        lock.close()  # a folder someone made there (a run's out_dir, an export): never removed
+        raise SystemExit(f"error: {stage} is not a prepare's staging folder, and this prepare would need its name: "
+                         f"move it elsewhere")
     shutil.rmtree(stage, ignore_errors=True)
     for name in os.listdir(data_dir):
         base, _, pid = name.rpartition('.tmp')
@@ -167,6 +174,8 @@ def preparing(data_dir: str, inputs=()):
         elif DATASET_RE.match(name):  # what the swap will replace: refused now, not after the whole prepare
             check_destination(os.path.join(data_dir, name))
     os.mkdir(stage)
+    with atomic_path(os.path.join(stage, STAGED)) as tmp, open(tmp, 'w'):
+        pass  # the mark: this folder is a prepare's, which a later one may remove
     try:
         yield stage
         _swap(stage, data_dir)
@@ -366,7 +375,8 @@ def prepare_hint(data_dir: str) -> str:
     there is no such folder (a misspelt --dataset), else the files to write."""
     script = os.path.join(data_dir, 'prepare.py')
     if os.path.exists(os.path.join(data_dir, 'config.json')):  # an export's folder: its meta.json is export_hf.py's
-        return "this is a model's folder: export it again with export_hf.py"
+        return "this is a model's folder (an export), not a dataset's: pass a dataset folder, or if the export is " \
+            "damaged, export it again with export_hf.py"
     if os.path.exists(script):
         inside = os.path.abspath(script).startswith(REPO_DIR + os.sep)
         return f"run python {os.path.relpath(script, REPO_DIR) if inside else script}"

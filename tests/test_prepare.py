@@ -269,3 +269,14 @@ def test_a_folder_named_like_a_stale_temporary_is_left_alone(dataset):
     run_script('data/shakespeare_char/prepare.py', '--input', str(dataset / 'input.txt'), '--out_dir', str(dataset))
     assert (dataset / 'train.bin.tmp99999').is_dir()
     Dataset(str(dataset))
+
+
+def test_a_folder_named_like_the_staging_folder_that_no_prepare_made_is_never_removed(dataset):
+    import runpy
+    main = runpy.run_path(os.path.join(REPO, 'data/shakespeare_char/prepare.py'), run_name='not_main')['main']
+    theirs = dataset / '.prepare.new'
+    theirs.mkdir()
+    (theirs / 'ckpt.pt').write_text('a run someone kept here')  # --out_dir=data/.prepare.new, say
+    with pytest.raises(SystemExit, match=r"is not a prepare's staging folder.*move it elsewhere"):
+        main([f'--input={dataset / "input.txt"}', f'--out_dir={dataset}'])
+    assert (theirs / 'ckpt.pt').read_text() == 'a run someone kept here'
