@@ -100,6 +100,8 @@ def configure(defaults: dict, argv: list[str], ranges: dict | None = None, verbo
             helpers = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)}
             helpers |= {n.id for loop in ast.walk(tree) if isinstance(loop, (ast.For, ast.comprehension))
                         for n in ast.walk(loop.target) if isinstance(n, ast.Name)}  # for i in ...: a loop's names
+            helpers |= {k for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.names[0].name == '*'
+                        for k in dir(sys.modules.get(n.module))}  # from math import *: pi is no key
             helpers -= set(defaults)
             for name in helpers:  # one letter off a key is a typo the file also reads, not a helper
                 if name in namespace and difflib.get_close_matches(name, list(defaults), n=1, cutoff=0.85):

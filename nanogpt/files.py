@@ -64,8 +64,9 @@ def read_text(path: str, what: str = 'file') -> str:
         with open_source(path, encoding='utf-8-sig') as f:
             return f.read()
     except UnicodeDecodeError as e:
-        raise SystemExit(f"error: {what} {path} is not UTF-8 text ({e.reason} at byte {e.start}): convert it, e.g. "
-                         f"with iconv -t utf-8") from None
+        packed = {b'\x1f\x8b': 'gzip-compressed: gunzip it', b'PK': 'a zip archive: unzip it'}.get(e.object[:2])
+        raise SystemExit(f"error: {what} {path} is not UTF-8 text ({e.reason} at byte {e.start}): "
+                         f"{packed or 'convert it, e.g. with iconv -t utf-8'}") from None
 
 
 def open_regular(path: str, mode: str, encoding: str = 'utf-8'):

@@ -192,3 +192,8 @@ def test_help_is_an_argument_not_a_value_and_a_loops_name_is_a_helper(tmp_path, 
     (tmp_path / 'other.py').write_text("eval_interval = 250\n")  # another script's key
     with pytest.raises(SystemExit, match=r"unknown config key 'eval_interval' in .*other.py: "):
         configure(DEFAULTS, [str(tmp_path / 'other.py')], verbose=False)
+
+
+def test_a_star_imports_names_are_helpers(tmp_path):
+    (tmp_path / 'cfg.py').write_text("from math import *\nlearning_rate = 1e-3 * pi\n")
+    assert configure(DEFAULTS, [str(tmp_path / 'cfg.py')], verbose=False).learning_rate == pytest.approx(3.14159e-3)

@@ -260,3 +260,10 @@ def test_a_damaged_meta_json_of_an_export_says_to_export_again(tmp_path):
     (tmp_path / 'config.json').write_text('{}')
     (tmp_path / 'meta.json').write_text('{"tokenizer": "char", "vocab_size": 4, "chars": "abc"}')
     refused(lambda: tokenfiles.read_vocab(str(tmp_path)), 'does not agree with itself', 'export it again with export_hf.py')
+
+
+def test_a_compressed_text_file_says_to_decompress_it(tmp_path):
+    import gzip
+    from nanogpt.files import read_text
+    (tmp_path / 'hellaswag_val.jsonl.gz').write_bytes(gzip.compress(b'{"ctx": "x"}\n' * 100))
+    refused(lambda: read_text(str(tmp_path / 'hellaswag_val.jsonl.gz'), 'HellaSwag file'), 'gzip-compressed: gunzip it')
