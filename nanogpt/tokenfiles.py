@@ -26,7 +26,9 @@ import os
 import pickle
 import re
 import shutil
+import signal
 import stat
+import threading
 from contextlib import contextmanager
 
 import numpy as np
@@ -178,10 +180,29 @@ def preparing(data_dir: str, inputs=()):
         pass  # the mark: this folder is a prepare's, which a later one may remove
     try:
         yield stage
-        _swap(stage, data_dir)
+        with _signals_held():  # a signal now is acted on once the swap is done: never half a swap
+            _swap(stage, data_dir)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
         lock.close()
+
+
+@contextmanager
+def _signals_held():
+    """Ctrl-C, SIGTERM and SIGHUP received during the block are acted on after it, through the handlers in place."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received = []
+    signums = [getattr(signal, name) for name in ('SIGINT', 'SIGTERM', 'SIGHUP') if hasattr(signal, name)]
+    held = {s: signal.signal(s, lambda signum, frame: received.append(signum)) for s in signums}
+    try:
+        yield
+    finally:
+        for signum, handler in held.items():
+            signal.signal(signum, handler)
+        for signum in received:
+            signal.raise_signal(signum)
 
 
 def _swap(stage: str, data_dir: str):

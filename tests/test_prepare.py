@@ -8,6 +8,7 @@ import fcntl
 import json
 import os
 import re
+import signal
 import shutil
 
 import numpy as np
@@ -104,6 +105,28 @@ def test_every_prepare_interrupted_mid_input_leaves_the_old_dataset(dataset, tmp
     assert len(calls) == 2 and snapshot(dataset) == before
     assert not os.path.exists(dataset / '.prepare.new')  # nothing of the new dataset stays behind
     Dataset(str(dataset))  # still the character dataset it was, readable
+
+
+def test_a_signal_during_the_swap_waits_for_it_to_end(dataset, tmp_path, monkeypatch):
+    # Ctrl-C as the new dataset is being put in place: acted on once it is, never half of one dataset and half of
+    # the other (a folder every reader refuses as incomplete)
+    import runpy
+
+    from nanogpt import tokenfiles
+    swap = tokenfiles._swap
+
+    def signalled_swap(stage, data_dir):
+        os.kill(os.getpid(), signal.SIGINT)
+        swap(stage, data_dir)
+    monkeypatch.setattr(tokenfiles, '_swap', signalled_swap)
+    handler = signal.getsignal(signal.SIGINT)
+    (tmp_path / 'in.txt').write_text('Now is the winter of our discontent.\n' * 100)
+    main = runpy.run_path(os.path.join(REPO, 'data/shakespeare_char/prepare.py'), run_name='not_main')['main']
+    with pytest.raises(KeyboardInterrupt):
+        main(['--input', str(tmp_path / 'in.txt'), '--out_dir', str(dataset)])
+    data = Dataset(str(dataset))  # the new dataset, whole
+    assert set(data.vocab) == set('Now is the winter of our discontent.\n')
+    assert signal.getsignal(signal.SIGINT) is handler  # and Ctrl-C's handler is back
 
 
 def test_a_finished_prepare_leaves_no_file_of_the_old_layout(dataset, tmp_path, gpt2_tokenizer):
