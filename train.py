@@ -321,6 +321,9 @@ if __name__ == '__main__':
     # preemption (SIGTERM, Ctrl-C) and non-finite steps, acted on by every rank together after each step
     guard = RunGuard(runtime, max_bad_steps, out_dir, runlog.log)
 
+    if iter_num >= max_iters and not eval_only:  # a resume of a finished run: one evaluation, no step
+        print0(f"note: the checkpoint is at iter {iter_num}, max_iters={max_iters}: nothing to train; raise max_iters "
+               f"to train on")
     # training loop
     t0 = time.time()
     local_iter_num = 0  # number of iterations in the lifetime of this process

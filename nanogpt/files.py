@@ -11,6 +11,7 @@ when it is missing or not UTF-8. Also: downloading a file. Torch-free, for the p
 
 import errno
 import glob
+import json
 import os
 import stat
 from contextlib import contextmanager
@@ -67,6 +68,15 @@ def read_text(path: str, what: str = 'file') -> str:
         packed = {b'\x1f\x8b': 'gzip-compressed: gunzip it', b'PK': 'a zip archive: unzip it'}.get(e.object[:2])
         raise SystemExit(f"error: {what} {path} is not UTF-8 text ({e.reason} at byte {e.start}): "
                          f"{packed or 'convert it, e.g. with iconv -t utf-8'}") from None
+
+
+def read_json(path: str, what: str, fix: str):
+    """The JSON in a file read through read_text (a byte order mark dropped); not JSON is one line naming the file,
+    the reason, and what to do (fix)."""
+    try:
+        return json.loads(read_text(path, what))
+    except ValueError as e:
+        raise SystemExit(f"error: {path} is not valid JSON ({e}): {fix}") from None
 
 
 def open_regular(path: str, mode: str, encoding: str = 'utf-8'):

@@ -34,7 +34,8 @@ from contextlib import contextmanager
 import numpy as np
 
 from nanogpt import fields
-from nanogpt.files import atomic_path, check_destination, lock_nowait, make_folder, open_regular, open_source
+from nanogpt.files import (atomic_path, check_destination, lock_nowait, make_folder, open_regular, open_source,
+                           read_json)
 
 REPO_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -246,12 +247,7 @@ def read_meta(data_dir: str) -> dict | None:
     path = os.path.join(data_dir, 'meta.json')
     if not os.path.exists(path):
         return None
-    try:
-        with open_source(path) as f:
-            meta = json.load(f)
-    except (ValueError, UnicodeDecodeError) as e:
-        raise SystemExit(f"error: {path} is not valid JSON ({e}): prepare the dataset again "
-                         f"({prepare_hint(data_dir)})") from None
+    meta = read_json(path, 'meta.json', f"prepare the dataset again ({prepare_hint(data_dir)})")
     if not isinstance(meta, dict):
         raise SystemExit(f"error: {path} holds a JSON {type(meta).__name__}, not the object a prepare writes: "
                          f"prepare the dataset again ({prepare_hint(data_dir)})")

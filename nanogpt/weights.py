@@ -17,7 +17,7 @@ import warnings
 import torch
 
 from nanogpt import fields
-from nanogpt.files import atomic_path, open_source
+from nanogpt.files import atomic_path, open_source, read_json
 
 
 def torch_load(path: str, what: str):
@@ -208,12 +208,7 @@ def read_folder(path: str) -> tuple[dict, dict]:
         run = " (it holds a ckpt.pt: pass --init_from=resume --out_dir=that folder)" * os.path.exists(
             os.path.join(path, 'ckpt.pt'))
         raise FileNotFoundError(f"{path} has no config.json: it is not a Hugging Face GPT-2 checkpoint{run}")
-    with open_source(config_path) as f:
-        try:
-            hf_config = json.load(f)
-        except ValueError as e:
-            raise SystemExit(f"error: {config_path} is not valid JSON ({e}): export or download the model again") \
-                from None
+    hf_config = read_json(config_path, 'config.json', 'export or download the model again')
     config_args = config_args_from_hf(hf_config, path)
     for name in ('model.safetensors', 'pytorch_model.bin'):
         weights_path = os.path.join(path, name)
@@ -255,8 +250,7 @@ def download_pretrained(name: str) -> tuple[dict, dict]:
         raise RuntimeError(
             f"could not download {name} from the Hugging Face hub ({type(e).__name__}: {e}). If this machine is "
             f"offline, pass a local directory holding config.json and model.safetensors instead of {name!r}") from e
-    with open_source(config_file) as f:
-        config_args = config_args_from_hf(json.load(f), repo_id)
+    config_args = config_args_from_hf(read_json(config_file, 'config.json', 'download the model again'), repo_id)
     check_shapes(config_args, weights_and_shapes(weights_file)[1], config_file)
     assert all(config_args[k] == v for k, v in shape.items()), f"{repo_id} is not shaped like {name}"
     return config_args, read_weights(weights_file)

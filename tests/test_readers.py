@@ -145,6 +145,24 @@ def test_a_text_file_with_a_byte_order_mark_reads_without_it(tmp_path):
     assert read_text(str(tmp_path / 'bom.txt')) == 'hello'
 
 
+@pytest.mark.parametrize('reader', ['config.json', 'meta.json'])
+def test_a_json_file_handed_over_reads_with_a_byte_order_mark_and_is_refused_in_one_line_when_not_json(tmp_path,
+                                                                                                       reader):
+    # every JSON file read (a model's config.json, a dataset's meta.json) passes nanogpt.files.read_json
+    from nanogpt.tokenfiles import read_meta
+    from nanogpt.weights import read_folder
+    read = {'config.json': lambda: read_folder(str(tmp_path)), 'meta.json': lambda: read_meta(str(tmp_path))}[reader]
+    body = {'config.json': {'n_layer': 1}, 'meta.json': {'tokenizer': 'gpt2', 'vocab_size': 0}}[reader]
+    (tmp_path / reader).write_bytes(b'\xef\xbb\xbf' + json.dumps(body).encode())  # as Notepad saves it
+    with pytest.raises(SystemExit, match='n_head|vocab_size') as e:  # read: its fields are what is refused
+        read()
+    assert 'valid JSON' not in str(e.value)
+    (tmp_path / reader).write_text('{"n_layer": 1,')  # cut short
+    with pytest.raises(SystemExit, match=re.escape(f"{tmp_path / reader} is not valid JSON")) as e:
+        read()
+    assert '\n' not in str(e.value)
+
+
 def test_every_file_the_project_reads_opens_through_the_readers_of_nanogpt_files():
     # a bare open() outside nanogpt/files.py is a write to atomic_path's temporary file, never a read
     sources = ['train.py', 'sample.py', 'bench.py', 'hellaswag.py', 'perplexity.py', 'export_hf.py', 'plot.py',

@@ -77,6 +77,10 @@ def test_resume_keeps_the_checkpoints_model_shape(char_data, tmp_path):
     ckpt = load_model_state(tmp_path / 'b')
     assert ckpt['model_args']['n_layer'] == ckpt['config']['n_layer'] == 2
     assert ckpt['config']['block_size'] == 32
+    # once more with the same max_iters: the run is finished, and says so
+    again = train(char_data, tmp_path / 'b', '--max_iters=6', '--init_from=resume', *args)
+    assert "note: the checkpoint is at iter 6, max_iters=6: nothing to train; raise max_iters" in again.stdout
+    assert load_model_state(tmp_path / 'b')['iter_num'] == 6
 
 
 def test_best_val_loss_is_only_lowered(char_data, tmp_path):
