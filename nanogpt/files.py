@@ -203,6 +203,9 @@ def make_folder(path: str, key: str, create: bool = True) -> str:
     if os.path.exists(path) and not os.path.isdir(path):
         kind = _kind(os.stat(path).st_mode) or 'a file'
         raise SystemExit(f"error: {key}={path} is {kind}, not a folder: choose another {key}")
+    if path.startswith('~') and not os.path.exists(path.split(os.sep)[0]):  # --out_dir=~/x: the shell leaves a ~ after = as it is
+        raise SystemExit(f"error: {key}={path} would make a folder named '~' here: write {key}="
+                         f"{os.path.expanduser(path)} (the shell expands ~ only at the start of a word)")
     if create:
         os.makedirs(path, exist_ok=True)
     return path

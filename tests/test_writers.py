@@ -138,6 +138,17 @@ def test_every_output_folder_that_is_no_folder_is_refused_in_one_line_naming_the
     assert sorted(os.listdir(tmp_path)) == ['in.txt'] + (['out'] if where != 'empty' else [])
 
 
+def test_an_output_folder_given_with_a_tilde_the_shell_left_is_refused(tmp_path, monkeypatch):
+    # --out_dir=~/run: no shell expands a ~ after =, and the run would make a folder named '~' in the cwd
+    from nanogpt.files import make_folder
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit, match=re.escape(f"write out_dir={os.path.expanduser('~/run')} (the shell")):
+        make_folder('~/run', 'out_dir')
+    assert os.listdir(tmp_path) == []
+    os.mkdir('~')  # one made on purpose is used
+    assert make_folder('~/run', 'out_dir') == '~/run' and os.path.isdir(tmp_path / '~' / 'run')
+
+
 @pytest.mark.parametrize('writer', [append, lock])
 def test_a_hard_link_where_a_file_is_appended_or_locked_is_refused(tmp_path, writer):
     # a folder copied with cp -al: the lock's or the log's other name is a file outside the folder
