@@ -10,12 +10,12 @@ and sample.py --init_from=dest read back.
 A model trained with bias=False gets zero biases, which compute the same function.
 """
 import os
-import shutil
 import sys
 
 from configurator import config_defaults, configure
 from nanogpt.checkpoint import load_checkpoint, model_from_checkpoint
 from nanogpt.errors import one_line_errors
+from nanogpt.files import make_folder, new_folder
 from nanogpt.tokenfiles import dataset_dir, read_vocab
 from nanogpt.weights import GPT2_VOCAB, write_json, write_pretrained
 
@@ -43,6 +43,7 @@ def export(ckpt_path: str, dest: str, trim_vocab: bool = False):
         if chars is None:
             raise SystemExit(f"error: {ckpt_path} is a model of {vocab_size} characters that names none of them, "
                              f"nor a dataset that does: put its dataset's meta.pkl back in data/{dataset}")
+    make_folder(dest, 'dest', create=False)  # a file there or above it, a ~ the shell left
     dest = os.path.abspath(dest)  # 'dest/.' and 'dest/' name dest itself
     if os.path.islink(dest) or dest == os.getcwd():  # a link would be replaced, the cwd cannot be
         raise SystemExit(f"error: --dest={dest} is {'a symbolic link' if os.path.islink(dest) else 'this folder'}: "
@@ -51,15 +52,11 @@ def export(ckpt_path: str, dest: str, trim_vocab: bool = False):
         # writing into it would mix our files with what is there (a stale tokenizer, other weights)
         raise SystemExit(f"error: --dest={dest} already exists and is not an empty folder: choose a new folder, "
                          f"or remove it first")
-    stage = f"{dest.rstrip(os.sep)}.tmp{os.getpid()}"  # written whole, then renamed: never half an export at dest
-    try:
+    with new_folder(dest, 'dest') as stage:  # written whole, then renamed: never half an export at dest
         tokenizer = write_pretrained(model, stage, vocab_size)
         if chars is not None:  # a character-level model: its characters, read as a dataset's are
             write_json(os.path.join(stage, 'meta.json'), {'tokenizer': 'char', 'vocab_size': vocab_size,
                                                           'chars': ''.join(chars)})
-        os.replace(stage, dest)
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)
     print(f"exported {ckpt_path} ({model.get_num_params() / 1e6:.2f}M parameters, vocabulary {vocab_size}) "
           f"to {dest}{' with the GPT-2 tokenizer' if tokenizer else ''}")
 

@@ -13,7 +13,9 @@ import errno
 import glob
 import json
 import os
+import shutil
 import stat
+import tempfile
 from contextlib import contextmanager
 
 try:
@@ -32,7 +34,12 @@ def _kind(mode: int) -> str | None:
 
 
 def check_destination(path: str):
-    """SystemExit unless path is free or a regular file, the only things the project writes in place of."""
+    """SystemExit unless path is free or a regular file, the only things the project writes in place of, with a name
+    short enough for its temporary name (path.tmpPID) to be one too."""
+    name = os.path.basename(path)
+    if len(os.fsencode(name)) + len('.tmp') + 7 > 255:  # most filesystems' longest name, in bytes
+        raise SystemExit(f"error: the name {name[:40]}... is {len(os.fsencode(name))} bytes long, too long to write "
+                         f"under a temporary name first: give a name of at most 244 bytes")
     try:
         mode = os.lstat(path).st_mode
     except FileNotFoundError:
@@ -146,6 +153,8 @@ def atomic_path(path: str):
         if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)) and not os.path.isdir(stale):
             os.remove(stale)
     tmp = f"{path}.tmp{os.getpid()}"
+    if os.path.isdir(tmp) and not os.path.islink(tmp):  # never a folder someone keeps
+        raise SystemExit(f"error: {tmp} is a folder, where {path} is written before it is renamed: move it away")
     if os.path.lexists(tmp):  # this pid's own leftover, or something planted there: the writer creates it anew
         os.remove(tmp)
     try:
@@ -166,6 +175,35 @@ def atomic_path(path: str):
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+STAGED = '.staged'  # the mark of a staging folder new_folder made: only a marked one is ever removed
+
+
+@contextmanager
+def new_folder(path: str, key: str):
+    """Yield a staging folder that becomes path (new, or an empty folder) only when the block completes: never half
+    a folder at path. The staging folder is made afresh beside path under a hidden name no one else has, so a folder
+    someone keeps is never written in nor removed, and its name fits whatever path's length; those a killed process
+    left (marked, their pid no longer running) are removed by the next."""
+    make_folder(path, key, create=False)
+    parent = os.path.dirname(os.path.abspath(path))
+    make_folder(parent, key)
+    for name in os.listdir(parent):
+        pid = name[len('.tmp'):].partition('.')[0] if name.startswith('.tmp') else ''
+        stale = os.path.join(parent, name)
+        if pid.isdigit() and not _alive(int(pid)) and os.path.isfile(os.path.join(stale, STAGED)) \
+                and not os.path.islink(stale):
+            shutil.rmtree(stale, ignore_errors=True)
+    stage = tempfile.mkdtemp(prefix=f'.tmp{os.getpid()}.', dir=parent)
+    try:
+        with atomic_path(os.path.join(stage, STAGED)) as tmp, open(tmp, 'w'):
+            pass
+        yield stage
+        os.remove(os.path.join(stage, STAGED))
+        os.replace(stage, path)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
 
 
 def _umask() -> int:
@@ -197,15 +235,26 @@ def _no_room(path: str, margin: int = 1 << 20) -> int:
 
 def make_folder(path: str, key: str, create: bool = True) -> str:
     """path, a folder the script writes in (key names the option), made if missing (unless create=False: checked
-    only); an empty path, or something else than a folder there, is one line."""
+    only); an empty path, a path where a file stands in for a folder (at it or above it), a '..' after a folder that
+    does not exist (makedirs would make it), or a ~ no shell expanded, is one line naming the option."""
     if not path:
         raise SystemExit(f"error: {key} is empty: give it a folder")
-    if os.path.exists(path) and not os.path.isdir(path):
-        kind = _kind(os.stat(path).st_mode) or 'a file'
-        raise SystemExit(f"error: {key}={path} is {kind}, not a folder: choose another {key}")
-    if path.startswith('~') and not os.path.exists(path.split(os.sep)[0]):  # --out_dir=~/x: the shell leaves a ~ after = as it is
+    if path.startswith('~') and not os.path.exists(path.split(os.sep)[0]):  # the shell leaves a ~ after = as it is
         raise SystemExit(f"error: {key}={path} would make a folder named '~' here: write {key}="
                          f"{os.path.expanduser(path)} (the shell expands ~ only at the start of a word)")
+    parts = path.split(os.sep)
+    for i, part in enumerate(parts):
+        above = os.sep.join(parts[:i]) or (os.sep if path.startswith(os.sep) else '.')
+        if part == '..' and not os.path.isdir(above):
+            raise SystemExit(f"error: {key}={path} goes up (..) from {above}, which does not exist: give the folder "
+                             f"meant")
+    at = path.rstrip(os.sep) or os.sep
+    while not os.path.isdir(at):  # the nearest part that exists must be a folder
+        if os.path.exists(at) or os.path.islink(at):
+            kind = _kind(os.stat(at).st_mode) if os.path.exists(at) else 'a broken symbolic link'
+            where = f"{key}={path} is" if at == path.rstrip(os.sep) else f"{key}={path} lies under {at}, which is"
+            raise SystemExit(f"error: {where} {kind or 'a file'}, not a folder: choose another {key}")
+        at = os.path.dirname(at) or '.'
     if create:
         os.makedirs(path, exist_ok=True)
     return path

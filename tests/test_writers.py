@@ -138,6 +138,45 @@ def test_every_output_folder_that_is_no_folder_is_refused_in_one_line_naming_the
     assert sorted(os.listdir(tmp_path)) == ['in.txt'] + (['out'] if where != 'empty' else [])
 
 
+def test_a_name_too_long_for_its_temporary_name_or_a_folder_at_that_name_is_refused_before_writing(tmp_path):
+    from nanogpt.files import atomic_path
+    with pytest.raises(SystemExit, match='245 bytes long, too long to write under a temporary name'):
+        with atomic_path(str(tmp_path / ('a' * 245))):
+            pytest.fail('written')
+    with atomic_path(str(tmp_path / ('b' * 244))) as tmp:  # the longest that fits
+        open(tmp, 'w').write('x')
+    (tmp_path / f'ckpt.pt.tmp{os.getpid()}').mkdir()  # a folder planted at the temporary name: kept, named
+    (tmp_path / f'ckpt.pt.tmp{os.getpid()}' / 'notes.txt').write_text('mine')
+    with pytest.raises(SystemExit, match=f'ckpt.pt.tmp{os.getpid()} is a folder, where .*ckpt.pt is written'):
+        with atomic_path(str(tmp_path / 'ckpt.pt')):
+            pytest.fail('written')
+    assert (tmp_path / f'ckpt.pt.tmp{os.getpid()}' / 'notes.txt').read_text() == 'mine'
+
+
+def test_a_folder_written_whole_never_uses_nor_removes_a_folder_someone_keeps(tmp_path):
+    # nanogpt.files.new_folder, export_hf's writer: its staging folder is new, hidden, marked; a killed one's goes
+    from nanogpt.files import STAGED, new_folder
+    kept = [tmp_path / f'model.tmp{os.getpid()}', tmp_path / '.tmp999999999.x']  # names a stage once had; unmarked
+    for folder in kept:
+        folder.mkdir()
+        (folder / 'notes.txt').write_text('mine')
+    stale = tmp_path / '.tmp999999999.abc'  # a killed export's (no such pid), marked
+    stale.mkdir()
+    (stale / STAGED).write_text('')
+    with new_folder(str(tmp_path / 'model'), 'dest') as stage:
+        assert os.path.basename(stage).startswith(f'.tmp{os.getpid()}.') and os.listdir(stage) == [STAGED]
+        open(os.path.join(stage, 'config.json'), 'w').write('{}')
+    assert os.listdir(tmp_path / 'model') == ['config.json']
+    assert all((folder / 'notes.txt').read_text() == 'mine' for folder in kept) and not stale.exists()
+    with pytest.raises(RuntimeError), new_folder(str(tmp_path / 'other'), 'dest'):
+        raise RuntimeError  # a failed write: nothing at dest, no stage left
+    assert sorted(os.listdir(tmp_path)) == sorted(['model', *(f.name for f in kept)])
+    (tmp_path / 'notes.txt').write_text('mine')
+    with pytest.raises(SystemExit, match=r"dest=\S+/notes.txt/model lies under \S+/notes.txt, which is a file"):
+        with new_folder(str(tmp_path / 'notes.txt' / 'model'), 'dest'):
+            pass
+
+
 def test_an_output_folder_given_with_a_tilde_the_shell_left_is_refused(tmp_path, monkeypatch):
     # --out_dir=~/run: no shell expands a ~ after =, and the run would make a folder named '~' in the cwd
     from nanogpt.files import make_folder
