@@ -201,9 +201,11 @@ if __name__ == '__main__':
             break
         print0(sweep.result_line(result, cfg.batch_size, cfg.compile), flush=True)
         results.append({**setting, **result})
+        if base.json and runtime.master_process:  # saved as it is measured, after the rows already there
+            sweep.add_result(base.json, described, swept, {**results[-1], 'command': ' '.join(sys.argv[1:])})
     if results:
         print0("\n" + sweep.table(results, swept))
-    if base.json and results and runtime.master_process:
-        sweep.write_results(base.json, described, swept, results)
+    if base.json and results:
+        print0(f"wrote {len(results)} row(s) to {base.json}")
     if runtime.ddp:
         end_distributed()

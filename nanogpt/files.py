@@ -127,6 +127,16 @@ def lock_nowait(f) -> bool:
     return True
 
 
+def lock_wait(f):
+    """An exclusive flock on the open file f, waiting for it (where the system can lock), held until f is closed."""
+    if fcntl is not None:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX)
+        except OSError as e:  # a filesystem without flock: not enforced
+            if e.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.EINVAL):
+                raise
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)

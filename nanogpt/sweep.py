@@ -1,8 +1,8 @@
 """
 bench.py's sweeps: a key of numbers, true/false or a few names (dtype, device) given as a comma-separated list
 (--batch_size=8,16,32) is swept, every combination of the swept values one setting (bench.py checks each before the
-first one runs); the results printed as a table and written, whole, to a JSON file for later comparison. Paths are
-never split: a comma is part of a file name.
+first one runs); the results printed as a table and added, row by row, to a JSON file for later comparison. Paths
+are never split: a comma is part of a file name.
 """
 
 import itertools
@@ -10,7 +10,7 @@ import json
 import os
 
 from nanogpt.errors import out_of_memory
-from nanogpt.files import atomic_path, check_destination, open_source
+from nanogpt.files import atomic_path, check_destination, lock_wait, open_regular, open_source
 
 
 def split_sweep(argv: list[str], sweepable) -> tuple[list[str], dict]:
@@ -39,15 +39,7 @@ def settings(swept: dict, json_path: str, configure) -> list[tuple[dict, object]
         raise SystemExit(f"error: --json={json_path}: its folder does not exist: create it, or choose another path")
     if json_path:
         check_destination(json_path)
-        if os.path.exists(json_path):  # bench results are replaced, anything else (a checkpoint, say) never is
-            try:
-                with open_source(json_path) as f:
-                    earlier = json.load(f)
-            except (ValueError, UnicodeDecodeError):
-                earlier = None
-            if not isinstance(earlier, dict) or 'results' not in earlier:
-                raise SystemExit(f"error: --json={json_path} holds something other than bench results, which this "
-                                 f"run would replace: choose another file")
+        earlier_results(json_path)  # bench results are added to, anything else (a checkpoint, say) never replaced
     combinations = [dict(zip(swept, values)) for values in itertools.product(*swept.values())]
     return [(c, configure([f'--{k}={v}' for k, v in c.items()])) for c in combinations]
 
@@ -93,7 +85,32 @@ def table(results: list[dict], swept: dict) -> str:
     return "\n".join(rows)
 
 
-def write_results(path: str, device: str, swept: dict, results: list[dict]):
-    with atomic_path(path) as tmp, open(tmp, 'w') as f:
-        json.dump({'device': device, 'swept': list(swept), 'results': results}, f, indent=2)
-    print(f"wrote {path}")
+def earlier_results(path: str) -> list[dict]:
+    """The rows of the bench results in path ([] where there is no file); anything else there, another tool's JSON
+    included, is refused: bench.py never replaces it."""
+    if not os.path.exists(path):
+        return []
+    try:
+        with open_source(path) as f:
+            earlier = json.load(f)
+    except (ValueError, UnicodeDecodeError):
+        earlier = None
+    if not (isinstance(earlier, dict) and set(earlier) == RESULTS_KEYS and isinstance(earlier['results'], list)):
+        raise SystemExit(f"error: --json={path} holds something other than bench results, which this run would "
+                         f"replace: choose another file")
+    return earlier['results']
+
+
+RESULTS_KEYS = {'device', 'swept', 'results'}
+
+
+def add_result(path: str, device: str, swept: dict, row: dict):
+    """One setting's row added to the results file as soon as it is measured (an interrupted sweep keeps the rows
+    it has), after the rows there: an earlier run's, or another sweep's writing the same file at the same time
+    (the file is read and replaced under a lock, .NAME.lock beside it)."""
+    folder, name = os.path.split(os.path.abspath(path))
+    with open_regular(os.path.join(folder, f'.{name}.lock'), 'a') as lock:
+        lock_wait(lock)
+        rows = earlier_results(path) + [{**row, 'machine': device}]  # each row says where it was measured
+        with atomic_path(path) as tmp, open(tmp, 'w') as f:
+            json.dump({'device': device, 'swept': list(swept), 'results': rows}, f, indent=2)

@@ -46,7 +46,15 @@ def test_bench_sweeps_and_writes_json(tmp_path):
     saved = json.load(open(out))
     settings = [(r['batch_size'], r['gradient_accumulation_steps']) for r in saved['results']]
     assert settings == [('2', '1'), ('2', '2'), ('4', '1'), ('4', '2')]
-    assert all(r['ms'] > 0 and r['tokens_per_s'] > 0 for r in saved['results'])
+    assert all(r['ms'] > 0 and r['tokens_per_s'] > 0 and 'torch ' in r['machine'] for r in saved['results'])
+    # a second run into the same file adds its rows, each with its command: the first one's stay
+    run_script('bench.py', *SMALL, '--real_data=False', '--batch_size=8', f'--json={out}')
+    rows = json.load(open(out))['results']
+    assert [r.get('batch_size') for r in rows] == ['2', '2', '4', '4', None] and '--batch_size=8' in rows[-1]['command']
+    # another tool's results (lm-eval's have a 'results' key too) are never replaced
+    (tmp_path / 'lm_eval.json').write_text(json.dumps({'results': {'hellaswag': {}}, 'config': {}}))
+    proc = run_script('bench.py', *SMALL, '--real_data=False', f'--json={tmp_path / "lm_eval.json"}', check=False)
+    one_line_error(proc, 'holds something other than bench results')
     proc = run_script('bench.py', *SMALL, '--batch_sise=2,4', check=False)
     assert proc.returncode != 0 and "did you mean 'batch_size'" in proc.stderr
 
@@ -140,3 +148,22 @@ def test_a_results_file_is_only_ever_bench_results_and_every_setting_is_checked_
             settings({key: values}, '', lambda args: (cfg := configure(bench.defaults, args, bench.RANGES,
                                                                        verbose=False)).device == 'auto' or
                      bench.device_type_of(cfg.device))
+
+
+def test_two_sweeps_adding_rows_to_one_file_at_once_lose_none(tmp_path):
+    # nanogpt.sweep.add_result reads and replaces the file under a lock: no row of either sweep is lost
+    import threading
+
+    from nanogpt.sweep import add_result
+    out = str(tmp_path / 'bench.json')
+
+    def sweep(name):
+        for i in range(15):
+            add_result(out, 'cpu', {'batch_size': []}, {'batch_size': f'{name}{i}', 'ms': 1.0})
+    threads = [threading.Thread(target=sweep, args=(name,)) for name in 'ab']
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    rows = [r['batch_size'] for r in json.load(open(out))['results']]
+    assert sorted(rows) == sorted(f'{n}{i}' for n in 'ab' for i in range(15))
