@@ -62,6 +62,14 @@ def _parse(raws: list[str], default):
     return raws[0] if isinstance(default, str) and not isinstance(value, str) else value  # --wandb_run_name=2024
 
 
+def _bound_names(tree) -> set:
+    """The names a config file binds itself: assigned (loops and unpacking too), defined, imported by name."""
+    names = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)}
+    names |= {n.name for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))}
+    imports = [a for n in ast.walk(tree) if isinstance(n, (ast.Import, ast.ImportFrom)) for a in n.names]
+    return names | {(a.asname or a.name).split('.')[0] for a in imports if a.name != '*'}
+
+
 def configure(defaults: dict, argv: list[str], ranges: dict | None = None, verbose: bool | None = None,
               positional: str | None = None):
     """Apply config files and --key=value arguments to defaults; return the resolved config, checked. A script
@@ -71,7 +79,7 @@ def configure(defaults: dict, argv: list[str], ranges: dict | None = None, verbo
     config = dict(defaults)
     echo = []  # what was overridden, printed once every argument is checked: a typo's error comes first, alone
     nullable = {k for k, spec in (ranges or {}).items() if isinstance(spec, str) and spec.endswith(' or None')}
-    args, bare = list(argv), []
+    args, bare, listed = list(argv), [], set()
     while args:
         arg = args.pop(0)
         if arg in ('--help', '-h'):  # where it is an argument, not a value (--start -h)
@@ -84,7 +92,7 @@ def configure(defaults: dict, argv: list[str], ranges: dict | None = None, verbo
                 what = f"{arg!r} is not a config file" if not arg.endswith('.py') or os.path.exists(arg) else \
                     f"config file {arg!r} not found"
                 raise SystemExit(f"error: {what} (arguments are config files, config/name.py, or --key=value)")
-            namespace = dict(config)
+            namespace = dict(config, __file__=arg)  # __file__, as a nanoGPT config file exec'd in train.py sees one
             try:
                 with open(arg, encoding='utf-8-sig') as f:  # a byte order mark, as Python reads it
                     source = f.read()
@@ -103,15 +111,19 @@ def configure(defaults: dict, argv: list[str], ranges: dict | None = None, verbo
             helpers |= {k for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.names[0].name == '*'
                         for k in dir(sys.modules.get(n.module))}  # from math import *: pi is no key
             helpers -= set(defaults)
-            for name in helpers:  # one letter off a key is a typo the file also reads, not a helper
-                if name in namespace and difflib.get_close_matches(name, list(defaults), n=1, cutoff=0.85):
+            bound = _bound_names(tree)  # what the file sets itself: a key set any other way is refused below
+            for name in helpers & bound:  # one letter off a key is a typo the file also reads, not a helper
+                if difflib.get_close_matches(name, list(defaults), n=1, cutoff=0.85):
                     raise _unknown_key(name, defaults, arg)
             for key, value in namespace.items():
-                if key.startswith('_') or key in helpers or isinstance(value, types.ModuleType) or callable(value):
-                    continue  # helpers, imports and functions inside the config file (import math)
-                if key not in defaults:
-                    raise _unknown_key(key, defaults, arg)
-                config[key] = check_type(key, value, defaults[key], arg, key in nullable)
+                if key in defaults and key in bound:  # a function or a lambda bound to a key is refused as a value
+                    config[key] = check_type(key, value, defaults[key], arg, key in nullable)
+                elif key in defaults and value is not config[key] and value != config[key]:
+                    raise SystemExit(f"error: config file {arg} sets {key} other than by assigning it (a star "
+                                     f"import?): assign the keys it sets by name")
+                elif not (key in defaults or key.startswith('_') or key in helpers or key not in bound
+                          or isinstance(value, types.ModuleType) or callable(value)):
+                    raise _unknown_key(key, defaults, arg)  # (helpers, imports and functions are the file's own)
         else:
             # --key=value, or --key value (a list key: --key value value ...)
             key, eq, raw = arg[2:].partition('=')
@@ -122,7 +134,10 @@ def configure(defaults: dict, argv: list[str], ranges: dict | None = None, verbo
                 raws.append(args.pop(0))
             if not raws:
                 raise SystemExit(f"error: {arg} needs a value: --{key}=VALUE (default {defaults[key]!r})")
-            config[key] = check_type(key, _parse(raws, defaults[key]), defaults[key], arg, key in nullable)
+            value = check_type(key, _parse(raws, defaults[key]), defaults[key], arg, key in nullable)
+            # a list key given again adds to it (--input a --input b), as any other replaces
+            config[key] = config[key] + value if isinstance(value, list) and key in listed else value
+            listed.add(key)
             echo.append(f"Overriding: {key} = {config[key]!r}")
     if bare:  # after those given as --key a b, if any
         config[positional] = config[positional] + bare

@@ -137,6 +137,13 @@ def lock_wait(f):
                 raise
 
 
+def stale_temporary(path: str) -> bool:
+    """Whether path is a temporary file a killed writer left (NAME.tmpPID, a regular file, that pid not running)."""
+    pid = path.rpartition('.tmp')[2]
+    return pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)) and os.path.isfile(path) \
+        and not os.path.islink(path)
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -159,8 +166,7 @@ def atomic_path(path: str):
         raise SystemExit(f"error: cannot write {path}: the folder {folder} does not exist; create it, or choose "
                          f"another path")
     for stale in glob.glob(glob.escape(path) + '.tmp*'):
-        pid = stale[len(path) + 4:]
-        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)) and not os.path.isdir(stale):
+        if stale_temporary(stale):
             os.remove(stale)
     tmp = f"{path}.tmp{os.getpid()}"
     if os.path.isdir(tmp) and not os.path.islink(tmp):  # never a folder someone keeps

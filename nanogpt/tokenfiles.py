@@ -35,7 +35,7 @@ import numpy as np
 
 from nanogpt import fields
 from nanogpt.files import (atomic_path, check_destination, lock_nowait, make_folder, open_regular, open_source,
-                           read_json)
+                           read_json, stale_temporary)
 
 REPO_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -171,8 +171,7 @@ def preparing(data_dir: str, inputs=()):
                          f"move it elsewhere")
     shutil.rmtree(stage, ignore_errors=True)
     for name in os.listdir(data_dir):
-        base, _, pid = name.rpartition('.tmp')
-        if pid.isdigit() and DATASET_RE.match(base) and not os.path.isdir(os.path.join(data_dir, name)):
+        if DATASET_RE.match(name.rpartition('.tmp')[0]) and stale_temporary(os.path.join(data_dir, name)):
             os.remove(os.path.join(data_dir, name))
         elif DATASET_RE.match(name):  # what the swap will replace: refused now, not after the whole prepare
             check_destination(os.path.join(data_dir, name))
@@ -211,6 +210,8 @@ def _swap(stage: str, data_dir: str):
     and written last, so a reader meanwhile refuses the folder instead of reading a mix."""
     old = [name for name in os.listdir(data_dir) if DATASET_RE.match(name)]
     new = [name for name in os.listdir(stage) if DATASET_RE.match(name)]
+    for name in {*old, *new, 'meta.json'}:  # checked again: a folder or a link put there since the start
+        check_destination(os.path.join(data_dir, name))
     # first, whatever the folder held (nothing, or a nanoGPT dataset without meta.json): a swap cut short leaves a
     # folder every reader refuses, never part of a dataset read unchecked
     with atomic_path(os.path.join(data_dir, 'meta.json')) as tmp, open(tmp, 'w') as f:

@@ -145,6 +145,10 @@ def test_key_space_value_and_list_keys(tmp_path):
         configure(defaults, [str(tmp_path / 'bad.py')], verbose=False)
     with pytest.raises(SystemExit, match=r"input must be a list of strings .* got \[1, 2\]"):
         configure(defaults, ['--input=[1, 2]'], verbose=False)
+    # given again on the command line, a list key adds to it (half the documents were dropped); a file's is replaced
+    cfg = configure(defaults, [str(tmp_path / 'cfg.py'), '--input', 'a', '--input=b', '--batch_size=1', '--input', 'c'],
+                    verbose=False)
+    assert cfg.input == ['a', 'b', 'c']
 
 
 def test_a_script_without_config_files_takes_its_bare_arguments_as_a_list_key():
@@ -197,3 +201,27 @@ def test_help_is_an_argument_not_a_value_and_a_loops_name_is_a_helper(tmp_path, 
 def test_a_star_imports_names_are_helpers(tmp_path):
     (tmp_path / 'cfg.py').write_text("from math import *\nlearning_rate = 1e-3 * pi\n")
     assert configure(DEFAULTS, [str(tmp_path / 'cfg.py')], verbose=False).learning_rate == pytest.approx(3.14159e-3)
+
+
+def test_a_star_import_never_sets_keys_and_a_key_is_set_only_to_a_value(tmp_path):
+    # the names a star import brings are helpers, not typos of keys (train.py's Dataset is not 'dataset'), and a key
+    # it changes is refused; a key the file binds to a function is a wrong type, never skipped as a helper
+    import types
+    sys_module = types.ModuleType('fake_script')
+    sys_module.Batch_size, sys_module.batch_size = 1, 99
+    import sys
+    sys.modules['fake_script'] = sys_module
+    try:
+        (tmp_path / 'star.py').write_text("from fake_script import *\nlearning_rate = 1e-3\n")
+        with pytest.raises(SystemExit, match=r"star.py sets batch_size other than by assigning it"):
+            configure(DEFAULTS, [str(tmp_path / 'star.py')], verbose=False)
+        del sys_module.batch_size
+        assert configure(DEFAULTS, [str(tmp_path / 'star.py')], verbose=False).learning_rate == 1e-3
+    finally:
+        del sys.modules['fake_script']
+    for body in ("def batch_size():\n    return 8\n", "batch_size = lambda: 100\n"):
+        (tmp_path / 'fn.py').write_text(body)
+        with pytest.raises(SystemExit, match=r"fn.py: batch_size must be a int"):
+            configure(DEFAULTS, [str(tmp_path / 'fn.py')], verbose=False)
+    (tmp_path / 'here.py').write_text("import os\ndevice = os.path.basename(__file__)[:-3]\n")  # as in nanoGPT
+    assert configure(DEFAULTS, [str(tmp_path / 'here.py')], verbose=False).device == 'here'

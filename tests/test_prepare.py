@@ -107,6 +107,38 @@ def test_every_prepare_interrupted_mid_input_leaves_the_old_dataset(dataset, tmp
     Dataset(str(dataset))  # still the character dataset it was, readable
 
 
+def test_a_folder_put_where_a_dataset_file_was_during_a_prepare_is_refused_before_the_swap(dataset, tmp_path,
+                                                                                            monkeypatch):
+    import runpy
+
+    from nanogpt.tokenfiles import TokenWriter
+    write = TokenWriter.write
+
+    def planting_write(self, tokens):
+        if not (dataset / 'val.bin').is_dir():
+            os.remove(dataset / 'val.bin')
+            (dataset / 'val.bin').mkdir()  # someone's, meanwhile
+            (dataset / 'val.bin' / 'notes.txt').write_text('mine')
+        return write(self, tokens)
+    monkeypatch.setattr(TokenWriter, 'write', planting_write)
+    kept = ['train.bin', 'meta.json', 'meta.pkl']
+    before = {n: (dataset / n).read_bytes() for n in kept}
+    (tmp_path / 'in.txt').write_text('Now is the winter of our discontent.\n' * 100)
+    main = runpy.run_path(os.path.join(REPO, 'data/shakespeare_char/prepare.py'), run_name='not_main')['main']
+    with pytest.raises(SystemExit, match=r'val.bin is a folder, where this run writes a file'):
+        main(['--input', str(tmp_path / 'in.txt'), '--out_dir', str(dataset)])
+    assert {n: (dataset / n).read_bytes() for n in kept} == before
+    assert (dataset / 'val.bin' / 'notes.txt').read_text() == 'mine'
+
+
+def test_one_file_given_twice_under_two_names_is_refused(tmp_path):
+    from nanogpt.prepare import load_text_dataset
+    (tmp_path / 'a.jsonl').write_text('{"text": "hello"}\n')
+    os.link(tmp_path / 'a.jsonl', tmp_path / 'b.jsonl')  # a hard link: every document in train and val
+    with pytest.raises(SystemExit, match='names a file twice'):
+        load_text_dataset('x', [str(tmp_path / 'a.jsonl'), str(tmp_path / 'b.jsonl')], 1, 'prepare.py')
+
+
 def test_a_signal_during_the_swap_waits_for_it_to_end(dataset, tmp_path, monkeypatch):
     # Ctrl-C as the new dataset is being put in place: acted on once it is, never half of one dataset and half of
     # the other (a folder every reader refuses as incomplete)
