@@ -23,7 +23,7 @@ from model import GPT, GPTConfig
 from nanogpt import sweep
 from nanogpt.errors import one_line_errors
 from nanogpt.files import make_folder
-from nanogpt.fit import fit_step, free_memory
+from nanogpt.fit import check_model_size, fit_step, free_memory
 from nanogpt.loader import SyntheticLoader, TokenLoader
 from nanogpt.optim import OPTIMIZERS
 from nanogpt.parallel import DATA_PARALLEL, place_model, wrap_model
@@ -86,6 +86,7 @@ def bench(cfg, runtime, probe=None) -> dict:
     ranks = f", {runtime.world_size} ranks, {cfg.data_parallel.upper()}" if runtime.ddp else ""
     print0(f"{cfg.n_layer} layers, {cfg.n_embd} wide, {tokens_per_iter:,} tokens per step, "
            f"{'real' if cfg.real_data else 'synthetic'} data{ranks}, vocab_size {cfg.vocab_size}")
+    check_model_size(cfg.n_layer, cfg.n_embd, cfg.vocab_size, cfg.block_size)
     model = GPT(GPTConfig(block_size=cfg.block_size, n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd,
                           dropout=cfg.dropout, bias=cfg.bias, vocab_size=cfg.vocab_size), seed=cfg.seed)
     model.chunked_loss = cfg.chunked_loss

@@ -36,7 +36,7 @@ from model import GPT, GPTConfig
 from nanogpt import rundir
 from nanogpt.checkpoint import Checkpointer, load_model, note_shape
 from nanogpt.errors import one_line_errors
-from nanogpt.fit import fit_step, fitted_sizes, resumed_sizes
+from nanogpt.fit import check_model_size, fit_step, fitted_sizes, resumed_sizes
 from nanogpt.loader import TokenLoader
 from nanogpt.parallel import DATA_PARALLEL, clip_grad_norm, place_model, sync_gradients, wrap_model
 from nanogpt.runlog import RunLog
@@ -239,6 +239,7 @@ if __name__ == '__main__':
         print0("Initializing a new model from scratch")
         # GPT-2's 50257 rounded up to 50304 for efficiency, unless the dataset has its own vocabulary
         model_args['vocab_size'] = len(vocab) if vocab is not None else 50304
+        check_model_size(**model_args)
         model = GPT(GPTConfig(**model_args), seed=seed)
     elif init_from == 'resume':
         print0(f"Resuming training from {out_dir}")

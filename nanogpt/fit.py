@@ -14,6 +14,7 @@ sample.py's batches fit the same way (generate_fitted).
 """
 
 import gc
+import os
 import re
 import sys
 import traceback
@@ -34,6 +35,21 @@ def device_memory(device) -> str:
     index = torch.cuda.current_device() if device.index is None else device.index
     allowed = torch.cuda.get_device_properties(index).total_memory * torch.cuda.get_per_process_memory_fraction(index)
     return f"{allowed / 2**30:.1f} GiB"
+
+
+def check_model_size(n_layer: int, n_embd: int, vocab_size: int, block_size: int, **_):
+    """SystemExit, before a model is built, when its float32 weights alone would not fit in this machine's memory:
+    building it would take the machine's memory layer by layer (n_layer=2**63 never ended)."""
+    params = vocab_size * n_embd + block_size * n_embd + n_layer * (12 * n_embd ** 2 + 13 * n_embd) + 2 * n_embd
+    try:
+        memory = os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES')
+    except (ValueError, OSError, AttributeError):  # not on Linux: torch's out-of-memory error says it
+        return
+    if 4 * params > memory:
+        raise SystemExit(f"error: a model of n_layer={n_layer}, n_embd={n_embd}, block_size={block_size} and "
+                         f"vocab_size={vocab_size} has {params:.3g} parameters, whose weights alone need "
+                         f"{4 * params / 2**30:.3g} GiB, more than this machine's {memory / 2**30:.0f} GiB: choose a "
+                         f"smaller model")
 
 
 def free_memory(device):

@@ -394,3 +394,15 @@ def test_sample_draws_its_samples_as_one_batch_reproducibly(char_data, tmp_path)
     samples = after_meta(first.stdout).split('---------------\n')[:-1]
     assert len(samples) == 4 and len(set(samples)) == 4
     assert '(4 x 30 new tokens in' in first.stderr  # one timing: one batch
+
+
+@pytest.mark.parametrize('key, value', [('n_layer', 2**63), ('block_size', 10**23), ('n_embd', 2**40)])
+def test_a_model_whose_weights_alone_exceed_the_machines_memory_is_refused_before_it_is_built(key, value):
+    # building one layer at a time would take the machine's memory (n_layer=2**63 never ended; a huge block_size
+    # ended in a C++ overflow traceback)
+    from nanogpt.fit import check_model_size
+    shape = dict(n_layer=2, n_embd=32, vocab_size=64, block_size=32)
+    check_model_size(**shape)  # a small one passes
+    with pytest.raises(SystemExit, match=rf"{key}={value}.* parameters, whose weights alone need .* more than this "
+                                         r"machine's \d+ GiB: choose a smaller model"):
+        check_model_size(**{**shape, key: value})
