@@ -20,7 +20,7 @@ import sys
 from configurator import config_defaults, configure
 from nanogpt import runlog
 from nanogpt.errors import one_line_errors
-from nanogpt.files import atomic_path
+from nanogpt.files import atomic_path, open_source
 
 WIDTH, HEIGHT, DPI = 10, 7, 120  # a 1200 x 840 pixel figure
 TITLE_RUNS = 3  # a title line per run up to this many; beyond, the legend names them
@@ -160,12 +160,22 @@ def figure(out_dirs: list[str]):
     return fig
 
 
+# how the files of the image formats matplotlib writes begin: PNG, PDF, SVG, PostScript, JPEG, TIFF, WebP
+IMAGES = (b'\x89PNG', b'%PDF', b'<?xml', b'<svg', b'%!PS', b'\xff\xd8\xff', b'II*\x00', b'MM\x00*', b'RIFF')
+
+
 def plot(out_dirs: list[str], output: str):
     fig = figure(out_dirs)
     kind, kinds = os.path.splitext(output)[1][1:].lower(), fig.canvas.get_supported_filetypes()
     if kind not in kinds:
         raise SystemExit(f"error: --output={output}: matplotlib writes {', '.join(kinds)} files; end the name with "
                          f"one of them, e.g. .png")
+    if os.path.isfile(output):  # a plot replaces an image (an earlier plot), never another file of that name
+        with open_source(output, 'rb') as f:
+            head = f.read(8)
+        if head and not head.startswith(IMAGES):
+            raise SystemExit(f"error: --output={output} holds something other than an image, which this plot would "
+                             f"replace: choose another name")
     with atomic_path(output) as tmp:  # an interrupted write leaves the previous plot, not half a file
         fig.savefig(tmp, format=kind)
     print(f"wrote {output}")
