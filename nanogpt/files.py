@@ -137,11 +137,14 @@ def lock_wait(f):
                 raise
 
 
+def ended(pid: str) -> bool:
+    """Whether pid (a string) names another process, no longer running: one whose leftovers may go."""
+    return pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid))
+
+
 def stale_temporary(path: str) -> bool:
     """Whether path is a temporary file a killed writer left (NAME.tmpPID, a regular file, that pid not running)."""
-    pid = path.rpartition('.tmp')[2]
-    return pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)) and os.path.isfile(path) \
-        and not os.path.islink(path)
+    return ended(path.rpartition('.tmp')[2]) and os.path.isfile(path) and not os.path.islink(path)
 
 
 def _alive(pid: int) -> bool:
@@ -208,7 +211,7 @@ def new_folder(path: str, key: str):
     for name in os.listdir(parent):
         pid = name[len('.tmp'):].partition('.')[0] if name.startswith('.tmp') else ''
         stale = os.path.join(parent, name)
-        if pid.isdigit() and not _alive(int(pid)) and os.path.isfile(os.path.join(stale, STAGED)) \
+        if ended(pid) and os.path.isfile(os.path.join(stale, STAGED)) \
                 and not os.path.islink(stale):
             shutil.rmtree(stale, ignore_errors=True)
     stage = tempfile.mkdtemp(prefix=f'.tmp{os.getpid()}.', dir=parent)

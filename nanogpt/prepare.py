@@ -4,8 +4,10 @@ of the two Shakespeare scripts, loading a corpus with `datasets` (the hub, or lo
 BPE tokenization of many documents in parallel, in order. Torch-free, like the prepare scripts.
 """
 
+import atexit
 import glob
 import os
+import shutil
 import signal
 from multiprocessing import Pool
 
@@ -13,7 +15,7 @@ import numpy as np
 
 from nanogpt.errors import causes
 from nanogpt.files import download, make_folder, open_source, read_text
-from nanogpt.tokenfiles import DTYPE, TokenWriter
+from nanogpt.tokenfiles import CACHE, DTYPE, TokenWriter
 from nanogpt.tokenizer import gpt2_encoding
 
 SHAKESPEARE_URL = 'https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt'
@@ -76,8 +78,26 @@ def tokenize_to_files(texts, writer: TokenWriter, num_proc: int, total: int | No
     return written
 
 
-def load_text_dataset(hub_name: str, inputs: list[str], num_proc: int, prepare_script: str, **hub_kwargs):
-    """A datasets.Dataset with a 'text' column: from local json/jsonl/txt/parquet files when given, else the hub."""
+def local_cache(out_dir: str) -> str:
+    """A folder for `datasets`' Arrow copy of local input files, inside out_dir (in ~/.cache/huggingface a corpus-sized
+    copy would stay behind): removed when the prepare ends, however it ends but a kill, when the next prepare
+    (preparing()) removes it; so is out_dir, if it is new and left empty (a prepare that failed)."""
+    made = not os.path.isdir(out_dir)
+    cache = os.path.join(make_folder(out_dir, 'out_dir'), f'{CACHE}{os.getpid()}')
+    os.makedirs(cache, exist_ok=True)
+
+    def remove():
+        shutil.rmtree(cache, ignore_errors=True)
+        if made and not os.listdir(out_dir):
+            os.rmdir(out_dir)
+    atexit.register(remove)
+    return cache
+
+
+def load_text_dataset(hub_name: str, inputs: list[str], num_proc: int, prepare_script: str, out_dir: str,
+                      **hub_kwargs):
+    """A datasets.Dataset with a 'text' column: from local json/jsonl/txt/parquet files when given (converted in a
+    cache folder inside out_dir), else the hub (cached where `datasets` caches it)."""
     import datasets
     if inputs:
         missing = [p for p in inputs if not os.path.exists(p)]
@@ -98,7 +118,8 @@ def load_text_dataset(hub_name: str, inputs: list[str], num_proc: int, prepare_s
         kwargs = dict(sample_by='paragraph') if builder == 'text' else {}  # blank lines separate documents
         try:
             # data_files are glob patterns: a name holding [ or * is escaped, to be itself
-            ds = datasets.load_dataset(builder, data_files=[glob.escape(p) for p in inputs], split='train', **kwargs)
+            ds = datasets.load_dataset(builder, data_files=[glob.escape(p) for p in inputs], split='train',
+                                       cache_dir=local_cache(out_dir), **kwargs)
         except Exception as e:  # malformed JSON, a parquet file that is not one, non-UTF-8 text
             # the innermost error says what is wrong (datasets wraps it in DatasetGenerationError)
             found = [c for c in causes(e) if str(c).strip()]  # pyarrow's says the row; a fallback reader's, less
@@ -108,6 +129,16 @@ def load_text_dataset(hub_name: str, inputs: list[str], num_proc: int, prepare_s
                              f"{reason[:200]}): check the files") from None
         if 'text' not in ds.column_names:
             raise SystemExit(f"error: {inputs[0]} has no 'text' field (its fields: {ds.column_names})")
+        import pyarrow as pa
+        import pyarrow.compute as pc
+        column = ds.data.column('text')  # checked whole here, before a folder is touched, and the row named
+        if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
+            raise SystemExit(f"error: the 'text' field of {', '.join(inputs)} is not text in every document (its "
+                             f"type: {column.type}): fix the input")
+        if column.null_count:
+            row = pc.index(pc.is_null(column), True).as_py()
+            raise SystemExit(f"error: document {row + 1:,} of {', '.join(inputs)} (counting from 1, files in the "
+                             f"order given) has no text (null): fix the input")
         if len(ds) == 0:
             raise SystemExit(f"error: {', '.join(inputs)} hold no documents: nothing to prepare")
         return ds

@@ -35,7 +35,7 @@ import numpy as np
 
 from nanogpt import fields
 from nanogpt.files import (atomic_path, check_destination, lock_nowait, make_folder, open_regular, open_source,
-                           read_json, stale_temporary)
+                           ended, read_json, stale_temporary)
 
 REPO_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -132,6 +132,7 @@ def dataset_files(data_dir: str) -> list[str]:
 DATASET_RE = re.compile(r'^((train|val)(_\d{6})?\.bin|meta\.json|meta\.pkl)$')  # every file of a dataset, any layout
 
 
+CACHE = '.prepare.cache'  # + pid: `datasets`' copy of a prepare's local input files (nanogpt/prepare.py)
 STAGED = '.staged-by-prepare'  # the mark of a staging folder
 
 
@@ -144,6 +145,7 @@ def preparing(data_dir: str, inputs=()):
     leaves data_dir as it was. Should the process die in the swap itself, meta.json says the dataset is incomplete,
     and every reader refuses it until it is prepared again. Refused before anything: a folder holding a model (an
     export: its meta.json is the model's), and inputs (the prepare's) that the swap would replace."""
+    made = not os.path.isdir(data_dir)
     make_folder(data_dir, 'out_dir')
     model = [n for n in ('config.json', 'model.safetensors') if os.path.exists(os.path.join(data_dir, n))]
     if model:  # its meta.json is the model's vocabulary, not a dataset's
@@ -173,18 +175,26 @@ def preparing(data_dir: str, inputs=()):
     for name in os.listdir(data_dir):
         if DATASET_RE.match(name.rpartition('.tmp')[0]) and stale_temporary(os.path.join(data_dir, name)):
             os.remove(os.path.join(data_dir, name))
+        elif name.startswith(CACHE) and ended(name[len(CACHE):]) and not os.path.islink(os.path.join(data_dir, name)):
+            shutil.rmtree(os.path.join(data_dir, name), ignore_errors=True)  # a killed prepare's input cache
         elif DATASET_RE.match(name):  # what the swap will replace: refused now, not after the whole prepare
             check_destination(os.path.join(data_dir, name))
     os.mkdir(stage)
     with atomic_path(os.path.join(stage, STAGED)) as tmp, open(tmp, 'w'):
         pass  # the mark: this folder is a prepare's, which a later one may remove
+    done = False
     try:
         yield stage
         with _signals_held():  # a signal now is acted on once the swap is done: never half a swap
             _swap(stage, data_dir)
+        done = True
     finally:
         shutil.rmtree(stage, ignore_errors=True)
         lock.close()
+        if not done and set(os.listdir(data_dir)) - {f'{CACHE}{os.getpid()}'} == {'.prepare.lock'}:
+            os.remove(os.path.join(data_dir, '.prepare.lock'))  # a folder that was empty, or new, is again
+            if made:
+                os.rmdir(data_dir)
 
 
 @contextmanager

@@ -131,12 +131,25 @@ def test_a_folder_put_where_a_dataset_file_was_during_a_prepare_is_refused_befor
     assert (dataset / 'val.bin' / 'notes.txt').read_text() == 'mine'
 
 
+@pytest.mark.parametrize('bad, says', [(None, 'document 4 of {docs} (counting from 1, files in the order given) has no '
+                                                'text (null)'),
+                                       (12345, "the 'text' field of {docs} is not text in every document")])
+def test_a_document_whose_text_is_not_text_is_named_before_any_folder_is_made(tmp_path, bad, says):
+    from nanogpt.prepare import load_text_dataset
+    docs = tmp_path / 'docs.jsonl'
+    docs.write_text(''.join(json.dumps({'text': bad if i == 3 else f'document {i}'}) + '\n' for i in range(9)))
+    with pytest.raises(SystemExit, match=re.escape(says.format(docs=docs))):
+        load_text_dataset('x', [str(docs)], 1, 'prepare.py', str(tmp_path / 'new'))
+    # datasets' copy of the input is in out_dir (which goes with it when the script ends), not ~/.cache/huggingface
+    assert os.listdir(tmp_path / 'new') == [f'.prepare.cache{os.getpid()}']
+
+
 def test_one_file_given_twice_under_two_names_is_refused(tmp_path):
     from nanogpt.prepare import load_text_dataset
     (tmp_path / 'a.jsonl').write_text('{"text": "hello"}\n')
     os.link(tmp_path / 'a.jsonl', tmp_path / 'b.jsonl')  # a hard link: every document in train and val
     with pytest.raises(SystemExit, match='names a file twice'):
-        load_text_dataset('x', [str(tmp_path / 'a.jsonl'), str(tmp_path / 'b.jsonl')], 1, 'prepare.py')
+        load_text_dataset('x', [str(tmp_path / 'a.jsonl'), str(tmp_path / 'b.jsonl')], 1, 'prepare.py', str(tmp_path))
 
 
 def test_a_signal_during_the_swap_waits_for_it_to_end(dataset, tmp_path, monkeypatch):

@@ -35,7 +35,7 @@ def main(argv: list[str]):
     cfg = configure(defaults, argv, RANGES)
     make_folder(cfg.out_dir, 'out_dir', create=False)  # refused now, not after the corpus is read
 
-    dataset = load_text_dataset(HUB_NAME, cfg.input, cfg.num_proc, 'data/fineweb_edu/prepare.py',
+    dataset = load_text_dataset(HUB_NAME, cfg.input, cfg.num_proc, 'data/fineweb_edu/prepare.py', cfg.out_dir,
                                 name=cfg.remote_name)
     with preparing(cfg.out_dir, cfg.input) as stage:  # the new dataset replaces the old one whole, at the end
         with TokenWriter(stage, lambda index: 'val' if index == 0 else 'train', cfg.shard_size) as writer:

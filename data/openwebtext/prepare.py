@@ -38,7 +38,7 @@ def main(argv: list[str]):
     cfg = configure(defaults, argv, RANGES)
     make_folder(cfg.out_dir, 'out_dir', create=False)  # refused now, not after the corpus is read
 
-    dataset = load_text_dataset(cfg.hub_name, cfg.input, cfg.num_proc, 'data/openwebtext/prepare.py',
+    dataset = load_text_dataset(cfg.hub_name, cfg.input, cfg.num_proc, 'data/openwebtext/prepare.py', cfg.out_dir,
                                 revision=cfg.revision or None)
     if not cfg.input and cfg.hub_name == HUB_NAME and len(dataset) != N_DOCUMENTS:
         print(f"warning: {cfg.hub_name} has {len(dataset):,} documents, expected {N_DOCUMENTS:,} "
