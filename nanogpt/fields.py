@@ -6,6 +6,7 @@ is refused in one line that names the file, the field, what it holds and what to
 
 A spec maps each field a reader uses to (what it must be, a test of the value); check() applies one.
 """
+import reprlib
 
 
 def _number(v) -> bool:
@@ -17,7 +18,7 @@ def positive_int(v) -> bool:
 
 
 def count(v) -> bool:
-    return type(v) is int and v >= 0
+    return type(v) is int and 0 <= v < 2**63  # what an int64 holds, as torch and numpy count
 
 
 def tensors(v) -> bool:
@@ -25,8 +26,9 @@ def tensors(v) -> bool:
 
 
 POSITIVE_INT = ('an integer above 0', positive_int)
-COUNT = ('an integer, 0 or more', count)
+COUNT = ('an integer, 0 or more (below 2**63)', count)
 NUMBER = ('a number', _number)
+NOT_NEGATIVE = ('a number, not negative', lambda v: _number(v) and not v < 0)  # NaN and inf are (a diverged run's)
 BOOL = ('true or false', lambda v: type(v) is bool)
 STR = ('a string', lambda v: isinstance(v, str))
 DICT = ('a dict', lambda v: isinstance(v, dict))
@@ -36,8 +38,13 @@ CHARS = ('distinct characters (a string or a list of them), or none', lambda v: 
     isinstance(v, (str, list, tuple)) and all(isinstance(c, str) and len(c) == 1 for c in v) and len(set(v)) == len(v)))
 
 
+_repr = reprlib.Repr()
+_repr.maxlevel, _repr.maxstring, _repr.maxother = 3, 60, 60
+
+
 def _show(value) -> str:
-    text = repr(value) if type(value).__name__ not in ('Tensor', 'Parameter') else f"a tensor {tuple(value.shape)}"
+    text = _repr.repr(value) if type(value).__name__ not in ('Tensor', 'Parameter') else \
+        f"a tensor {tuple(value.shape)}"  # a list nested 5,000 deep too
     return text if len(text) <= 60 else text[:57] + '...'
 
 

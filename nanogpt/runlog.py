@@ -24,8 +24,9 @@ KINDS = {'start': 'params', 'step': 'loss', 'eval': 'val_loss', 'skipped': 'skip
 ALSO = {'step': ('lr',), 'start': ('n_layer', 'n_embd')}  # what else a kind's records hold, which plot.py reads
 # the fields of a record that readers use, and what each must be (a record where one is not is no record of a run)
 OPTIONAL_NUMBER = ('a number or null', lambda v: v is None or fields.NUMBER[1](v))
-RECORD = dict(iter=fields.COUNT, loss=fields.NUMBER, val_loss=fields.NUMBER, train_loss=fields.NUMBER,
-              lr=fields.NUMBER, grad_norm=fields.NUMBER, ms=fields.NUMBER, tok_per_s=fields.NUMBER, mfu=OPTIONAL_NUMBER,
+RECORD = dict(iter=fields.COUNT, loss=fields.NOT_NEGATIVE, val_loss=fields.NOT_NEGATIVE,
+              train_loss=fields.NOT_NEGATIVE, lr=fields.NOT_NEGATIVE, grad_norm=fields.NOT_NEGATIVE,
+              ms=fields.NOT_NEGATIVE, tok_per_s=fields.NOT_NEGATIVE, mfu=OPTIONAL_NUMBER,
               params=fields.POSITIVE_INT, tokens_per_iter=fields.POSITIVE_INT, hellaswag=fields.NUMBER,
               hellaswag_acc=fields.NUMBER, time=fields.NUMBER, dataset=fields.STR, init_from=fields.STR,
               n_layer=fields.POSITIVE_INT, n_embd=fields.POSITIVE_INT)

@@ -5,6 +5,7 @@ and each is refused in one line naming the file and the field (a log record is d
 the code.
 """
 import json
+import math
 import os
 import re
 
@@ -98,6 +99,12 @@ def test_a_log_record_with_a_damaged_field_is_dropped_with_a_note(tmp_path):
     notes = []
     assert runlog.read_records(str(tmp_path / 'log.jsonl'), note=notes.append) == [good]
     assert len(notes) == 1 and 'line(s) 2, 3, 4, 5, 6 and' in notes[0] and notes[0].endswith('skipped')
+    # values of the right type that no run writes: a negative loss or rate, an iteration beyond int64
+    (tmp_path / 'log.jsonl').write_text('\n'.join(json.dumps({**good, **odd}) for odd in (
+        {}, {'loss': -5.0}, {'lr': -1}, {'iter': 10**29}, {'loss': float('nan')})) + '\n')
+    records = runlog.read_records(str(tmp_path / 'log.jsonl'), note=notes.append)
+    assert len(records) == 2 and math.isnan(records[1]['loss'])  # a diverged run's NaN is a record
+    assert 'line(s) 2, 3, 4 are not records' in notes[-1]
 
 
 def test_every_field_of_a_hellaswag_row_damaged_in_turn_is_refused(tmp_path):
@@ -119,6 +126,10 @@ def test_a_field_check_names_what_the_value_is():
             "error: x.json: 'n_layer' holds 'twelve', where it must be an integer above 0: fix it")
     refused(lambda: fields.check({'n_layer': True}, spec, 'x.json', 'fix it'), "holds True")  # a bool is no int
     refused(lambda: fields.check([1], spec, 'x.json', 'fix it'), "x.json holds [1], not the dict")
+    nested = []
+    for _ in range(5000):
+        nested = [nested]
+    refused(lambda: fields.check({'n_layer': nested}, spec, 'x.json', 'fix it'), "holds [[[[...]]]], where")
 
 
 @pytest.mark.parametrize('case', ['missing', 'empty-path', 'folder', 'fifo', 'latin-1'])
