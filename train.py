@@ -27,6 +27,7 @@ import os
 import signal
 import sys
 import time
+import uuid
 from dataclasses import asdict
 
 import torch
@@ -34,7 +35,7 @@ import torch
 from configurator import config_defaults, configure
 from model import GPT, GPTConfig
 from nanogpt import rundir
-from nanogpt.checkpoint import Checkpointer, load_model, note_shape
+from nanogpt.checkpoint import Checkpointer, check_resume, load_model, note_shape
 from nanogpt.errors import one_line_errors
 from nanogpt.fit import check_model_size, fit_step, fitted_sizes, resumed_sizes
 from nanogpt.loader import TokenLoader
@@ -233,6 +234,7 @@ if __name__ == '__main__':
     model_args = dict(n_layer=n_layer, n_head=n_head, n_embd=n_embd, block_size=block_size, bias=bias,
                       vocab_size=None, dropout=dropout)  # start with model_args from command line
     checkpoint = None
+    run = uuid.uuid4().hex[:16]  # this run's id, in its checkpoints and its log's start records: a resume keeps it
     iter_num = 0
     best_val_loss = 1e9
     if init_from == 'scratch':
@@ -246,6 +248,7 @@ if __name__ == '__main__':
         model, checkpoint = load_model('resume', out_dir, 'cpu', dropout=dropout, train=True)
         note_shape(model, model_args, shape_keys, "resuming with the checkpoint's")  # it wins, as in nanoGPT
         check_tokens(checkpoint, ckpt_path, data)  # the dataset's ids mean what they meant when it was saved
+        run = check_resume(checkpoint, ckpt_path, data, print0)  # its own log, and the dataset it trained on
         iter_num = checkpoint['iter_num']
         best_val_loss = checkpoint['best_val_loss']
         # a micro-batch fitted to memory when the run started stays: the batch stream continues as it was drawn
@@ -291,7 +294,8 @@ if __name__ == '__main__':
     ctx = place_model(model, runtime, data_parallel)
     optimizer = model.configure_optimizers(weight_decay, learning_rate, (beta1, beta2), device_type, optimizer,
                                            muon_learning_rate, muon_momentum)
-    checkpointer = Checkpointer(out_dir, runtime, model, optimizer, scaler, train_loader, model_args, config, vocab)
+    checkpointer = Checkpointer(out_dir, runtime, model, optimizer, scaler, train_loader, model_args, config, vocab,
+                                data, run)
     if checkpoint is not None:
         checkpointer.restore(checkpoint)  # optimizer, scaler, data position, RNG: continue exactly
     checkpoint = None  # free up memory
@@ -317,7 +321,7 @@ if __name__ == '__main__':
                     write=not eval_only)
     runlog.log(iter=iter_num, params=raw_model.get_num_params(), n_layer=n_layer, n_head=n_head, n_embd=n_embd,
                block_size=block_size, dataset=dataset, tokens_per_iter=tokens_per_iter, init_from=init_from,
-               time=time.time(), run_id=rundir.RUN_ID)
+               time=time.time(), run_id=rundir.RUN_ID, run=run)
     peak_flops = peak_flops or device_peak_flops(device)  # for MFU; None: unknown, MFU is not printed
     # preemption (SIGTERM, Ctrl-C) and non-finite steps, acted on by every rank together after each step
     guard = RunGuard(runtime, max_bad_steps, out_dir, runlog.log)

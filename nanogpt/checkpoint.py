@@ -18,6 +18,7 @@ rank's RNG states), world_size; and vocab, the characters of a character-level m
 import math
 import os
 import re
+import uuid
 from dataclasses import asdict
 
 import torch
@@ -28,6 +29,7 @@ from nanogpt.errors import takes
 from nanogpt.files import atomic_path
 from nanogpt.optim import OPTIMIZERS, parts
 from nanogpt.parallel import full_state_dict, load_optimizer_state, restore_rng, rng_states
+from nanogpt.runlog import read_records
 from nanogpt.runtime import print0
 from nanogpt.tokenfiles import read_vocab
 from nanogpt.weights import check_shapes, check_tensors, torch_load
@@ -44,11 +46,13 @@ class Checkpointer:
     stays fixed for the run (model_args, config, vocab)."""
 
     def __init__(self, out_dir: str, runtime, raw_model, optimizer, scaler, loader, model_args: dict, config: dict,
-                 vocab: list[str] | None):
+                 vocab: list[str] | None, data, run: str):
         self.path = os.path.join(out_dir, 'ckpt.pt')
         self.runtime, self.raw_model, self.optimizer = runtime, raw_model, optimizer
         self.scaler, self.loader = scaler, loader
-        self.fixed = {'model_args': model_args, 'config': config, 'vocab': vocab}
+        # what a resume compares (check_resume): the dataset it trains on, and the run it belongs to
+        dataset = {'dir': os.path.abspath(data.dir), 'files': (data.meta or {}).get('files')}
+        self.fixed = {'model_args': model_args, 'config': config, 'vocab': vocab, 'data': dataset, 'run': run}
         self.saved_iter = None  # the iteration of the checkpoint in out_dir, once there is one
 
     def save(self, iter_num: int, best_val_loss: float, val_loss: float) -> bool:
@@ -117,12 +121,34 @@ class Checkpointer:
         return f"note: no checkpoint of iter {iter_num} ({why}): {where}"
 
 
+def check_resume(checkpoint: dict, ckpt_path: str, data, note) -> str:
+    """What a resume checks beyond the model's tokens (check_tokens): that the log in its folder is its run's (a
+    checkpoint copied in from another run would mix two runs' records in it), and whether the dataset is the one it
+    trained on (another folder, or one prepared again: a note, and the run goes on). Returns the run's id, which each
+    of its checkpoints and each start record of its log carry (a new one for a checkpoint without)."""
+    run, log = checkpoint.get('run'), os.path.join(os.path.dirname(ckpt_path), 'log.jsonl')
+    if run is not None and os.path.exists(log):
+        runs = {r.get('run') for r in read_records(log, note=lambda _: None) if 'params' in r} - {None}
+        if runs and run not in runs:
+            raise SystemExit(f"error: {ckpt_path} is not a checkpoint of the run {log} records (one of them copied in "
+                             f"from another run's folder?): resume it in its own folder, or move {log} away")
+    saved, files = checkpoint.get('data') or {}, (data.meta or {}).get('files')
+    if isinstance(saved.get('dir'), str) and os.path.realpath(saved['dir']) != os.path.realpath(data.dir):
+        note(f"note: {ckpt_path} trained on {saved['dir']}; this run reads {data.dir} (--dataset={saved['dir']} "
+             f"goes on with the former)")
+    elif saved.get('files') is not None and saved['files'] != files:
+        note(f"note: {data.dir} was prepared again since {ckpt_path} was saved (its files differ): the run goes on "
+             f"with the new files from the same position")
+    return run if isinstance(run, str) else uuid.uuid4().hex[:16]
+
+
 # the fields of ckpt.pt the code uses, and what each must be (nanoGPT's checkpoints included)
 SCALAR = ('a finite number, 0 or more', lambda v: (fields.NUMBER[1](v) or (
     type(v).__name__ == 'Tensor' and v.numel() == 1)) and 0 <= float(v) < math.inf)
 CHECKPOINT = dict(model=fields.TENSORS, model_args=fields.DICT, iter_num=fields.COUNT, best_val_loss=SCALAR,
                   config=fields.DICT, optimizer=fields.DICT, muon=fields.DICT, scaler=fields.DICT, loader=fields.DICT,
-                  rng=fields.DICT, world_size=fields.POSITIVE_INT, vocab=fields.CHARS)
+                  rng=fields.DICT, world_size=fields.POSITIVE_INT, vocab=fields.CHARS, data=fields.DICT,
+                  run=fields.STR)
 MODEL_ARGS = dict(n_layer=fields.POSITIVE_INT, n_head=fields.POSITIVE_INT, n_embd=fields.POSITIVE_INT,
                   block_size=fields.POSITIVE_INT, vocab_size=fields.POSITIVE_INT, bias=fields.BOOL,
                   dropout=fields.FRACTION)

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import (REPO, TINY, after_meta, ddp_train, eval_losses, free_port, iter_losses, load_init_weights,
-                      load_model_state, run_script, torchrun, train)
+                      load_model_state, one_line_error, run_script, torchrun, train)
 
 from nanogpt.tokenfiles import TokenWriter
 from train import get_lr
@@ -61,6 +61,30 @@ def test_resume_continues_exactly(char_data, tmp_path):
     for k, v in sa['model'].items():
         assert torch.equal(v, sb['model'][k]), k
     assert sa['loader'] == sb['loader'] and sa['iter_num'] == sb['iter_num'] == 10
+
+
+def test_a_resume_checks_the_log_is_its_runs_and_notes_a_dataset_prepared_again(char_data, tmp_path):
+    import shutil
+    args = ['--max_iters=2', '--eval_interval=2']
+    train(char_data, tmp_path / 'a', *args)
+    train(char_data, tmp_path / 'b', *args)
+    # another run's checkpoint copied into b: its records would mix with b's in b's log
+    shutil.copy(tmp_path / 'a' / 'ckpt.pt', tmp_path / 'b' / 'ckpt.pt')
+    log = (tmp_path / 'b' / 'log.jsonl').read_bytes()
+    one_line_error(train(char_data, tmp_path / 'b', '--max_iters=4', '--init_from=resume', check=False),
+                   'is not a checkpoint of the run', 'log.jsonl records')
+    assert (tmp_path / 'b' / 'log.jsonl').read_bytes() == log
+    # the dataset prepared again from another text of the same characters, and another folder: said, the run goes on
+    data = tmp_path / 'data'
+    shutil.copytree(char_data, data)
+    train(str(data), tmp_path / 'c', *args)
+    (data / 'input.txt').write_text(' '.join(['that is the question'] * 3000) + '\n' + open(
+        os.path.join(char_data, 'input.txt')).read()[-2000:])
+    run_script('data/shakespeare_char/prepare.py', '--input', str(data / 'input.txt'), '--out_dir', str(data))
+    resumed = train(str(data), tmp_path / 'c', '--max_iters=4', '--eval_interval=2', '--init_from=resume')
+    assert f'note: {data} was prepared again since' in resumed.stdout
+    resumed = train(char_data, tmp_path / 'c', '--max_iters=6', '--eval_interval=2', '--init_from=resume')
+    assert f'trained on {data}; this run reads {char_data}' in resumed.stdout
 
 
 def test_resume_keeps_the_checkpoints_model_shape(char_data, tmp_path):
