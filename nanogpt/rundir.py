@@ -125,7 +125,8 @@ def _hold(f):
     """Write this process into the flocked lock file."""
     previous = _read_holder(f)
     if previous:
-        print(f"note: {f.name} was left by a run that did not end ({previous}, no longer running): taken over")
+        print(f"note: {f.name} was left by a run that did not end, or was copied with its folder ({previous}, "
+              f"holding no lock here): taken over")
     f.seek(0)
     f.truncate()
     f.write(json.dumps({'host': socket.gethostname(), 'pid': os.getpid(), 'since': time.strftime('%Y-%m-%d %H:%M:%S'),
@@ -138,7 +139,7 @@ def _hold(f):
 def _read_holder(f) -> str:
     """'pid P on host H since T' from an open lock file, '' for an empty one (released cleanly)."""
     f.seek(0)
-    text = f.read().strip()
+    text = f.buffer.read().decode('utf-8', 'replace').strip()  # whatever bytes someone left there
     if not text:
         return ''
     try:

@@ -123,9 +123,12 @@ def test_a_second_run_into_a_held_folder_refuses_and_a_dead_holders_lock_is_take
         first.kill()
         first.wait()
     proc = train(char_data, tmp_path, '--max_iters=4', '--init_from=resume')
-    assert f'run.lock was left by a run that did not end (pid {first.pid}' in proc.stdout
+    assert f'run.lock was left by a run that did not end, or was copied with its folder (pid {first.pid}' in proc.stdout
     assert not (tmp_path / 'run.lock').exists()  # released at the end: the next run takes the folder silently
     assert 'run.lock' not in train(char_data, tmp_path, '--max_iters=6', '--init_from=resume').stdout
+    (tmp_path / 'run.lock').write_bytes(b'\xff\xfe\x00garbage')  # not even UTF-8: said as it is, and taken over
+    proc = train(char_data, tmp_path, '--max_iters=8', '--init_from=resume')
+    assert "run.lock says '\ufffd\ufffd\\x00garbage'" in proc.stdout, proc.stdout
 
 
 def test_a_lock_file_removed_between_its_open_and_its_lock_is_opened_again(tmp_path, monkeypatch):

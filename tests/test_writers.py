@@ -138,6 +138,13 @@ def test_every_output_folder_that_is_no_folder_is_refused_in_one_line_naming_the
     assert sorted(os.listdir(tmp_path)) == ['in.txt'] + (['out'] if where != 'empty' else [])
 
 
+def test_an_append_into_a_folder_moved_away_meanwhile_says_the_folder_is_gone(tmp_path):
+    from nanogpt.files import open_regular
+    with pytest.raises(SystemExit, match=r"cannot write \S+/run/log.jsonl: its folder \S+/run is gone \(moved or "
+                                         r"removed while this script wrote in it\)"):
+        open_regular(str(tmp_path / 'run' / 'log.jsonl'), 'a')
+
+
 def test_a_name_too_long_for_its_temporary_name_or_a_folder_at_that_name_is_refused_before_writing(tmp_path):
     from nanogpt.files import atomic_path
     with pytest.raises(SystemExit, match='245 bytes long, too long to write under a temporary name'):
