@@ -39,6 +39,8 @@ def check_ranges(config: dict, ranges: dict):
             continue
         if isinstance(value, bool) or not isinstance(value, (int, float)):  # a None default takes any type: not here
             raise SystemExit(f"error: {key}={value!r}: {key} must be a number")
+        if value != value or value in (float('inf'), float('-inf')):  # 1e309 is inf: no range holds it
+            raise SystemExit(f"error: {key}={value!r}: {key} must be a finite number")
         if spec.startswith('>'):  # '> 0' is the interval (0, inf), '>= 0' is [0, inf)
             spec = f"{'[' if spec.startswith('>=') else '('}{spec.split()[1]}, inf)"
         low, high = (float(x) for x in spec[1:-1].split(','))

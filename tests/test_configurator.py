@@ -99,6 +99,12 @@ def test_bad_arguments():
         configure(DEFAULTS, ['--compile', '--batch_size=3'], verbose=False)
 
 
+@pytest.mark.parametrize('value', ['1e309', '-1e400'])
+def test_a_number_no_range_holds_is_refused_as_not_finite(value):
+    with pytest.raises(SystemExit, match=r'learning_rate must be a finite number$'):
+        configure(DEFAULTS, [f'--learning_rate={value}'], {'learning_rate': '>= 0'}, verbose=False)
+
+
 def test_a_key_with_a_numeric_range_takes_only_numbers():
     # a None default takes any type (peak_flops=None, or a number): its range says it is a number
     defaults = dict(peak_flops=None)
