@@ -332,6 +332,7 @@ def sample_next(logits, temperature: float = 1.0, top_k: int | None = None, top_
         sorted_logits, sorted_idx = torch.sort(logits, descending=True)
         cum_probs = F.softmax(sorted_logits, dim=-1).cumsum(dim=-1)
         drop = cum_probs - F.softmax(sorted_logits, dim=-1) >= top_p  # mass before this token already enough
+        drop[:, 0] = False  # the most likely token always stays (a tiny top_p would drop all to rounding)
         sorted_logits[drop] = -float('inf')
         logits = torch.full_like(logits, -float('inf')).scatter(1, sorted_idx, sorted_logits)
     probs = F.softmax(logits, dim=-1)

@@ -66,10 +66,7 @@ def main(argv: list[str]):
     if cfg.text_file:
         encode, _ = get_tokenizer(checkpoint)
         text = read_text(cfg.text_file, 'text file')
-        try:
-            tokens = np.array(encode(text), dtype=np.int64)
-        except SystemExit as e:  # the model's vocabulary refused it: say which file, and what else there is
-            raise SystemExit(f"{e} (in --text_file={cfg.text_file}; a prepared dataset's tokens go with --dataset)")
+        tokens = np.array(encode(text, f'--text_file={cfg.text_file}'), dtype=np.int64)
         source = cfg.text_file
     else:
         data = Dataset(dataset_dir(cfg.dataset), splits=(cfg.split,))

@@ -52,12 +52,17 @@ if __name__ == '__main__':
     encode, decode = get_tokenizer(checkpoint)
 
     # encode the beginning of the prompt
+    what = f'the prompt (--start={start[:40]})'
     if start.startswith('FILE:'):
         start = read_text(start[5:], 'prompt file (--start=FILE:path)')
-    start_ids = encode(start)
+    block_size = model.config.block_size
+    if len(start) > 128 * block_size:  # no token is 128 characters long: its last block_size tokens stay
+        print(f"note: the prompt is {len(start):,} characters long: only its last {128 * block_size:,} are read",
+              file=sys.stderr)
+        start = start[-128 * block_size:]
+    start_ids = encode(start, what)
     if len(start_ids) == 0:
         raise SystemExit("error: the prompt is empty: pass --start with at least one character or token")
-    block_size = model.config.block_size
     if len(start_ids) > block_size:
         # the model sees at most block_size tokens, as generate() does once a sample outgrows it
         print(f"note: the prompt is {len(start_ids)} tokens long, the model's context {block_size}: "

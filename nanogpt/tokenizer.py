@@ -43,7 +43,7 @@ def check_tokens(checkpoint: dict, source: str, data):
 
 
 def get_tokenizer(checkpoint: dict | None, note=print):
-    """encode(str) -> list[int] and decode(list[int]) -> str: the character vocabulary the checkpoint carries (or,
+    """encode(str, what) -> list[int] (what names the text in a refusal) and decode(list[int]) -> str: the character vocabulary the checkpoint carries (or,
     for older checkpoints, its dataset's), else GPT-2's BPE. note prints what it loads (print0 under torchrun)."""
     checkpoint = checkpoint or {}
     chars, source = checkpoint.get('vocab'), checkpoint.get('source', 'the checkpoint')
@@ -64,11 +64,13 @@ def get_tokenizer(checkpoint: dict | None, note=print):
         note(f"Loading meta from {source}...")
         stoi = {c: i for i, c in enumerate(chars)}
 
-        def encode(s: str) -> list[int]:
+        def encode(s: str, what: str = 'the text') -> list[int]:
             unknown = sorted(set(s) - set(stoi))
             if unknown:
-                raise SystemExit(f"error: the text has characters outside the model's vocabulary of {len(stoi)} "
-                                 f"characters from {source}: {''.join(unknown)!r}")
+                shown = ''.join(unknown[:20]) + ('...' if len(unknown) > 20 else '')
+                raise SystemExit(f"error: {what} has characters outside the model's vocabulary of {len(stoi)} "
+                                 f"characters from {source}: {shown!r}: leave them out, or use a model trained on "
+                                 f"them")
             return [stoi[c] for c in s]
 
         def decode(ids: list[int]) -> str:
@@ -77,5 +79,5 @@ def get_tokenizer(checkpoint: dict | None, note=print):
 
     enc = gpt2_encoding()
     # a model trained with the padded vocabulary (50304) may, rarely, emit an id the tokenizer does not have
-    return (lambda s: enc.encode(s, allowed_special={'<|endoftext|>'})), \
+    return (lambda s, what='': enc.encode(s, allowed_special={'<|endoftext|>'})), \
         (lambda ids: enc.decode([i for i in ids if i < enc.n_vocab]))

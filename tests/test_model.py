@@ -301,6 +301,10 @@ def test_sample_next_top_k_top_p():
     draws = torch.cat([sample_next(logits, 1.0, top_p=0.5) for _ in range(50)])
     assert set(draws.flatten().tolist()) == {0}
     assert sample_next(logits, 0.0).item() == 0
+    # a top_p of almost nothing keeps the most likely token, whatever rounding does to the mass before it
+    flat = torch.full((3, 50257), 0.1)
+    flat[:, 7] = 0.2
+    assert sample_next(flat, 1.0, top_p=1e-300).flatten().tolist() == [7, 7, 7]
     # the same logits in another order, two rows: the kept tokens are found where they are, not where sorting put them
     order = torch.tensor([[3, 0, 4, 1, 2], [2, 4, 1, 3, 0]])
     shuffled = logits[0][order]  # row r, column c holds logits[order[r, c]]

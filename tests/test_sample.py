@@ -40,6 +40,7 @@ def test_sample_errors(tmp_path):
     assert proc.returncode != 0 and 'no checkpoint at' in proc.stderr
     proc = run_script('sample.py', f'--out_dir={out_dir}', '--start=xyz', '--device=cpu', check=False)
     assert proc.returncode != 0 and "outside the model's vocabulary" in proc.stderr and "'xyz'" in proc.stderr
+    assert 'the prompt (--start=xyz) has characters' in proc.stderr and 'leave them out' in proc.stderr
     proc = run_script('sample.py', f'--out_dir={out_dir}', f'--start=FILE:{tmp_path / "nope.txt"}', '--device=cpu',
                       check=False)
     assert proc.returncode != 0 and 'prompt file' in proc.stderr and 'not found' in proc.stderr
@@ -72,6 +73,11 @@ def test_long_prompt_is_cropped_to_the_context(tmp_path):
     proc, whole = continuation(f'FILE:{prompt}')
     assert 'the prompt is 24 tokens long' in proc.stderr and 'conditions on the last 16' in proc.stderr
     assert whole.startswith(prompt.read_text()) and len(whole) == 24 + 12
+    # a prompt far beyond any context is read from its end only (a 500 MB prompt ran out of memory)
+    (tmp_path / 'huge.txt').write_text('a' * 100_000 + prompt.read_text())
+    proc, huge = continuation(f'FILE:{tmp_path / "huge.txt"}')
+    assert 'the prompt is 100,024 characters long: only its last 2,048 are read' in proc.stderr
+    assert huge.endswith(whole[-24 - 12:])
     _, last = continuation(prompt.read_text()[-16:])
     assert whole[24:] == last[16:]  # the same greedy continuation as from the last 16 characters alone
     _, first = continuation(prompt.read_text()[:16])
