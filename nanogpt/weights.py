@@ -7,6 +7,7 @@ makes such a folder of this project's models for export_hf.py. The GPT-2 facts (
 written here once. Nothing here imports model.py: the model builds itself from what this module reads.
 """
 
+import errno
 import json
 import os
 import pickle
@@ -30,15 +31,21 @@ def torch_load(path: str, what: str):
                 return torch.load(f, map_location='cpu', weights_only=True)
     except pickle.UnpicklingError as e:
         found = re.search(r'GLOBAL (\S+)', str(e)) or _code_in(path)  # torch's message names it, or a scan does
-        if found is None:
-            raise SystemExit(f"error: could not read the {what} {path} (UnpicklingError: {str(e).splitlines()[0]}): "
-                             f"the file is damaged or not a PyTorch {what}") from None
+        if found is None:  # torch's own reason, without its advice to load with weights_only=False
+            reason = re.search(r'(Unsupported [^\n]*|Unpickler error: *\S[^\n]*)', str(e))
+            reason = reason.group(1).strip() if reason else str(e).splitlines()[0][:100]
+            raise SystemExit(f"error: could not read the {what} {path} ({reason}): the file is damaged or not a "
+                             f"PyTorch {what}") from None
         name = found if isinstance(found, str) else found.group(1)
         raise SystemExit(f"error: refused to load {path}: it holds objects other than tensors and plain data, "
                          f"which could run code when loaded (it refers to {name}); use {what}s you trust, "
                          f"written by this project, nanoGPT or transformers") from None
-    except OSError as e:  # a permission, say: the file itself may be sound
-        raise SystemExit(f"error: could not open the {what} {path} ({e.strerror}): check its permissions") from None
+    except OSError as e:
+        if e.errno in (errno.EACCES, errno.EPERM):  # the file itself may be sound
+            raise SystemExit(f"error: could not open the {what} {path} ({e.strerror}): check its permissions") \
+                from None
+        raise SystemExit(f"error: could not read the {what} {path} ({e.strerror or e}): the file is damaged (cut "
+                         f"short?) or not a PyTorch {what}") from None
     except Exception as e:
         raise SystemExit(f"error: could not read the {what} {path} ({type(e).__name__}: {str(e).splitlines()[0]}): "
                          f"the file is damaged or not a PyTorch {what}") from None

@@ -205,6 +205,21 @@ def weights_damaged(path):
     yield 'untied', {**original, 'model': untied}, 'lm_head.weight differs from transformer.wte.weight'
 
 
+def test_a_checkpoint_cut_short_anywhere_or_of_another_format_is_damaged_in_one_line(checkpoint_path, tmp_path):
+    from safetensors.torch import save_file
+
+    from nanogpt.weights import torch_load
+    data = open(checkpoint_path, 'rb').read()
+    for n in sorted({10, 100, 1000, 4000, 5000, 8000, 20000, 60000, len(data) // 2, len(data) - 1}):
+        if n < len(data):
+            (tmp_path / 'ckpt.pt').write_bytes(data[:n])
+            refused(lambda: torch_load(str(tmp_path / 'ckpt.pt'), 'checkpoint'), 'the file is damaged')
+    save_file({'w': torch.zeros(3)}, str(tmp_path / 'ckpt.pt'))  # a safetensors file named ckpt.pt
+    with pytest.raises(SystemExit) as e:
+        torch_load(str(tmp_path / 'ckpt.pt'), 'checkpoint')
+    assert 'not a PyTorch checkpoint' in str(e.value) and 'weights_only' not in str(e.value)  # no advice to unsafe
+
+
 def test_a_checkpoint_of_a_ddp_wrapped_compiled_model_loads(checkpoint_path, tmp_path):
     original = torch.load(checkpoint_path, weights_only=True)
     (tmp_path / 'out').mkdir()
