@@ -250,7 +250,7 @@ class GPT(nn.Module):
             for k in expected:
                 if state_dict[k].shape != sd[k].shape:
                     raise ValueError(f"{name_or_path}: {k} has shape {tuple(state_dict[k].shape)}, "
-                                     f"expected {tuple(sd[k].shape)}")
+                                     f"expected {tuple(sd[k].shape)}: the file is damaged or another model's")
                 sd[k].copy_(state_dict[k])
         return model
 

@@ -97,7 +97,7 @@ def open_regular(path: str, mode: str, encoding: str = 'utf-8'):
     except OSError as e:
         if e.errno == errno.ELOOP:
             check_destination(path)  # says what is there
-        if e.errno == errno.ENOENT and not os.path.isdir(os.path.dirname(os.path.abspath(path))):
+        if e.errno == errno.ENOENT and mode != 'r+' and not os.path.isdir(os.path.dirname(os.path.abspath(path))):
             raise SystemExit(f"error: cannot write {path}: its folder {os.path.dirname(os.path.abspath(path))} is gone "
                              f"(moved or removed while this script wrote in it)") from None
         raise

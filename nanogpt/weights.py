@@ -166,12 +166,22 @@ def our_name(k: str) -> str:
 
 
 def check_tensors(state_dict: dict, source: str):
-    """SystemExit unless every weight is a floating-point tensor: integers (a damaged or quantised file) would be
-    cast into the model in silence."""
-    odd = next((k for k, v in state_dict.items() if not v.is_floating_point()), None)
-    if odd:
-        raise SystemExit(f"error: {source}: weight {odd} is {state_dict[odd].dtype}, not floating point: the file is "
-                         f"damaged or quantised; use float32, bfloat16 or float16 weights")
+    """SystemExit unless every weight is a dense floating-point tensor of 16 bits or more, with data: integers or
+    float8 (a damaged or quantised file) would be cast into the model in silence, a sparse or meta one fail in it."""
+    def odd(v) -> str | None:
+        if v.layout != torch.strided or v.is_meta:
+            return f"a {'meta (data-less)' if v.is_meta else str(v.layout).removeprefix('torch.')} tensor"
+        return None if v.is_floating_point() and v.dtype.itemsize >= 2 else str(v.dtype).removeprefix('torch.')
+    name = next((k for k, v in state_dict.items() if odd(v)), None)
+    if name:
+        raise SystemExit(f"error: {source}: weight {name} is {odd(state_dict[name])}, not a float32, bfloat16 or "
+                         f"float16 tensor: the file is damaged or quantised; use float32, bfloat16 or float16 weights")
+
+
+# the names of GPT-2's weights, as this model names them (read_weights): a file with others is another model's
+GPT2_NAMES = re.compile(r'^(lm_head\.weight|transformer\.(wte|wpe)\.weight|transformer\.ln_f\.(weight|bias)|'
+                        r'transformer\.h\.\d+\.(ln_1|ln_2|attn\.c_attn|attn\.c_proj|mlp\.c_fc|mlp\.c_proj)\.'
+                        r'(weight|bias))$')
 
 
 def read_weights(weights_path: str, raw: dict | None = None) -> dict:
@@ -189,6 +199,14 @@ def read_weights(weights_path: str, raw: dict | None = None) -> dict:
         k = our_name(k)
         state_dict[k] = v.t() if k.endswith(TRANSPOSED) else v
     check_tensors(state_dict, weights_path)
+    others = [k for k in state_dict if not GPT2_NAMES.match(k)]
+    if others:
+        raise SystemExit(f"error: {weights_path} holds weights GPT-2 has not ({', '.join(others[:3])}"
+                         f"{' ...' * (len(others) > 3)}): it is another model's")
+    head, wte = state_dict.get('lm_head.weight'), state_dict.get('transformer.wte.weight')
+    if head is not None and wte is not None and (head.shape != wte.shape or not torch.equal(head, wte)):
+        raise SystemExit(f"error: {weights_path}: lm_head.weight differs from transformer.wte.weight, which GPT-2 "
+                         f"ties: the file is damaged or another model's")
     return state_dict
 
 

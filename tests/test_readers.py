@@ -200,9 +200,26 @@ def weights_damaged(path):
     args = {k: v for k, v in original['model_args'].items() if k != 'bias'}
     biased = {**original, 'model_args': args, 'model': {k: v for k, v in model.items() if not k.endswith('.bias')}}
     yield 'no-bias-field', biased, "model_args has no 'bias'"
-    yield 'int8', {**original, 'model': {k: v.to(torch.int8) for k, v in model.items()}}, 'is torch.int8, not floating'
+    yield 'int8', {**original, 'model': {k: v.to(torch.int8) for k, v in model.items()}}, 'is int8, not a float32'
+    yield 'float8', {**original, 'model': {**model, name: model[name].to(torch.float8_e4m3fn)}}, \
+        f'weight {name} is float8_e4m3fn, not a float32'
+    yield 'sparse', {**original, 'model': {**model, name: model[name].to_sparse()}}, \
+        f'weight {name} is a sparse_coo tensor'
     untied = {**model, 'lm_head.weight': model['lm_head.weight'] + 1}
     yield 'untied', {**original, 'model': untied}, 'lm_head.weight differs from transformer.wte.weight'
+
+
+def test_a_hugging_face_weights_file_with_weights_gpt2_has_not_or_an_untied_head_is_refused():
+    # as a ckpt.pt's are: an extra weight was ignored, an lm_head unlike wte dropped in silence
+    from model import GPT, GPTConfig
+    from nanogpt.weights import hf_state_dict, read_weights
+    raw = hf_state_dict(GPT(GPTConfig(n_layer=1, n_head=2, n_embd=8, block_size=8, vocab_size=16)), 16)
+    assert 'lm_head.weight' not in read_weights('model.safetensors', dict(raw))  # tied: read as wte
+    refused(lambda: read_weights('model.safetensors', {**raw, 'h.0.attn.rotary.weight': torch.zeros(2)}),
+            'model.safetensors holds weights GPT-2 has not (transformer.h.0.attn.rotary.weight)')
+    refused(lambda: read_weights('model.safetensors', {**raw, 'lm_head.weight': raw['transformer.wte.weight'] + 1}),
+            'lm_head.weight differs from transformer.wte.weight')
+    read_weights('model.safetensors', {**raw, 'lm_head.weight': raw['transformer.wte.weight'].clone()})  # tied, saved twice
 
 
 def test_a_checkpoint_cut_short_anywhere_or_of_another_format_is_damaged_in_one_line(checkpoint_path, tmp_path):
