@@ -9,6 +9,7 @@ data_parallel = 'ddp' keeps a whole copy of the model on each process; 'fsdp' sh
 state over them. Without torchrun both mean one process, unsharded.
 """
 
+import math
 from contextlib import nullcontext
 
 import torch
@@ -100,11 +101,23 @@ def full_state_dict(state, master: bool):
     return full(state)
 
 
+def _numbers(value) -> list | None:
+    """A number or a tuple of numbers (betas) as a list, else None (a flag, a name, a tensor)."""
+    values = list(value) if isinstance(value, (tuple, list)) else [value]
+    return values if values and all(type(v) in (int, float) for v in values) else None
+
+
 def load_optimizer_state(optimizer, state: dict):
     """optimizer.load_state_dict of a whole (unsharded) state, as any checkpoint of this project holds: under FSDP
     each rank keeps, of every state tensor, the shard that matches its shard of the parameter. So a DDP checkpoint
     resumes under FSDP and the other way round, on any number of ranks."""
-    for group, saved_group in zip(optimizer.param_groups, state['param_groups']):
+    for i, (group, saved_group) in enumerate(zip(optimizer.param_groups, state['param_groups'])):
+        for key, live in group.items():  # lr, betas, eps, weight_decay...: finite numbers, as this optimizer's are
+            if _numbers(live) is not None and key in saved_group:
+                saved = _numbers(saved_group[key])
+                if saved is None or len(saved) != len(_numbers(live)) or not all(map(math.isfinite, saved)):
+                    raise ValueError(f"param group {i}'s {key} is {saved_group[key]!r}, where this optimizer has "
+                                     f"{live!r}")
         for param, index in zip(group['params'], saved_group['params']):
             for k, v in state['state'].get(index, {}).items():  # moments are shaped like their parameter
                 if isinstance(v, torch.Tensor) and v.numel() > 1 and v.shape != param.shape:

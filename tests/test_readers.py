@@ -260,7 +260,11 @@ def test_every_weight_damage_of_a_checkpoint_is_one_line_before_use(checkpoint_p
     ('optimizer', lambda ck: ck['optimizer'].update(param_groups='x'), "its 'optimizer' state does not load"),
     ('optimizer', lambda ck: next(iter(ck['optimizer']['state'].values())).update(exp_avg=torch.zeros(3, 3)),
      "exp_avg of parameter 0 is (3, 3), not"),
-], ids=['rng-values', 'rng-empty', 'optimizer-groups', 'optimizer-moment-shape'])
+    ('optimizer', lambda ck: ck['optimizer']['param_groups'][0].update(betas=('a', 'b')),
+     "param group 0's betas is ('a', 'b'), where this optimizer has (0.9, 0.95)"),
+    ('optimizer', lambda ck: ck['optimizer']['param_groups'][0].update(eps=float('nan')),
+     "param group 0's eps is nan, where this optimizer has 1e-08"),
+], ids=['rng-values', 'rng-empty', 'optimizer-groups', 'optimizer-moment-shape', 'optimizer-betas', 'optimizer-eps'])
 def test_a_damaged_training_state_is_one_line_at_resume(checkpoint_path, tmp_path, char_data, part, damage, says):
     # the insides of the optimizer and RNG states are torch's: their loading is their check, and says which part
     checkpoint = torch.load(checkpoint_path, weights_only=True)
