@@ -52,9 +52,8 @@ def cached_val_file(cache_dir: str) -> str:
     """The path of hellaswag_val.jsonl in cache_dir, downloaded the first time."""
     path = os.path.join(cache_dir, 'hellaswag_val.jsonl')
     if not os.path.exists(path):
-        os.makedirs(cache_dir, exist_ok=True)
         key = 'data_file' if takes('data_file') else 'hellaswag_file'  # hellaswag.py's key, or train.py's
-        download(URL, path, f"Offline, download {URL} elsewhere and pass --{key}=PATH")
+        download(URL, path, f"Offline, download {URL} elsewhere and pass --{key}=PATH", 'cache_dir')
     return path
 
 

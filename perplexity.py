@@ -82,7 +82,9 @@ def main(argv: list[str]):
     if cfg.max_tokens:
         tokens = tokens[:cfg.max_tokens]
     if len(tokens) < 2:
-        raise SystemExit(f"error: {source} has {len(tokens)} token(s), at least 2 are needed")
+        raise SystemExit(f"error: {source} has {len(tokens)} token(s)"
+                         f"{f' within --max_tokens={cfg.max_tokens}' if cfg.max_tokens else ''}, at least 2 are needed "
+                         f"(a loss is of a token given those before it)")
     if tokens.max() >= model.config.vocab_size:
         raise SystemExit(f"error: {source} holds token id {tokens.max()}, outside the model's vocabulary of "
                          f"{model.config.vocab_size}")

@@ -209,8 +209,6 @@ if __name__ == '__main__':
     # down the desired gradient accumulation iterations per process proportionally
     gradient_accumulation_steps //= ddp_world_size
     print0(f"config: {config}")
-    print0(f"tokens per iteration will be: {gradient_accumulation_steps * ddp_world_size * batch_size * block_size:,}"
-           f" on {ddp_world_size} process(es), device {device}, dtype {dtype}")
     # the data first, and every cheap check before any download or model: the dataset's files (one reader applies
     # every check) and the HellaSwag examples
     data = Dataset(dataset_dir(dataset), note=print0)
@@ -272,6 +270,8 @@ if __name__ == '__main__':
     n_layer, n_head, n_embd, block_size, bias = (model_args[k] for k in shape_keys)
     config.update({k: model_args[k] for k in shape_keys})
     tokens_per_iter = gradient_accumulation_steps * ddp_world_size * batch_size * block_size
+    print0(f"tokens per iteration will be: {tokens_per_iter:,} on {ddp_world_size} process(es), device {device}, "
+           f"dtype {dtype}")  # once the model's block_size is known (a resume's is the checkpoint's)
     print0(f"number of parameters: {model.get_num_params() / 1e6:.2f}M")
     model.chunked_loss = chunked_loss
 

@@ -282,13 +282,19 @@ def make_folder(path: str, key: str, create: bool = True) -> str:
     return path
 
 
-def download(url: str, path: str, offline_hint: str):
-    """Fetch url into path (atomically); offline, one clear message ending with offline_hint."""
+def download(url: str, path: str, offline_hint: str, key: str):
+    """Fetch url into path (atomically), making its folder (key names the option that sets it); offline, one clear
+    message ending with offline_hint, and a folder made for it removed again."""
     import urllib.request
+    folder = os.path.dirname(path) or '.'
+    made = not os.path.isdir(folder)
+    make_folder(folder, key)
     print(f"downloading {url} to {path}")
     try:
         with urllib.request.urlopen(url, timeout=60) as response, atomic_path(path) as tmp:
             with open(tmp, 'wb') as f:
                 f.write(response.read())
     except OSError as e:
+        if made and not os.listdir(folder):
+            os.rmdir(folder)
         raise SystemExit(f"error: could not download {url} ({e}). {offline_hint}") from None

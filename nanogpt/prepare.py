@@ -27,8 +27,7 @@ def shakespeare_splits(input: str, out_dir: str, script: str) -> dict:
     make_folder(out_dir, 'out_dir', create=False)  # refused now, not after the input is read
     path = input or os.path.join(out_dir, 'input.txt')
     if not input and not os.path.exists(path):
-        make_folder(out_dir, 'out_dir')
-        download(SHAKESPEARE_URL, path, f"Offline, pass a local copy: python {script} --input PATH")
+        download(SHAKESPEARE_URL, path, f"Offline, pass a local copy: python {script} --input PATH", 'out_dir')
     text = read_text(path, 'input file')
     if len(text) < 10:
         raise SystemExit(f"error: {path} holds {len(text)} characters, too few to split into train and val: "

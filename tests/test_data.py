@@ -119,13 +119,14 @@ def test_offline_download_failure_is_one_clear_message(tmp_path):
     assert proc.returncode != 0
     assert 'could not load Skylion007/openwebtext' in proc.stderr and '--input' in proc.stderr
     assert 'Traceback' not in proc.stderr
-    proc = run_script('data/shakespeare_char/prepare.py', '--out_dir', str(tmp_path),
+    proc = run_script('data/shakespeare_char/prepare.py', '--out_dir', str(tmp_path / 'new'),
                       env={'http_proxy': 'http://127.0.0.1:9', 'https_proxy': 'http://127.0.0.1:9'}, check=False)
+    assert not (tmp_path / 'new').exists()  # a folder made for the download goes with it
     # the proxy (the discard port of this machine) refuses every connection, online or not
     assert proc.returncode != 0
     assert 'could not download' in proc.stderr and '--input PATH' in proc.stderr
     assert 'Traceback' not in proc.stderr
-    assert not (tmp_path / 'input.txt').exists()  # no partial download left where the next run would read it
+    assert not (tmp_path / 'new' / 'input.txt').exists()  # no partial download left where the next run would read it
 
 
 # -----------------------------------------------------------------------------

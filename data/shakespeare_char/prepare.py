@@ -35,10 +35,12 @@ def main(argv: list[str]):
     # get all the unique characters that occur in this text
     chars = sorted(set(data))
     vocab_size = len(chars)
+    if vocab_size > 65536:
+        raise SystemExit(f"error: {cfg.input or 'input.txt'} has {vocab_size:,} distinct characters, more than uint16 "
+                         f"token ids hold (65,536): a character-level model is not for this text; prepare it with "
+                         f"GPT-2 BPE (data/shakespeare/prepare.py --input=...)")
     print("all the unique characters:", ''.join(chars))
     print(f"vocab size: {vocab_size:,}")
-    if vocab_size > 65536:
-        raise SystemExit(f"error: {vocab_size} distinct characters do not fit in uint16 token ids")
     stoi = {ch: i for i, ch in enumerate(chars)}
     itos = {i: ch for i, ch in enumerate(chars)}
 
