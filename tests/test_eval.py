@@ -136,7 +136,7 @@ def test_hellaswag_errors(tmp_path, records):
                       env=offline, check=False)
     assert proc.returncode != 0 and 'could not download' in proc.stderr, proc.stderr[-2000:]
     assert '--data_file=PATH' in proc.stderr and 'Traceback' not in proc.stderr
-    assert not os.listdir(tmp_path / 'cache')  # no partial download left behind
+    assert not (tmp_path / 'cache').exists()  # no partial download left behind, nor the folder made for it
 
 
 # -----------------------------------------------------------------------------
