@@ -139,12 +139,6 @@ def test_values_no_axis_can_hold_are_not_drawn_and_the_smoothed_curve_goes_on(tm
     out = write_log(tmp_path / 'run', lines)
     run_script('plot.py', out)
     assert_png(tmp_path / 'run' / 'loss.png')
-    run_script('plot.py', out)  # drawn again: an earlier plot is replaced
-    assert_png(tmp_path / 'run' / 'loss.png')
-    (tmp_path / 'notes.pdf').write_text('my notes')  # a file of that name that is no image is not
-    one_line_error(run_script('plot.py', out, f'--output={tmp_path / "notes.pdf"}', check=False),
-                   'holds something other than an image')
-    assert (tmp_path / 'notes.pdf').read_text() == 'my notes'
 
     import plot
     smoothed = [line for line in plot.figure([out]).axes[0].get_lines() if line.get_linewidth() == 1.8][0]
