@@ -160,7 +160,10 @@ def bench(cfg, runtime, probe=None) -> dict:
 if __name__ == '__main__':
     one_line_errors(defaults)
     argv, swept = sweep.split_sweep(sys.argv[1:], SWEEPABLE)
-    base = configure(defaults, argv, RANGES)
+    # the keys every setting shares, with the first of each swept one (n_head=12 would not divide --n_embd=32 of
+    # a sweep --n_head=2,4); each setting is checked in full below
+    base = configure(defaults, argv + [f'--{k}={v[0]}' for k, v in swept.items()], RANGES,
+                     verbose=False if swept else None)
     runtime = setup_runtime(base.device, base.dtype, base.seed)
     given = {arg[2:].partition('=')[0] for arg in sys.argv[1:] if arg.startswith('--')}
     small = {k: v for k, v in {**CPU_SHAPE, 'compile': False}.items() if k not in given}

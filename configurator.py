@@ -32,7 +32,9 @@ def config_defaults(namespace: dict) -> dict:
 
 
 def _unknown_key(key: str, known, source: str = '') -> SystemExit:
-    close = difflib.get_close_matches(key, list(known), n=1, cutoff=0.5)
+    lower = {k.lower(): k for k in known}  # BATCH_SIZE: case first, then spelling
+    close = [lower[key.lower()]] if key.lower() in lower else difflib.get_close_matches(key, list(known), n=1,
+                                                                                          cutoff=0.5)
     hint = f"did you mean {close[0]!r}?" if close else f"known keys: {', '.join(sorted(known))}"
     return SystemExit(f"error: unknown config key {key!r}{f' in {source}' if source else ''}: {hint}")
 

@@ -42,7 +42,7 @@ def export(ckpt_path: str, dest: str, trim_vocab: bool = False):
         chars = read_vocab(dataset_dir(dataset)) if dataset else None
         if chars is None:
             raise SystemExit(f"error: {ckpt_path} is a model of {vocab_size} characters that names none of them, "
-                             f"nor a dataset that does: put its dataset's meta.pkl back in data/{dataset}")
+                             f"nor a dataset that does: put its dataset's meta.pkl back in {dataset_dir(dataset)}")
     make_folder(dest, 'dest', create=False)  # a file there or above it, a ~ the shell left
     dest = os.path.abspath(dest)  # 'dest/.' and 'dest/' name dest itself
     if os.path.islink(dest) or dest == os.getcwd():  # a link would be replaced, the cwd cannot be

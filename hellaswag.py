@@ -58,16 +58,19 @@ def cached_val_file(cache_dir: str) -> str:
 
 
 # the fields of a HellaSwag row that are read, and what each must be
-ROW = dict(ctx=('a non-empty string', lambda v: isinstance(v, str) and v.strip() != ''),
+ROW = dict(ctx=('a non-empty string', lambda v: fields.text(v) and v.strip() != ''),
            endings=('a list of 4 non-empty strings', lambda v: isinstance(v, list) and len(v) == 4 and all(
-               isinstance(e, str) and e.strip() != '' for e in v)),
+               fields.text(e) and e.strip() != '' for e in v)),
            label=('0, 1, 2 or 3', lambda v: type(v) is int and 0 <= v <= 3))
 
 
 def load_examples(data_file: str = '', limit: int | None = None, cache_dir: str = cache_dir) -> list[dict]:
     path = data_file or cached_val_file(cache_dir)
     examples = []
-    for line_no, line in enumerate(read_text(path, 'HellaSwag file').splitlines(), 1):
+    # lines end in \n only: U+2028 and the like, which str.splitlines() would also split at, may be inside a string
+    what = f"HellaSwag file (--{'data_file' if takes('data_file') else 'hellaswag_file'})" if data_file else \
+        'HellaSwag file'
+    for line_no, line in enumerate(read_text(path, what).split('\n'), 1):
         if not line.strip():
             continue
         try:

@@ -13,7 +13,7 @@ import torch
 from configurator import config_defaults, configure
 from nanogpt.checkpoint import load_model
 from nanogpt.errors import one_line_errors
-from nanogpt.fit import generate_fitted
+from nanogpt.fit import check_memory, generate_fitted
 from nanogpt.files import read_text
 from nanogpt.runtime import setup_runtime
 from nanogpt.tokenizer import get_tokenizer
@@ -68,6 +68,8 @@ if __name__ == '__main__':
         print(f"note: the prompt is {len(start_ids)} tokens long, the model's context {block_size}: "
               f"it conditions on the last {block_size}", file=sys.stderr)
     x = torch.tensor(start_ids, dtype=torch.long, device=device)[None, ...]
+    check_memory(8 * num_samples * (len(start_ids) + max_new_tokens), f"{num_samples} sample(s) of "
+                 f"{max_new_tokens:,} new tokens", "ask for fewer --max_new_tokens or --num_samples")
 
     # run generation, from the seed alone: however the model was built (which draws random numbers), the same
     # weights give the same samples. All num_samples at once, as one batch (or as few as memory allows): decoding a

@@ -112,7 +112,7 @@ RANGES = dict(eval_interval='> 0', log_interval='> 0', eval_iters='> 0', checkpo
               muon_learning_rate='>= 0', muon_momentum='[0, 1)', max_iters='>= 0', weight_decay='>= 0',
               beta1='[0, 1)', beta2='[0, 1)', grad_clip='>= 0', warmup_iters='>= 0', lr_decay_iters='>= 0',
               min_lr='>= 0', data_parallel=DATA_PARALLEL, hellaswag_interval='>= 0', hellaswag_limit='>= 0',
-              peak_flops='> 0 or None')
+              peak_flops='> 0 or None', backend=('auto', 'nccl', 'gloo', 'mpi', 'ucc', 'xccl'))
 defaults = config_defaults(globals())  # the names above: what config files and --key=value may set
 
 

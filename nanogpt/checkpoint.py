@@ -95,14 +95,21 @@ class Checkpointer:
                              f"resume with --optimizer={saved}, or start a new run in another out_dir")
         part = 'optimizer'
         try:  # what fields cannot say of these states (their insides are torch's), their loading does
+            changed = []
             for part, optimizer in parts(self.optimizer).items():
-                load_optimizer_state(optimizer, checkpoint[part])
+                changed += load_optimizer_state(optimizer, checkpoint[part])
             part = 'scaler'
             if checkpoint.get('scaler'):  # a run without float16 saved a disabled scaler's empty state
                 self.scaler.load_state_dict(checkpoint['scaler'])
+                scale = self.scaler.get_scale() if self.scaler.is_enabled() else 1.0
+                if not (math.isfinite(scale) and scale > 0):  # every step would be skipped as an overflow
+                    raise ValueError(f"its scale is {scale}, not a finite number above 0")
             part = 'loader'
             if 'loader' in checkpoint:  # continue the batch stream instead of replaying it
                 self.loader.load_state_dict(checkpoint['loader'])
+            else:
+                print0(f"note: {self.path} holds no position in the batch stream (an older checkpoint): the batches "
+                       f"start again from the first")
             part = 'rng'
             restore_rng(checkpoint.get('rng', {}), self.runtime)
         except (KeyError, TypeError, ValueError, IndexError, RuntimeError) as e:
@@ -110,6 +117,8 @@ class Checkpointer:
                              f"{str(e).splitlines()[0] if str(e) else ''}): the file is damaged; resume from a copy, "
                              f"or start a new run in another out_dir") from None
         self.saved_iter = checkpoint['iter_num']
+        if changed:
+            print0(f"note: resuming with this run's {', '.join(dict.fromkeys(changed))}")
 
     def last_note(self, iter_num: int, val_loss: float, best_val_loss: float) -> str:
         """Where a run that ends at iter_num left its last checkpoint, and why it is not of iter_num when it is not."""
@@ -162,7 +171,7 @@ def load_checkpoint(ckpt_path: str, required=('model', 'model_args')) -> dict:
     """The checkpoint at ckpt_path, every field the code uses checked (the required ones present); SystemExit naming
     what to do where there is none (OpenAI's weights too, for a script that takes --init_from)."""
     if not os.path.exists(ckpt_path):
-        exported = os.path.exists(os.path.join(os.path.dirname(ckpt_path), 'config.json'))
+        exported = takes('init_from') and os.path.exists(os.path.join(os.path.dirname(ckpt_path), 'config.json'))
         raise SystemExit(f"error: no checkpoint at {ckpt_path}: train one with train.py (out_dir sets where)"
                          f"{', or pass --init_from=gpt2 for OpenAI weights' if takes('init_from') else ''}"
                          f"{f' (the folder holds an export: --init_from={os.path.dirname(ckpt_path)})' * exported}")
@@ -174,6 +183,8 @@ def load_checkpoint(ckpt_path: str, required=('model', 'model_args')) -> dict:
     fields.check(checkpoint.get('config', {}), CONFIG, f"{ckpt_path} config", fix)
     if 'loader' in checkpoint:
         fields.check(checkpoint['loader'], LOADER, f"{ckpt_path} loader", fix, tuple(LOADER))
+    if 'best_val_loss' in checkpoint:  # a number from here on, whatever the tensor it was saved as (nanoGPT's)
+        checkpoint['best_val_loss'] = float(checkpoint['best_val_loss'])
     args, vocab = checkpoint['model_args'], checkpoint.get('vocab')
     if args['n_embd'] % args['n_head']:
         raise SystemExit(f"error: {ckpt_path} model_args: n_embd={args['n_embd']} is not divisible by n_head="

@@ -95,8 +95,9 @@ def _one_line_errors(exc_type, exc, tb):
         sys.stdout.flush()
     except (OSError, ValueError):
         pass
-    try:
-        print(message, file=stderr, flush=True)
+    try:  # written, not print()ed: a config file may have replaced builtins.print
+        stderr.write(message + '\n')
+        stderr.flush()
     except (OSError, ValueError):  # stderr closed too (a pipe whose reader died): the exit code still says it
         pass
     sys.exit(code)
@@ -135,7 +136,7 @@ def one_line_errors(keys=()):
     with its config keys, the options its hints may name."""
     global _options
     _options = frozenset(keys)
-    if os.environ.get('NANOGPT_DEBUG', '0') in ('', '0'):
+    if os.environ.get('NANOGPT_DEBUG', '0').strip().lower() in ('', '0', 'false', 'no', 'off'):
         sys.excepthook = _one_line_errors
     for name in ('stdout', 'stderr'):
         stream = getattr(sys, name)

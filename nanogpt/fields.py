@@ -14,7 +14,18 @@ def _number(v) -> bool:
 
 
 def positive_int(v) -> bool:
-    return type(v) is int and v > 0
+    return type(v) is int and 0 < v < 2**63
+
+
+def text(v) -> bool:
+    """A string that is text: no lone surrogate (JSON's \\ud800), which no file or terminal can take."""
+    if not isinstance(v, str):
+        return False
+    try:
+        v.encode('utf-8')
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def count(v) -> bool:
@@ -25,17 +36,17 @@ def tensors(v) -> bool:
     return isinstance(v, dict) and all(type(t).__name__ in ('Tensor', 'Parameter') for t in v.values())
 
 
-POSITIVE_INT = ('an integer above 0', positive_int)
+POSITIVE_INT = ('an integer above 0 (below 2**63)', positive_int)
 COUNT = ('an integer, 0 or more (below 2**63)', count)
 NUMBER = ('a number', _number)
 NOT_NEGATIVE = ('a number, not negative', lambda v: _number(v) and not v < 0)  # NaN and inf are (a diverged run's)
 BOOL = ('true or false', lambda v: type(v) is bool)
-STR = ('a string', lambda v: isinstance(v, str))
+STR = ('a string of text', text)
 DICT = ('a dict', lambda v: isinstance(v, dict))
 TENSORS = ('a dict of tensors', tensors)
 FRACTION = ('a number in [0, 1)', lambda v: _number(v) and 0 <= v < 1)
 CHARS = ('distinct characters (a string or a list of them), or none', lambda v: v is None or (
-    isinstance(v, (str, list, tuple)) and all(isinstance(c, str) and len(c) == 1 for c in v) and len(set(v)) == len(v)))
+    isinstance(v, (str, list, tuple)) and all(text(c) and len(c) == 1 for c in v) and len(set(v)) == len(v)))
 
 
 _repr = reprlib.Repr()

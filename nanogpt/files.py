@@ -223,6 +223,7 @@ def new_folder(path: str, key: str):
             pass
         yield stage
         os.remove(os.path.join(stage, STAGED))
+        os.chmod(stage, 0o777 & ~_umask())  # mkdtemp's 0700 would keep it from a teammate: the umask decides
         os.replace(stage, path)
     finally:
         shutil.rmtree(stage, ignore_errors=True)

@@ -37,19 +37,25 @@ def device_memory(device) -> str:
     return f"{allowed / 2**30:.1f} GiB"
 
 
-def check_model_size(n_layer: int, n_embd: int, vocab_size: int, block_size: int, **_):
-    """SystemExit, before a model is built, when its float32 weights alone would not fit in this machine's memory:
-    building it would take the machine's memory layer by layer (n_layer=2**63 never ended)."""
-    params = vocab_size * n_embd + block_size * n_embd + n_layer * (12 * n_embd ** 2 + 13 * n_embd) + 2 * n_embd
+def check_memory(nbytes: int, what: str, fix: str):
+    """SystemExit, before any work, when what needs more than this machine's memory (Linux; elsewhere torch's own
+    out-of-memory error says it later)."""
     try:
         memory = os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES')
-    except (ValueError, OSError, AttributeError):  # not on Linux: torch's out-of-memory error says it
+    except (ValueError, OSError, AttributeError):
         return
-    if 4 * params > memory:
-        raise SystemExit(f"error: a model of n_layer={n_layer}, n_embd={n_embd}, block_size={block_size} and "
-                         f"vocab_size={vocab_size} has {params:.3g} parameters, whose weights alone need "
-                         f"{4 * params / 2**30:.3g} GiB, more than this machine's {memory / 2**30:.0f} GiB: choose a "
-                         f"smaller model")
+    if nbytes > memory:
+        raise SystemExit(f"error: {what} would take {nbytes / 2**30:.3g} GiB of memory, more than this machine's "
+                         f"{memory / 2**30:.0f} GiB: {fix}")
+
+
+def check_model_size(n_layer: int, n_embd: int, vocab_size: int, block_size: int, **_):
+    """check_memory of a model's float32 weights alone, before it is built: building it would take the machine's
+    memory layer by layer (n_layer=2**63 never ended)."""
+    params = vocab_size * n_embd + block_size * n_embd + n_layer * (12 * n_embd ** 2 + 13 * n_embd) + 2 * n_embd
+    check_memory(4 * params, f"a model of n_layer={n_layer}, n_embd={n_embd}, block_size={block_size} and "
+                             f"vocab_size={vocab_size} ({params:.3g} parameters): its weights alone",
+                 "choose a smaller model")
 
 
 def free_memory(device):

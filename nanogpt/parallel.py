@@ -107,7 +107,7 @@ def _numbers(value) -> list | None:
     return values if values and all(type(v) in (int, float) for v in values) else None
 
 
-def load_optimizer_state(optimizer, state: dict):
+def load_optimizer_state(optimizer, state: dict) -> list[str]:
     """optimizer.load_state_dict of a whole (unsharded) state, as any checkpoint of this project holds: under FSDP
     each rank keeps, of every state tensor, the shard that matches its shard of the parameter. So a DDP checkpoint
     resumes under FSDP and the other way round, on any number of ranks."""
@@ -128,11 +128,18 @@ def load_optimizer_state(optimizer, state: dict):
                     k: distribute_tensor(v.to(param.device), param.device_mesh, param.placements, src_data_rank=None)
                     if isinstance(v, torch.Tensor) and v.shape == param.shape else v
                     for k, v in state['state'][index].items()}
-    scales = [group.get('lr_scale') for group in optimizer.param_groups]
+    # this run's settings (betas, weight_decay, its muon_learning_rate's lr_scale...), not the saved ones: a resume
+    # with --beta2=0.99 trains with it, and its config says so; the moments and step counts are the checkpoint's
+    settings = [{k: v for k, v in group.items() if k not in ('params', 'lr', 'initial_lr')}
+                for group in optimizer.param_groups]
     optimizer.load_state_dict(state)
-    for group, scale in zip(optimizer.param_groups, scales):  # this run's (its muon_learning_rate), not the saved one
-        if scale is not None:
-            group['lr_scale'] = scale
+    changed = {}
+    for group, ours in zip(optimizer.param_groups, settings):
+        for key, value in ours.items():
+            if _numbers(value) is not None and group.get(key) != value:
+                changed[key] = f"{key}={value!r} (the checkpoint's: {group.get(key)!r})"
+            group[key] = value
+    return list(changed.values())
 
 
 def rng_states(runtime) -> dict:

@@ -56,6 +56,10 @@ def check_ranges(config: dict, ranges: dict):
     if config.get('optimizer') == 'muon' and config.get('data_parallel') == 'fsdp':
         raise SystemExit("error: optimizer='muon' does not work with data_parallel='fsdp': Muon orthogonalises each "
                          "weight matrix whole, and FSDP keeps only a shard of it on each GPU; use --data_parallel=ddp")
+    if config.get('decay_lr') and config['lr_decay_iters'] < config['warmup_iters'] <= config['max_iters']:
+        raise SystemExit(f"error: lr_decay_iters={config['lr_decay_iters']} is below warmup_iters="
+                         f"{config['warmup_iters']}: at iter {config['warmup_iters']} the rate would fall from its peak "
+                         f"to min_lr in one step; make lr_decay_iters the longer")
     if config.get('decay_lr') and config['min_lr'] > config['learning_rate']:
         raise SystemExit(f"error: min_lr={config['min_lr']} is above learning_rate={config['learning_rate']}: the "
                          f"schedule decays from learning_rate down to min_lr")

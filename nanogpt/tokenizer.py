@@ -3,6 +3,8 @@ Tokens: GPT-2's BPE (tiktoken), a character model's vocabulary, and the check th
 dataset's ids mean.
 """
 
+import os
+
 from nanogpt.tokenfiles import dataset_dir, read_vocab
 
 
@@ -35,6 +37,9 @@ def check_tokens(checkpoint: dict, source: str, data):
         same = list(vocab) == list(data.vocab)
     else:  # a character model without its characters (nanoGPT's checkpoints): the sizes must agree
         same = data.vocab is None or vocab_size == len(data.vocab)
+        if same and model_char and data.vocab is not None and os.environ.get('RANK', '0') == '0':
+            print(f"note: {source} names none of its {vocab_size} characters: its ids are taken to mean those of "
+                  f"{data.dir}")
     if not same:
         raise SystemExit(f"error: {source} was trained on {describe_tokens(vocab, vocab_size)}, but {data.dir} holds "
                          f"{describe_tokens(data.vocab, 50257 if data.vocab is None else len(data.vocab))} (prepared "
@@ -59,7 +64,7 @@ def get_tokenizer(checkpoint: dict | None, note=print):
     if chars is None and vocab_size < 50257:
         raise SystemExit(f"error: the checkpoint's model has a vocabulary of {vocab_size} characters, but neither the "
                          f"checkpoint nor its dataset {dataset!r} holds them: put the dataset's meta.json or meta.pkl "
-                         f"back in data/{dataset}")
+                         f"back in {dataset_dir(dataset) if dataset else 'its dataset folder'}")
     if chars is not None:
         note(f"Loading meta from {source}...")
         stoi = {c: i for i, c in enumerate(chars)}

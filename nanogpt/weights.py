@@ -18,6 +18,7 @@ import warnings
 import torch
 
 from nanogpt import fields
+from nanogpt.errors import takes
 from nanogpt.files import atomic_path, open_source, read_json
 
 
@@ -227,6 +228,20 @@ def weights_and_shapes(weights_path: str) -> tuple[dict | None, dict]:
     return raw, {our_name(k): tuple(v.shape) for k, v in raw.items()}
 
 
+def check_tokenizer(path: str):
+    """SystemExit when a model folder carries a tokenizer that is not GPT-2's: its ids would be read as GPT-2 BPE
+    (the only tokenizer read here besides a character vocabulary, meta.json)."""
+    def model_vocab(t):  # tokenizer.json: {"model": {"vocab": {token: id}}}
+        return t['model'].get('vocab') if isinstance(t, dict) and isinstance(t.get('model'), dict) else None
+    for name, vocab in (('vocab.json', lambda t: t), ('tokenizer.json', model_vocab)):
+        if os.path.exists(os.path.join(path, name)):
+            tokens = vocab(read_json(os.path.join(path, name), name, 'export or download the model again'))
+            if isinstance(tokens, dict) and len(tokens) != GPT2_VOCAB:
+                raise SystemExit(f"error: {path} has a tokenizer of its own ({name}: {len(tokens):,} tokens, GPT-2's "
+                                 f"has {GPT2_VOCAB:,}), which is not read here: this project reads GPT-2 BPE models "
+                                 f"and character ones (meta.json) only")
+
+
 def read_folder(path: str) -> tuple[dict, dict]:
     config_path = os.path.join(path, 'config.json')
     if not os.path.exists(config_path):
@@ -235,6 +250,7 @@ def read_folder(path: str) -> tuple[dict, dict]:
         raise FileNotFoundError(f"{path} has no config.json: it is not a Hugging Face GPT-2 checkpoint{run}")
     hf_config = read_json(config_path, 'config.json', 'export or download the model again')
     config_args = config_args_from_hf(hf_config, path)
+    check_tokenizer(path)
     for name in ('model.safetensors', 'pytorch_model.bin'):
         weights_path = os.path.join(path, name)
         if os.path.exists(weights_path):
@@ -289,7 +305,9 @@ def read_pretrained(name_or_path: str) -> tuple[dict, dict]:
         return download_pretrained(name_or_path)
     run = f" (for a checkpoint: --init_from=resume --out_dir={os.path.dirname(name_or_path) or '.'})" * \
         name_or_path.endswith('.pt')
-    raise ValueError(f"unknown pretrained model {name_or_path!r}: use one of {', '.join(PRETRAINED)} "
+    names = (['resume'] if takes('init_from') else []) + list(PRETRAINED)  # resume: the checkpoint in out_dir
+    meant = f" (did you mean {name_or_path.lower()!r}?)" * (name_or_path.lower() in names)
+    raise ValueError(f"unknown pretrained model {name_or_path!r}{meant}: use one of {', '.join(names)} "
                      f"or a directory holding config.json and model.safetensors{run}")
 
 

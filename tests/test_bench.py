@@ -167,3 +167,11 @@ def test_two_sweeps_adding_rows_to_one_file_at_once_lose_none(tmp_path):
         t.join()
     rows = [r['batch_size'] for r in json.load(open(out))['results']]
     assert sorted(rows) == sorted(f'{n}{i}' for n in 'ab' for i in range(15))
+
+
+def test_a_sweep_of_a_key_checked_with_another_takes_its_first_value_not_the_default(tmp_path):
+    # n_embd=32 with the default n_head=12 would be refused before any setting ran
+    proc = run_script('bench.py', '--device=cpu', '--compile=False', '--n_layer=1', '--n_embd=32', '--n_head=2,4',
+                      '--block_size=16', '--batch_size=2', '--burnin_steps=1', '--benchmark_steps=1',
+                      '--real_data=False')
+    assert proc.stdout.count('ms/iter,') == 2

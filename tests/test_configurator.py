@@ -231,3 +231,13 @@ def test_a_star_import_never_sets_keys_and_a_key_is_set_only_to_a_value(tmp_path
             configure(DEFAULTS, [str(tmp_path / 'fn.py')], verbose=False)
     (tmp_path / 'here.py').write_text("import os\ndevice = os.path.basename(__file__)[:-3]\n")  # as in nanoGPT
     assert configure(DEFAULTS, [str(tmp_path / 'here.py')], verbose=False).device == 'here'
+
+
+def test_a_key_in_other_case_is_named_and_keys_that_must_fit_together_are_refused():
+    defaults = dict(batch_size=12, decay_lr=True, warmup_iters=100, lr_decay_iters=5000, max_iters=5000,
+                    learning_rate=6e-4, min_lr=6e-5)
+    with pytest.raises(SystemExit, match="unknown config key 'BATCH_SIZE': did you mean 'batch_size'"):
+        configure(defaults, ['--BATCH_SIZE=4'], verbose=False)
+    with pytest.raises(SystemExit, match='at iter 100 the rate would fall from its peak to min_lr in one step'):
+        configure(defaults, ['--lr_decay_iters=50'], {}, verbose=False)
+    configure(defaults, ['--lr_decay_iters=50', '--max_iters=50'], {}, verbose=False)  # never reached: allowed

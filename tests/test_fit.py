@@ -403,6 +403,13 @@ def test_a_model_whose_weights_alone_exceed_the_machines_memory_is_refused_befor
     from nanogpt.fit import check_model_size
     shape = dict(n_layer=2, n_embd=32, vocab_size=64, block_size=32)
     check_model_size(**shape)  # a small one passes
-    with pytest.raises(SystemExit, match=rf"{key}={value}.* parameters, whose weights alone need .* more than this "
-                                         r"machine's \d+ GiB: choose a smaller model"):
+    with pytest.raises(SystemExit, match=rf"{key}={value}.* parameters\): its weights alone would take .* GiB of "
+                                         r"memory, more than this machine's \d+ GiB: choose a smaller model"):
         check_model_size(**{**shape, key: value})
+
+
+def test_what_would_not_fit_in_memory_is_refused_before_any_work():
+    from nanogpt.fit import check_memory
+    check_memory(1, 'a byte', 'never')
+    with pytest.raises(SystemExit, match=r"1 sample\(s\) would take 7.45e\+09 GiB of memory, more than this machine's"):
+        check_memory(8 * 10**18, '1 sample(s)', 'ask for fewer')

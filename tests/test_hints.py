@@ -9,7 +9,7 @@ import os
 import re
 
 import pytest
-from conftest import REPO, TINY, run_script
+from conftest import REPO, TINY, one_line_error, run_script
 
 from nanogpt.errors import out_of_memory_advice
 
@@ -75,3 +75,13 @@ def test_the_hellaswag_download_hint_names_the_key_of_the_script_that_reads_it(c
     line = next(line for line in proc.stderr.splitlines() if line.startswith('error:') or 'Offline' in line)
     assert 'could not download' in proc.stderr and '--hellaswag_file=PATH' in proc.stderr, proc.stderr[-2000:]
     assert named(proc.stderr) <= keys_of('train.py'), line
+
+
+def test_a_ddp_backend_torch_does_not_know_is_refused_before_any_process_starts():
+    one_line_error(run_script('train.py', '--backend=bogus', check=False), "backend='bogus': use 'auto' or 'nccl'")
+
+
+def test_an_unknown_pretrained_name_in_other_case_is_named():
+    from nanogpt.weights import read_pretrained
+    with pytest.raises(ValueError, match=r"unknown pretrained model 'GPT2' \(did you mean 'gpt2'\?\)"):
+        read_pretrained('GPT2')

@@ -6,6 +6,7 @@ before it, and the forked ranks of run_ranks and the background runs of Popen be
 import json
 import os
 import signal
+import sys
 
 import launcher
 import pytest
@@ -92,3 +93,16 @@ def test_a_background_run_is_signalled_and_piped_as_a_subprocess(tmp_path):
     (tmp_path / 'talk.py').write_text("import sys\nprint('out')\nprint('err', file=sys.stderr)\nsys.exit(4)\n")
     proc = popen_script(str(tmp_path / 'talk.py'))
     assert proc.communicate(timeout=60) == ('out\n', 'err\n') and proc.returncode == 4
+
+
+def test_the_debug_switch_is_off_for_every_way_of_saying_off(monkeypatch):
+    from nanogpt import errors
+    for value in ('0', 'false', 'No', 'off', ''):
+        monkeypatch.setattr(sys, 'excepthook', sys.__excepthook__)
+        monkeypatch.setenv('NANOGPT_DEBUG', value)
+        errors.one_line_errors()
+        assert sys.excepthook is errors._one_line_errors, value
+    monkeypatch.setattr(sys, 'excepthook', sys.__excepthook__)
+    monkeypatch.setenv('NANOGPT_DEBUG', '1')
+    errors.one_line_errors()
+    assert sys.excepthook is sys.__excepthook__

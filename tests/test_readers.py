@@ -8,10 +8,11 @@ import json
 import math
 import os
 import re
+import types
 
 import pytest
 import torch
-from conftest import REPO, train
+from conftest import REPO, one_line_error, train
 
 from nanogpt import checkpoint as ckpt_module
 from nanogpt import fields, runlog, tokenfiles, weights
@@ -123,7 +124,7 @@ def test_every_field_of_a_hellaswag_row_damaged_in_turn_is_refused(tmp_path):
 def test_a_field_check_names_what_the_value_is():
     spec = {'n_layer': fields.POSITIVE_INT}
     refused(lambda: fields.check({'n_layer': 'twelve'}, spec, 'x.json', 'fix it'),
-            "error: x.json: 'n_layer' holds 'twelve', where it must be an integer above 0: fix it")
+            "error: x.json: 'n_layer' holds 'twelve', where it must be an integer above 0 (below 2**63): fix it")
     refused(lambda: fields.check({'n_layer': True}, spec, 'x.json', 'fix it'), "holds True")  # a bool is no int
     refused(lambda: fields.check([1], spec, 'x.json', 'fix it'), "x.json holds [1], not the dict")
     nested = []
@@ -332,3 +333,67 @@ def test_a_compressed_text_file_says_to_decompress_it(tmp_path):
     from nanogpt.files import read_text
     (tmp_path / 'hellaswag_val.jsonl.gz').write_bytes(gzip.compress(b'{"ctx": "x"}\n' * 100))
     refused(lambda: read_text(str(tmp_path / 'hellaswag_val.jsonl.gz'), 'HellaSwag file'), 'gzip-compressed: gunzip it')
+
+
+def test_a_string_field_must_be_text_and_a_count_fit_int64():
+    assert fields.text('ok') and not fields.text('\ud800') and not fields.text(3)  # a lone surrogate: no file takes it
+    assert not fields.CHARS[1](['a', '\ud800']) and fields.CHARS[1](['a', 'b'])
+    assert fields.positive_int(2**63 - 1) and not fields.positive_int(2**63) and not fields.positive_int(10**400)
+
+
+def test_hellaswag_rows_are_split_at_newlines_only(tmp_path):
+    from hellaswag import load_examples
+    row = {'ctx': 'A line\u2028with a separator\x85inside.', 'endings': ['a.', 'b.', 'c.', 'd.'], 'label': 1}
+    (tmp_path / 'h.jsonl').write_text(json.dumps(row, ensure_ascii=False) + '\n', encoding='utf-8')
+    assert load_examples(str(tmp_path / 'h.jsonl')) == [row]
+
+
+def test_a_model_folder_with_a_tokenizer_of_its_own_is_refused(tmp_path):
+    from nanogpt.weights import check_tokenizer
+    (tmp_path / 'vocab.json').write_text(json.dumps({f't{i}': i for i in range(21128)}))
+    with pytest.raises(SystemExit, match=r"has a tokenizer of its own \(vocab.json: 21,128 tokens, GPT-2's has "
+                                         r"50,257\)"):
+        check_tokenizer(str(tmp_path))
+    os.remove(tmp_path / 'vocab.json')
+    (tmp_path / 'tokenizer.json').write_text(json.dumps({'model': {'vocab': {'a': 0}}}))
+    with pytest.raises(SystemExit, match=r"tokenizer.json: 1 tokens"):
+        check_tokenizer(str(tmp_path))
+
+
+def test_a_character_model_naming_no_characters_says_whose_it_takes(capsys):
+    from nanogpt.tokenizer import check_tokens
+    data = types.SimpleNamespace(tokenizer='char', vocab=list('abc'), dir='data/x')
+    check_tokens({'model_args': {'vocab_size': 3}}, 'an export', data)
+    assert "note: an export names none of its 3 characters: its ids are taken to mean those of data/x" in \
+        capsys.readouterr().out
+
+
+def test_a_checkpoints_best_val_loss_of_any_tensor_shape_is_a_number(tmp_path):
+    from model import GPT, GPTConfig
+    from nanogpt.checkpoint import load_checkpoint
+    model = GPT(GPTConfig(n_layer=1, n_head=2, n_embd=8, block_size=8, vocab_size=16))
+    torch.save({'model': model.state_dict(), 'model_args': {'n_layer': 1, 'n_head': 2, 'n_embd': 8, 'block_size': 8,
+                                                            'vocab_size': 16, 'bias': True},
+                'best_val_loss': torch.tensor([[1.5]])}, tmp_path / 'ckpt.pt')
+    assert load_checkpoint(str(tmp_path / 'ckpt.pt'))['best_val_loss'] == 1.5
+
+
+def test_a_resume_takes_this_runs_optimizer_settings_and_refuses_a_broken_scaler(char_data, tmp_path):
+    out = tmp_path / 'out'
+    train(char_data, out, '--max_iters=2', '--eval_interval=2', '--dtype=float16')
+    saved = torch.load(out / 'ckpt.pt', weights_only=True)
+    resumed = train(char_data, out, '--max_iters=4', '--eval_interval=2', '--dtype=float16', '--init_from=resume',
+                    '--beta2=0.9')
+    assert "note: resuming with this run's betas=(0.9, 0.9) (the checkpoint's: (0.9, 0.95))" in resumed.stdout
+    assert torch.load(out / 'ckpt.pt', weights_only=True)['optimizer']['param_groups'][0]['betas'] == (0.9, 0.9)
+    # an older checkpoint without a batch position: said, and the batches start again
+    del saved['loader']
+    torch.save(saved, out / 'ckpt.pt')
+    resumed = train(char_data, out, '--max_iters=4', '--eval_interval=2', '--dtype=float16', '--init_from=resume')
+    assert 'holds no position in the batch stream' in resumed.stdout
+    # a scaler whose scale is not a number would skip every step as an overflow, without a word
+    saved = torch.load(out / 'ckpt.pt', weights_only=True)
+    saved['scaler']['scale'] = float('nan')
+    torch.save(saved, out / 'ckpt.pt')
+    one_line_error(train(char_data, out, '--max_iters=6', '--dtype=float16', '--init_from=resume', check=False),
+                   "its 'scaler' state does not load (ValueError: its scale is nan")

@@ -230,3 +230,14 @@ def test_a_file_size_limit_is_said_of_the_destination_and_leaves_nothing(tmp_pat
         resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
     assert e.value.errno == errno.EFBIG and e.value.filename == str(path)
     assert path.read_bytes() == b'the previous checkpoint' and os.listdir(tmp_path) == ['ckpt.pt']
+
+
+def test_a_folder_written_whole_has_the_umasks_mode(tmp_path):
+    from nanogpt.files import new_folder
+    mask = os.umask(0o022)
+    try:
+        with new_folder(str(tmp_path / 'export'), 'dest'):
+            pass
+    finally:
+        os.umask(mask)
+    assert (tmp_path / 'export').stat().st_mode & 0o777 == 0o755  # not mkdtemp's 0700
