@@ -160,8 +160,8 @@ def figure(out_dirs: list[str]):
     return fig
 
 
-# how the files of the image formats matplotlib writes begin: PNG, PDF, SVG, PostScript, JPEG, TIFF, WebP
-IMAGES = (b'\x89PNG', b'%PDF', b'<?xml', b'<svg', b'%!PS', b'\xff\xd8\xff', b'II*\x00', b'MM\x00*', b'RIFF')
+MARK = 'nanoGPT plot.py'  # in every plot's metadata, where its format has some: what tells a plot from other files
+MARKED = ('png', 'pdf', 'svg', 'ps', 'eps')
 
 
 def plot(out_dirs: list[str], output: str):
@@ -170,14 +170,20 @@ def plot(out_dirs: list[str], output: str):
     if kind not in kinds:
         raise SystemExit(f"error: --output={output}: matplotlib writes {', '.join(kinds)} files; end the name with "
                          f"one of them, e.g. .png")
-    if os.path.isfile(output):  # a plot replaces an image (an earlier plot), never another file of that name
+    if os.path.isfile(output) and os.path.getsize(output):  # a plot replaces an earlier plot, never another file
         with open_source(output, 'rb') as f:
-            head = f.read(8)
-        if head and not head.startswith(IMAGES):
-            raise SystemExit(f"error: --output={output} holds something other than an image, which this plot would "
-                             f"replace: choose another name")
+            ours = MARK.encode() in f.read(100 << 20)
+        if not ours:
+            raise SystemExit(f"error: --output={output} exists and is no plot of plot.py's (it tells its own by their "
+                             f"metadata, in {', '.join(MARKED)} files): choose another name, or remove it first")
     with atomic_path(output) as tmp:  # an interrupted write leaves the previous plot, not half a file
-        fig.savefig(tmp, format=kind)
+        try:
+            fig.savefig(tmp, format=kind, metadata={'Creator': MARK} if kind in MARKED else None)
+        except (RuntimeError, OSError, ValueError) as e:  # pgf without a TeX system, say
+            if isinstance(e, OSError) and e.errno:
+                raise
+            raise SystemExit(f"error: matplotlib could not write a .{kind} file ({str(e).splitlines()[0]}): choose "
+                             f"another format, e.g. --output=loss.png") from None
     print(f"wrote {output}")
 
 

@@ -33,9 +33,39 @@ def _kind(mode: int) -> str | None:
     return next((name for test, name in KINDS.items() if test(mode)), None)
 
 
+_held = {}  # the folders this process holds (a run's out_dir, rundir.hold): path -> its open descriptor
+
+
+def hold_folder(path: str, fd: int | None):
+    """From now on every write into path (through atomic_path or open_regular) checks that path still names the
+    folder fd was opened on; fd None lets go."""
+    if fd is None:
+        _held.pop(os.path.abspath(path), None)
+    else:
+        _held[os.path.abspath(path)] = fd
+
+
+def _check_held(path: str):
+    """SystemExit when path lies in a held folder whose name now means another folder, or none: moved away and
+    another made in its place, or a link to another run's folder put there. Writing on would mix this run's files
+    into that folder, where no lock of this run's stands."""
+    where = os.path.abspath(path)
+    for folder, fd in _held.items():
+        if where.startswith(folder + os.sep):
+            try:
+                same = os.path.samestat(os.fstat(fd), os.stat(folder))
+            except OSError:
+                same = False
+            if not same:
+                raise SystemExit(f"error: {folder} is no longer the folder this run started in (moved, removed or "
+                                 f"replaced since, or a link put there): {os.path.basename(path)} is not written "
+                                 f"there; what the run wrote is in the folder it was moved to, if any")
+
+
 def check_destination(path: str):
     """SystemExit unless path is free or a regular file, the only things the project writes in place of, with a name
-    short enough for its temporary name (path.tmpPID) to be one too."""
+    short enough for its temporary name (path.tmpPID) to be one too, in a folder this process holds if it is in one."""
+    _check_held(path)
     name = os.path.basename(path)
     if len(os.fsencode(name)) + len('.tmp') + 7 > 255:  # most filesystems' longest name, in bytes
         raise SystemExit(f"error: the name {name[:40]}... is {len(os.fsencode(name))} bytes long, too long to write "

@@ -25,8 +25,10 @@ class TokenLoader:
         # a window of block_size + 1 tokens (inputs and shifted targets) must fit in a file
         self.windows = np.array([max(n - block_size, 0) for n in self.lengths], dtype=np.int64)
         if self.windows.sum() == 0:
+            more = 'prepare it again with a larger --shard_size' if len(self.lengths) > 1 else 'prepare more data'
             raise SystemExit(f"error: {split} data in {data.dir} has {max(self.lengths)} tokens in its largest file, "
-                             f"too few for one block of {block_size} + 1: lower block_size or prepare more data")
+                             f"too few for one block of {block_size} + 1 (a block never spans two files): lower "
+                             f"block_size or {more}")
         self.offsets = np.concatenate([[0], np.cumsum(self.windows)])
         self.vocab_size = vocab_size
         if vocab_size is not None:
@@ -46,6 +48,10 @@ class TokenLoader:
         maps = {f: self.data.tokens(self.split, f) for f in set(files.tolist())}
         rows = [maps[f][s - self.offsets[f]:s - self.offsets[f] + T + 1].astype(np.int64) for f, s in zip(files, starts)]
         del maps
+        if any(len(row) != T + 1 for row in rows):  # the file is shorter than when the run opened it
+            raise SystemExit(f"error: {self.paths[files[0]]}... was cut short or written over in place while this run "
+                             f"read it (the run keeps files replaced whole, not ones changed in place): prepare the "
+                             f"dataset again into a new folder and resume from the last checkpoint")
         batch = np.stack(rows)
         if self.vocab_size is not None and batch.max() >= self.vocab_size:  # the check at start samples the files
             raise SystemExit(f"error: a batch of {self.paths[0]}... holds token id {batch.max()}, outside the model's "

@@ -18,7 +18,7 @@ import os
 import socket
 import time
 
-from nanogpt.files import LOCKING, check_destination, lock_nowait, make_folder, open_regular
+from nanogpt.files import LOCKING, check_destination, hold_folder, lock_nowait, make_folder, open_regular
 from nanogpt.runlog import read_records
 
 LOCK = 'run.lock'
@@ -64,7 +64,8 @@ def hold(out_dir: str, init_from: str):
             lock.close()
             raise SystemExit(f"error: {out_dir} is in use by another run (whose run.lock was removed), whose files "
                              f"this one would overwrite: wait for it to end, or choose another out_dir")
-        _folders.append(folder)
+        _folders.append((out_dir, folder))
+        hold_folder(out_dir, folder)  # every write into it checks it is still this folder (moved, replaced: refused)
     _check_files(out_dir, init_from, master=False)  # again, now that no other run can start writing
     _hold(lock)
 
@@ -90,7 +91,7 @@ def _check_files(out_dir: str, init_from: str, master: bool) -> str:
 
 
 _held = []  # the open lock file of the folder this process holds (the flock lives as long as it is open)
-_folders = []  # and the folder's own descriptor, flocked too
+_folders = []  # and the folder's own (path, descriptor), flocked too
 
 
 def _lock(path: str, create: bool = True):
@@ -160,4 +161,6 @@ def release():
             pass
         f.close()
     while _folders:
-        os.close(_folders.pop())
+        path, fd = _folders.pop()
+        hold_folder(path, None)
+        os.close(fd)

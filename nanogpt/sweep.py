@@ -35,6 +35,9 @@ def settings(swept: dict, json_path: str, configure) -> list[tuple[dict, object]
     results."""
     if json_path and not json_path.endswith('.json'):  # never a name of a dataset or a run's files
         raise SystemExit(f"error: --json={json_path}: the results file's name ends in .json")
+    if json_path and os.path.basename(json_path) in ('meta.json', 'config.json'):  # read as a dataset's, a model's
+        raise SystemExit(f"error: --json={json_path}: {os.path.basename(json_path)} is the name of a dataset's or a "
+                         f"model's file, which would be read as one: choose another name")
     if json_path and not os.path.isdir(os.path.dirname(os.path.abspath(json_path))):
         raise SystemExit(f"error: --json={json_path}: its folder does not exist: create it, or choose another path")
     if json_path:

@@ -100,7 +100,7 @@ class TokenWriter:
             self._finish(exc)
         if exc is None and self.shard_size:
             # shards a previous, larger run left behind would be read as part of this dataset
-            for path in glob.glob(os.path.join(self.data_dir, '*_??????.bin')):
+            for path in glob.glob(os.path.join(glob.escape(self.data_dir), '*_??????.bin')):
                 if SHARD_RE.match(os.path.basename(path)) and path not in self.written:
                     os.remove(path)
         return False
@@ -160,6 +160,10 @@ def preparing(data_dir: str, inputs=()):
         if ours or (os.path.realpath(path) + os.sep).startswith(os.path.realpath(stage) + os.sep):
             raise SystemExit(f"error: --input {path} is a file this prepare replaces or removes in {data_dir}: copy "
                              f"it elsewhere first, or choose another out_dir")
+    for name, ours in (('meta.json', _a_datasets_meta), ('meta.pkl', _a_vocabulary)):  # what the swap would replace
+        if os.path.isfile(os.path.join(data_dir, name)) and not ours(os.path.join(data_dir, name)):
+            raise SystemExit(f"error: {os.path.join(data_dir, name)} is not a dataset's {name}, and this prepare "
+                             f"would replace it: move it elsewhere, or choose another out_dir")
     lock = open_regular(os.path.join(data_dir, '.prepare.lock'), 'a+')
     if not lock_nowait(lock):
         lock.close()
@@ -215,6 +219,27 @@ def _signals_held():
             signal.raise_signal(signum)
 
 
+def _a_datasets_meta(path: str) -> bool:
+    """Whether meta.json at path is a prepare's (whole, incomplete or damaged in a field): a JSON object with one of
+    its fields."""
+    try:
+        with open_source(path, 'rb') as f:
+            meta = json.loads(f.read())
+    except ValueError:
+        return False
+    return isinstance(meta, dict) and bool(set(meta) & set(META))
+
+
+def _a_vocabulary(path: str) -> bool:
+    """Whether meta.pkl at path is a character vocabulary (nanoGPT's dict with itos or stoi), read as plain data."""
+    try:
+        with open_source(path, 'rb') as f:
+            vocab = _PlainUnpickler(f).load()
+    except Exception:  # not a pickle, or one naming a class: no vocabulary
+        return False
+    return isinstance(vocab, dict) and bool({'itos', 'stoi'} & set(vocab))
+
+
 def _swap(stage: str, data_dir: str):
     """The staged dataset's files into data_dir, and the old dataset's out: meta.json is marked incomplete first
     and written last, so a reader meanwhile refuses the folder instead of reading a mix."""
@@ -262,6 +287,9 @@ def read_meta(data_dir: str) -> dict | None:
     if not isinstance(meta, dict):
         raise SystemExit(f"error: {path} holds a JSON {type(meta).__name__}, not the object a prepare writes: "
                          f"prepare the dataset again ({prepare_hint(data_dir)})")
+    if not set(meta) & set(META):  # bench results, another tool's file: nothing a prepare wrote
+        raise SystemExit(f"error: {path} is not a dataset's meta.json (its fields: {', '.join(sorted(meta)[:6])}): "
+                         f"move it out of the dataset folder")
     fields.check(meta, META, path, f"prepare the dataset again ({prepare_hint(data_dir)})")
     chars = meta.get('chars')  # the fields that must agree with each other: characters, their count, the tokenizer
     agree = chars is None or (meta.get('tokenizer', 'char'), meta.get('vocab_size', len(chars))) == ('char', len(chars))
@@ -355,7 +383,13 @@ class Dataset:
 
     def tokens(self, split: str, index: int) -> np.memmap:
         """The tokens of the split's index-th file, from the file opened at the start (see split)."""
-        return np.memmap(self._splits[split][2][index], dtype=DTYPE, mode='r')
+        file = self._splits[split][2][index]
+        try:
+            return np.memmap(file, dtype=DTYPE, mode='r')
+        except ValueError:  # emptied, or cut to an odd size, since the run opened it
+            raise SystemExit(f"error: {file.name} was cut short or written over in place while this run read it (the "
+                             f"run keeps files replaced whole, not ones changed in place): prepare the dataset again "
+                             f"into a new folder and resume from the last checkpoint") from None
 
     def check_ids(self, split: str, vocab_size: int, sample: int = 1 << 20):
         """SystemExit if a token id of the split is outside a vocabulary of vocab_size: the start, middle and end
@@ -394,7 +428,7 @@ def split_files(data_dir: str, split: str) -> list[str]:
     single = os.path.join(data_dir, f'{split}.bin')
     if os.path.exists(single):
         return [single]
-    return sorted(p for p in glob.glob(os.path.join(data_dir, f'{split}_??????.bin'))
+    return sorted(p for p in glob.glob(os.path.join(glob.escape(data_dir), f'{split}_??????.bin'))  # fw[x] is a name
                   if SHARD_RE.match(os.path.basename(p)))
 
 
@@ -411,11 +445,14 @@ def prepare_hint(data_dir: str) -> str:
     parent = os.path.dirname(os.path.abspath(data_dir))
     if not os.path.isdir(data_dir) and os.path.isdir(parent):
         import difflib
-        close = difflib.get_close_matches(os.path.basename(data_dir), sorted(
-            n for n in os.listdir(parent) if os.path.isdir(os.path.join(parent, n))), n=1)
+        close = difflib.get_close_matches(os.path.basename(data_dir), sorted(  # folders holding token files only
+            n for n in os.listdir(parent) if split_files(os.path.join(parent, n), 'train')), n=1)
         if close:  # a name of data/ as a name, a path as a path
             named = close[0] if parent == os.path.join(REPO_DIR, 'data') else os.path.join(parent, close[0])
             return f"there is no such folder: did you mean --dataset={named}?"
+    here = os.path.join('data', os.path.basename(data_dir))  # a dataset prepared into ./data/<name> of the cwd
+    if not os.path.isdir(data_dir) and os.path.isdir(here) and os.path.abspath(here) != os.path.abspath(data_dir):
+        return f"there is no such folder; the one in this folder is --dataset={here}"
     if os.path.exists(os.path.join(data_dir, 'meta.json')):  # a prepare wrote it: one of data/*/prepare.py
         return f"run the data/<name>/prepare.py that made it with --out_dir={data_dir}"
     return f"write {data_dir}/train.bin and val.bin (uint16 token ids) or shards, see nanogpt/tokenfiles.py"

@@ -135,9 +135,12 @@ def test_a_results_file_is_only_ever_bench_results_and_every_setting_is_checked_
     (tmp_path / 'ckpt.pt').write_bytes(b'PK\x03\x04 a checkpoint')
     with pytest.raises(SystemExit, match=r"the results file's name ends in .json"):  # nor a dataset's val.bin
         settings({}, str(tmp_path / 'ckpt.pt'), lambda args: None)
-    (tmp_path / 'meta.json').write_text('{"tokenizer": "char", "vocab_size": 3, "chars": "abc"}')
+    (tmp_path / 'stats.json').write_text('{"tokenizer": "char", "vocab_size": 3, "chars": "abc"}')
     with pytest.raises(SystemExit, match=r'holds something other than bench results'):
-        settings({}, str(tmp_path / 'meta.json'), lambda args: None)
+        settings({}, str(tmp_path / 'stats.json'), lambda args: None)
+    for name in ('meta.json', 'config.json'):  # read as a dataset's, a model's, even where none is yet
+        with pytest.raises(SystemExit, match=rf'{name} is the name of a dataset.s or a model.s file'):
+            settings({}, str(tmp_path / name), lambda args: None)
     assert (tmp_path / 'ckpt.pt').read_bytes() == b'PK\x03\x04 a checkpoint'
     (tmp_path / 'old.json').write_text('{"device": "cpu", "swept": [], "results": []}')
     assert settings({}, str(tmp_path / 'old.json'), lambda args: args) == [({}, [])]

@@ -53,8 +53,14 @@ def test_plot_draws_a_run_with_skipped_steps(tmp_path):
     assert_png(tmp_path / 'run' / 'loss.png')
     (tmp_path / 'notes.pdf').write_text('my notes')  # a file of that name that is no image is not
     one_line_error(run_script('plot.py', out, f'--output={tmp_path / "notes.pdf"}', check=False),
-                   'holds something other than an image')
+                   'exists and is no plot of plot.py')
     assert (tmp_path / 'notes.pdf').read_text() == 'my notes'
+    import matplotlib.pyplot as plt  # an image, but someone else's: a figure of a thesis
+    plt.figure().savefig(tmp_path / 'thesis.pdf')
+    thesis = (tmp_path / 'thesis.pdf').read_bytes()
+    one_line_error(run_script('plot.py', out, f'--output={tmp_path / "thesis.pdf"}', check=False),
+                   'exists and is no plot of plot.py')
+    assert (tmp_path / 'thesis.pdf').read_bytes() == thesis
 
     import plot
     ax = plot.figure([out]).axes[0]

@@ -7,6 +7,7 @@ reading the files it opened. Option values that would loop forever are refused.
 import fcntl
 import json
 import os
+import pickle
 import re
 import signal
 import shutil
@@ -16,6 +17,7 @@ import pytest
 from conftest import REPO, one_line_error, run_script, snapshot, train
 
 from nanogpt.loader import TokenLoader
+from nanogpt import tokenfiles
 from nanogpt.tokenfiles import Dataset
 
 
@@ -142,6 +144,25 @@ def test_a_document_whose_text_is_not_text_is_named_before_any_folder_is_made(tm
         load_text_dataset('x', [str(docs)], 1, 'prepare.py', str(tmp_path / 'new'))
     # datasets' copy of the input is in out_dir (which goes with it when the script ends), not ~/.cache/huggingface
     assert os.listdir(tmp_path / 'new') == [f'.prepare.cache{os.getpid()}']
+
+
+@pytest.mark.parametrize('name, body', [('meta.json', b'{"project": "my photo album", "albums": [1, 2]}'),
+                                        ('meta.pkl', pickle.dumps({'weights': [1, 2, 3]})),
+                                        ('meta.json', b'not json at all')])
+def test_a_prepare_never_replaces_a_meta_file_that_is_no_datasets(tmp_path, name, body):
+    # another tool's meta.json or pickle in the folder: not a dataset's, so not the prepare's to replace
+    import runpy
+    out = tmp_path / 'out'
+    out.mkdir()
+    (out / name).write_bytes(body)
+    (tmp_path / 'in.txt').write_text('To be, or not to be, that is the question.\n' * 50)
+    main = runpy.run_path(os.path.join(REPO, 'data/shakespeare_char/prepare.py'), run_name='not_main')['main']
+    with pytest.raises(SystemExit, match=f"{out / name} is not a dataset's {name}, and this prepare would replace it"):
+        main(['--input', str(tmp_path / 'in.txt'), '--out_dir', str(out)])
+    assert sorted(os.listdir(out)) == [name] and (out / name).read_bytes() == body
+    if name == 'meta.json' and body.startswith(b'{'):  # nor is it read as one (bench results put there, say)
+        with pytest.raises(SystemExit, match=r"is not a dataset's meta.json \(its fields: albums, project\)"):
+            tokenfiles.read_meta(str(out))
 
 
 def test_one_file_given_twice_under_two_names_is_refused(tmp_path):

@@ -241,3 +241,29 @@ def test_a_folder_written_whole_has_the_umasks_mode(tmp_path):
     finally:
         os.umask(mask)
     assert (tmp_path / 'export').stat().st_mode & 0o777 == 0o755  # not mkdtemp's 0700
+
+
+@pytest.mark.parametrize('swap', ['moved-and-made-again', 'link-to-another-run'])
+def test_a_write_into_a_held_folder_whose_name_now_means_another_is_refused(tmp_path, swap):
+    # a run's out_dir moved away and made again, or replaced by a link to another run's folder, while it trains:
+    # its checkpoint went into that folder, past that run's lock, overwriting its ckpt.pt
+    from nanogpt.files import hold_folder
+    run, other = tmp_path / 'run', tmp_path / 'other'
+    run.mkdir()
+    other.mkdir()
+    (other / 'ckpt.pt').write_text('the other run')
+    fd = os.open(run, os.O_RDONLY)
+    hold_folder(str(run), fd)
+    try:
+        with atomic_path(str(run / 'ckpt.pt')) as tmp:
+            open(tmp, 'w').write('ours')  # still ours: written
+        os.rename(run, tmp_path / 'moved')
+        run.mkdir() if swap == 'moved-and-made-again' else os.symlink(other, run)
+        writes = (lambda: atomic_path(str(run / 'ckpt.pt')).__enter__(), lambda: open_regular(str(run / 'log'), 'a'))
+        for write in writes:
+            with pytest.raises(SystemExit, match=f"{run} is no longer the folder this run started in"):
+                write()
+    finally:
+        hold_folder(str(run), None)
+        os.close(fd)
+    assert (other / 'ckpt.pt').read_text() == 'the other run' and (tmp_path / 'moved' / 'ckpt.pt').read_text() == 'ours'
