@@ -57,6 +57,14 @@ def takes(key: str) -> bool:
     return key in _options
 
 
+def _cwd_exists() -> bool:
+    try:
+        os.getcwd()
+        return True
+    except OSError:
+        return False
+
+
 def _one_line_errors(exc_type, exc, tb):
     """sys.excepthook of the scripts: an error the scripts did not foresee still ends in one line, not a traceback
     (NANOGPT_DEBUG=1 shows it). The line goes straight to the process's stderr: under torchrun, torch's own hook
@@ -70,6 +78,11 @@ def _one_line_errors(exc_type, exc, tb):
                          errno.EDQUOT: ('the disk quota is used up', 'free some space or raise the quota'),
                          errno.EFBIG: ('the file size limit is reached', 'raise it (ulimit -f)')}[exc.errno]
             message = f"{what}{f' writing {exc.filename}' if exc.filename else ''}: {fix} and run again"
+        elif isinstance(exc, OSError) and exc.errno == errno.EMFILE:
+            message = f"too many files open at once{f' ({exc.filename})' if exc.filename else ''}: raise the limit " \
+                      f"(ulimit -n 65536), or prepare the dataset with fewer, larger shards"
+        elif isinstance(exc, FileNotFoundError) and not _cwd_exists():
+            message = "the current folder no longer exists (removed or moved): cd to one that does and run again"
         elif isinstance(exc, OSError) and exc.strerror:
             message = f"{exc.strerror}{f': {exc.filename}' if exc.filename else ''}"
         elif oom := out_of_memory(exc):

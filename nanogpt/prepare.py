@@ -124,14 +124,17 @@ def load_text_dataset(hub_name: str, inputs: list[str], num_proc: int, prepare_s
             found = [c for c in causes(e) if str(c).strip()]  # pyarrow's says the row; a fallback reader's, less
             inner = [c for c in found if 'Arrow' in type(c).__name__][:1] or found[-1:] or [e]
             reason = str(inner[0]).strip().splitlines()[0] if str(inner[0]).strip() else ''
+            fix = "give files whose records have the same fields (each file may read alone)" \
+                if 'cast' in reason.lower() and len(inputs) > 1 else "check the files"
             raise SystemExit(f"error: could not read {', '.join(inputs)} as {builder} ({type(inner[0]).__name__}: "
-                             f"{reason[:200]}): check the files") from None
+                             f"{reason[:200]}): {fix}") from None
         if 'text' not in ds.column_names:
             raise SystemExit(f"error: {inputs[0]} has no 'text' field (its fields: {ds.column_names})")
         import pyarrow as pa
         import pyarrow.compute as pc
         column = ds.data.column('text')  # checked whole here, before a folder is touched, and the row named
-        if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
+        if not any(test(column.type) for test in (pa.types.is_string, pa.types.is_large_string,
+                                                   getattr(pa.types, 'is_string_view', lambda t: False))):
             raise SystemExit(f"error: the 'text' field of {', '.join(inputs)} is not text in every document (its "
                              f"type: {column.type}): fix the input")
         if column.null_count:

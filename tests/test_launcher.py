@@ -106,3 +106,19 @@ def test_the_debug_switch_is_off_for_every_way_of_saying_off(monkeypatch):
     monkeypatch.setenv('NANOGPT_DEBUG', '1')
     errors.one_line_errors()
     assert sys.excepthook is sys.__excepthook__
+
+
+def test_the_hook_says_what_to_do_about_too_many_open_files_and_a_vanished_cwd(tmp_path, capfd, monkeypatch):
+    import errno
+
+    from nanogpt import errors
+    with pytest.raises(SystemExit):
+        errors._one_line_errors(OSError, OSError(errno.EMFILE, 'Too many open files', 'train_001020.bin'), None)
+    assert 'too many files open at once (train_001020.bin): raise the limit (ulimit -n' in capfd.readouterr().err
+    gone = tmp_path / 'gone'
+    gone.mkdir()
+    monkeypatch.chdir(gone)
+    gone.rmdir()
+    with pytest.raises(SystemExit):
+        errors._one_line_errors(FileNotFoundError, FileNotFoundError(2, 'No such file or directory'), None)
+    assert 'the current folder no longer exists' in capfd.readouterr().err

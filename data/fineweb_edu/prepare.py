@@ -27,7 +27,7 @@ shard_size = 100_000_000  # tokens per shard
 num_proc = max(1, (os.cpu_count() or 2) // 2)  # tokenizer processes (good number: about half the CPU cores)
 out_dir = os.path.dirname(os.path.abspath(__file__))  # where the dataset is written
 # -----------------------------------------------------------------------------
-RANGES = dict(shard_size='> 0', num_proc='> 0')
+RANGES = dict(shard_size='> 1', num_proc='> 0')  # the val split is the first shard: 2 tokens at least
 defaults = config_defaults(globals())
 
 

@@ -45,8 +45,9 @@ def main(argv: list[str]):
               f"(a partial copy?)", file=sys.stderr)
     n_val = math.ceil(cfg.val_fraction * len(dataset))  # as train_test_split counts it
     if not 0 < n_val < len(dataset):
+        txt = ' (in a .txt file a line with nothing on it ends a document)' * any(p.endswith('.txt') for p in cfg.input)
         raise SystemExit(f"error: {len(dataset)} document(s) with val_fraction={cfg.val_fraction} leave "
-                         f"{len(dataset) - n_val} for train: lower val_fraction, or give more documents")
+                         f"{len(dataset) - n_val} for train: lower val_fraction, or give more documents{txt}")
 
     # owt by default only contains the 'train' split, so create a test split
     split_dataset = dataset.train_test_split(test_size=cfg.val_fraction, seed=2357, shuffle=True)
