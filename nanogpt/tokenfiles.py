@@ -445,8 +445,9 @@ def prepare_hint(data_dir: str) -> str:
     parent = os.path.dirname(os.path.abspath(data_dir))
     if not os.path.isdir(data_dir) and os.path.isdir(parent):
         import difflib
-        close = difflib.get_close_matches(os.path.basename(data_dir), sorted(  # folders holding token files only
-            n for n in os.listdir(parent) if split_files(os.path.join(parent, n), 'train')), n=1)
+        close = difflib.get_close_matches(os.path.basename(data_dir), sorted(  # datasets, or data/<name> to prepare
+            n for n in os.listdir(parent) if split_files(os.path.join(parent, n), 'train') or
+            os.path.isfile(os.path.join(parent, n, 'prepare.py'))), n=1)
         if close:  # a name of data/ as a name, a path as a path
             named = close[0] if parent == os.path.join(REPO_DIR, 'data') else os.path.join(parent, close[0])
             return f"there is no such folder: did you mean --dataset={named}?"

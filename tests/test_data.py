@@ -248,6 +248,9 @@ def test_loader_errors(tmp_path, monkeypatch):
     with pytest.raises(SystemExit, match=r'there is no such folder: did you mean --dataset=openwebtext\?$'):
         Dataset(str(repo / 'data' / 'open-webtext'))
     (tmp_path / 'chardata').mkdir()
+    (tmp_path / 'chardata' / 'train.bin').write_bytes(bytes(200))
+    (tmp_path / 'char_data_run').mkdir()  # a run's folder, nearer in name: no dataset, never suggested
+    (tmp_path / 'char_data_run' / 'ckpt.pt').write_bytes(b'')
     with pytest.raises(SystemExit, match=rf'did you mean --dataset={tmp_path}/chardata\?$'):
         Dataset(str(tmp_path / 'char_data'))
     with pytest.raises(SystemExit, match=r': write .*train.bin and val.bin'):  # nothing close: what to write
