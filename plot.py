@@ -166,16 +166,16 @@ MARKED = ('png', 'pdf', 'svg', 'ps', 'eps')
 
 def plot(out_dirs: list[str], output: str):
     fig = figure(out_dirs)
-    kind, kinds = os.path.splitext(output)[1][1:].lower(), fig.canvas.get_supported_filetypes()
-    if kind not in kinds:
-        raise SystemExit(f"error: --output={output}: matplotlib writes {', '.join(kinds)} files; end the name with "
+    kind = os.path.splitext(output)[1][1:].lower()
+    if kind not in MARKED:  # the formats whose metadata tells a plot of plot.py's, which a re-plot may replace
+        raise SystemExit(f"error: --output={output}: plot.py writes {', '.join(MARKED)} files; end the name with "
                          f"one of them, e.g. .png")
     if os.path.isfile(output) and os.path.getsize(output):  # a plot replaces an earlier plot, never another file
         with open_source(output, 'rb') as f:
             ours = MARK.encode() in f.read(100 << 20)
         if not ours:
             raise SystemExit(f"error: --output={output} exists and is no plot of plot.py's (it tells its own by their "
-                             f"metadata, in {', '.join(MARKED)} files): choose another name, or remove it first")
+                             f"metadata): choose another name, or remove it first")
     with atomic_path(output) as tmp:  # an interrupted write leaves the previous plot, not half a file
         try:
             fig.savefig(tmp, format=kind, metadata={'Creator': MARK} if kind in MARKED else None)

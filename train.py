@@ -217,11 +217,11 @@ if __name__ == '__main__':
         print0(f"found vocab_size = {len(vocab)} (inside {data.dir})")
     hellaswag = None
     if hellaswag_interval > 0:
-        from hellaswag import evaluate_hellaswag, load_examples
-        hellaswag = load_examples(hellaswag_file, hellaswag_limit or None)
-        if vocab is not None:  # said now, not at the first evaluation
+        if vocab is not None:  # said now, not at the first evaluation (nor after a download)
             raise SystemExit(f"error: hellaswag_interval={hellaswag_interval} needs a GPT-2 BPE model, and {data.dir} "
                              f"is character-level data: set --hellaswag_interval=0")
+        from hellaswag import evaluate_hellaswag, load_examples
+        hellaswag = load_examples(hellaswag_file, hellaswag_limit or None)
 
     # the run folder: this run's to write (a new run never overwrites another's files)
     init_from = rundir.claim(out_dir, init_from, eval_only, master_process)

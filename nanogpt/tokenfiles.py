@@ -283,20 +283,22 @@ def read_meta(data_dir: str) -> dict | None:
     path = os.path.join(data_dir, 'meta.json')
     if not os.path.exists(path):
         return None
-    meta = read_json(path, 'meta.json', f"prepare the dataset again ({prepare_hint(data_dir)})")
+    # an export's meta.json (sample.py --init_from=FOLDER) is made again by exporting, a dataset's by preparing
+    fix = "export the model again with export_hf.py" if os.path.exists(os.path.join(data_dir, 'config.json')) else \
+        f"prepare the dataset again ({prepare_hint(data_dir)})"
+    meta = read_json(path, 'meta.json', fix)
     if not isinstance(meta, dict):
         raise SystemExit(f"error: {path} holds a JSON {type(meta).__name__}, not the object a prepare writes: "
-                         f"prepare the dataset again ({prepare_hint(data_dir)})")
+                         f"{fix}")
     if not set(meta) & set(META):  # bench results, another tool's file: nothing a prepare wrote
         raise SystemExit(f"error: {path} is not a dataset's meta.json (its fields: {', '.join(sorted(meta)[:6])}): "
                          f"move it out of the dataset folder")
-    fields.check(meta, META, path, f"prepare the dataset again ({prepare_hint(data_dir)})")
+    fields.check(meta, META, path, fix)
     chars = meta.get('chars')  # the fields that must agree with each other: characters, their count, the tokenizer
     agree = chars is None or (meta.get('tokenizer', 'char'), meta.get('vocab_size', len(chars))) == ('char', len(chars))
     if not agree:
         raise SystemExit(f"error: {path} does not agree with itself: {len(chars)} characters, vocab_size "
-                         f"{meta.get('vocab_size')!r}, tokenizer {meta.get('tokenizer')!r}; prepare the dataset again "
-                         f"({prepare_hint(data_dir)})")
+                         f"{meta.get('vocab_size')!r}, tokenizer {meta.get('tokenizer')!r}; {fix}")
     return meta
 
 
@@ -507,6 +509,10 @@ def _pkl_vocab(pkl) -> list[str]:
             pkl = _PlainUnpickler(pkl).load()
         itos = pkl['itos']
         vocab = [itos[i] for i in range(pkl['vocab_size'])]
+    except KeyError as e:  # no itos or vocab_size, or an itos without that id (keyed by strings, say)
+        what = f"its itos has no id {e}" if e.args[0] not in ('itos', 'vocab_size') else f"it has no {e}"
+        raise SystemExit(f"error: {pkl_path}: {what} (nanoGPT's meta.pkl maps ids 0, 1, ... to characters in "
+                         f"'itos', with their count in 'vocab_size'): prepare the dataset again") from None
     except Exception as e:
         raise SystemExit(f"error: {pkl_path} is refused ({type(e).__name__}: {e}): a character vocabulary is a dict "
                          f"of plain data; prepare the dataset again") from None

@@ -247,6 +247,9 @@ def read_folder(path: str) -> tuple[dict, dict]:
     if not os.path.exists(config_path):
         run = " (it holds a ckpt.pt: pass --init_from=resume --out_dir=that folder)" * os.path.exists(
             os.path.join(path, 'ckpt.pt'))
+        snapshots = os.path.join(path, 'snapshots')  # the hub cache's folder of a model: its files are a level down
+        if os.path.isdir(snapshots) and os.listdir(snapshots):
+            run = f" (a hub cache folder: pass {os.path.join(snapshots, sorted(os.listdir(snapshots))[-1])})"
         raise FileNotFoundError(f"{path} has no config.json: it is not a Hugging Face GPT-2 checkpoint{run}")
     hf_config = read_json(config_path, 'config.json', 'export or download the model again')
     config_args = config_args_from_hf(hf_config, path)

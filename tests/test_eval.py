@@ -11,7 +11,7 @@ import re
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, bpe_data, eval_losses, read_log, run_ranks, run_script
+from conftest import REPO, bpe_data, eval_losses, one_line_error, read_log, run_ranks, run_script, train
 from torch.nn import functional as F
 
 from configurator import configure
@@ -123,6 +123,13 @@ def test_hellaswag_runs_on_its_own_interval(tmp_path, records, gpt2_tokenizer):
                          '--hellaswag_limit=4')
     assert [r['iter'] for r in hellaswag_records(tmp_path)] == [0, 2, 4, 5]
     assert sorted(eval_losses(tmp_path / 'out', 'train_loss')) == [0, 4, 5]
+
+
+def test_hellaswag_during_training_on_character_data_is_refused_before_any_download(tmp_path, char_data):
+    # a proxy that refuses every connection: were the file downloaded first, this would fail on that instead
+    offline = {'https_proxy': 'http://127.0.0.1:9', 'HTTPS_PROXY': 'http://127.0.0.1:9', 'no_proxy': '', 'NO_PROXY': ''}
+    proc = train(char_data, tmp_path / 'out', '--max_iters=1', '--hellaswag_interval=5', env=offline, check=False)
+    one_line_error(proc, 'hellaswag_interval=5 needs a GPT-2 BPE model', 'set --hellaswag_interval=0')
 
 
 def test_hellaswag_errors(tmp_path, records):

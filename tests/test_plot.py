@@ -55,6 +55,9 @@ def test_plot_draws_a_run_with_skipped_steps(tmp_path):
     one_line_error(run_script('plot.py', out, f'--output={tmp_path / "notes.pdf"}', check=False),
                    'exists and is no plot of plot.py')
     assert (tmp_path / 'notes.pdf').read_text() == 'my notes'
+    # only formats whose metadata can say a plot is plot.py's, which a re-plot may then replace
+    one_line_error(run_script('plot.py', out, f'--output={tmp_path / "x.jpg"}', check=False),
+                   'plot.py writes png, pdf, svg, ps, eps files')
     import matplotlib.pyplot as plt  # an image, but someone else's: a figure of a thesis
     plt.figure().savefig(tmp_path / 'thesis.pdf')
     thesis = (tmp_path / 'thesis.pdf').read_bytes()

@@ -165,6 +165,17 @@ def test_a_prepare_never_replaces_a_meta_file_that_is_no_datasets(tmp_path, name
             tokenfiles.read_meta(str(out))
 
 
+@pytest.mark.parametrize('script, option', [('openwebtext', '--hub_name=foo/bar'), ('openwebtext', '--revision=v1'),
+                                            ('fineweb_edu', '--remote_name=sample-100BT')])
+def test_a_hub_option_with_local_files_is_refused_not_ignored(tmp_path, script, option):
+    import runpy
+    (tmp_path / 'docs.jsonl').write_text('{"text": "a document"}\n')
+    main = runpy.run_path(os.path.join(REPO, f'data/{script}/prepare.py'), run_name='not_main')['main']
+    with pytest.raises(SystemExit, match='which --input replaces: give one or the other'):
+        main(['--input', str(tmp_path / 'docs.jsonl'), '--out_dir', str(tmp_path / 'out'), option])
+    assert not (tmp_path / 'out').exists()
+
+
 def test_one_file_given_twice_under_two_names_is_refused(tmp_path):
     from nanogpt.prepare import load_text_dataset
     (tmp_path / 'a.jsonl').write_text('{"text": "hello"}\n')

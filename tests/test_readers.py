@@ -397,3 +397,20 @@ def test_a_resume_takes_this_runs_optimizer_settings_and_refuses_a_broken_scaler
     torch.save(saved, out / 'ckpt.pt')
     one_line_error(train(char_data, out, '--max_iters=6', '--dtype=float16', '--init_from=resume', check=False),
                    "its 'scaler' state does not load (ValueError: its scale is nan")
+
+
+def test_a_damaged_export_meta_json_says_to_export_again_and_a_hub_cache_folder_names_its_snapshot(tmp_path):
+    (tmp_path / 'config.json').write_text('{}')  # a model's folder: its meta.json is made by exporting
+    (tmp_path / 'meta.json').write_text(json.dumps({'tokenizer': 'CHAR', 'vocab_size': 2, 'chars': 'ab'}))
+    refused(lambda: tokenfiles.read_meta(str(tmp_path)), "'tokenizer' holds 'CHAR'", 'export the model again')
+    hub = tmp_path / 'models--someone--tiny'
+    (hub / 'snapshots' / 'abc123').mkdir(parents=True)
+    with pytest.raises(FileNotFoundError, match=r"a hub cache folder: pass \S+/snapshots/abc123"):
+        weights.read_folder(str(hub))
+
+
+def test_a_nanogpt_meta_pkl_keyed_by_strings_names_what_it_lacks(tmp_path):
+    import pickle
+    (tmp_path / 'meta.pkl').write_bytes(pickle.dumps({'vocab_size': 2, 'itos': {'0': 'a', '1': 'b'},
+                                                      'stoi': {'a': 0, 'b': 1}}))
+    refused(lambda: tokenfiles.read_vocab(str(tmp_path)), 'meta.pkl: its itos has no id 0', "in 'itos'")

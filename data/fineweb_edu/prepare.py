@@ -34,6 +34,9 @@ defaults = config_defaults(globals())
 def main(argv: list[str]):
     cfg = configure(defaults, argv, RANGES)
     make_folder(cfg.out_dir, 'out_dir', create=False)  # refused now, not after the corpus is read
+    if cfg.input and cfg.remote_name != defaults['remote_name']:
+        raise SystemExit("error: --remote_name chooses a subset on the hub, which --input replaces: give one or the "
+                         "other")
 
     dataset = load_text_dataset(HUB_NAME, cfg.input, cfg.num_proc, 'data/fineweb_edu/prepare.py', cfg.out_dir,
                                 name=cfg.remote_name)

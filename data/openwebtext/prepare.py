@@ -37,6 +37,9 @@ defaults = config_defaults(globals())
 def main(argv: list[str]):
     cfg = configure(defaults, argv, RANGES)
     make_folder(cfg.out_dir, 'out_dir', create=False)  # refused now, not after the corpus is read
+    if cfg.input and (cfg.hub_name != HUB_NAME or cfg.revision):
+        raise SystemExit("error: --hub_name and --revision choose a copy on the hub, which --input replaces: give "
+                         "one or the other")
 
     dataset = load_text_dataset(cfg.hub_name, cfg.input, cfg.num_proc, 'data/openwebtext/prepare.py', cfg.out_dir,
                                 revision=cfg.revision or None)
