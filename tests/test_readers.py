@@ -220,7 +220,7 @@ def test_a_hugging_face_weights_file_with_weights_gpt2_has_not_or_an_untied_head
             'model.safetensors holds weights GPT-2 has not (transformer.h.0.attn.rotary.weight)')
     refused(lambda: read_weights('model.safetensors', {**raw, 'lm_head.weight': raw['transformer.wte.weight'] + 1}),
             'lm_head.weight differs from transformer.wte.weight')
-    read_weights('model.safetensors', {**raw, 'lm_head.weight': raw['transformer.wte.weight'].clone()})  # tied, saved twice
+    read_weights('model.safetensors', {**raw, 'lm_head.weight': raw['transformer.wte.weight'].clone()})  # tied, twice
 
 
 def test_a_checkpoint_cut_short_anywhere_or_of_another_format_is_damaged_in_one_line(checkpoint_path, tmp_path):
