@@ -325,7 +325,9 @@ def test_an_empty_or_relative_dataset_is_not_the_repositorys_data_folder(tmp_pat
 def test_a_damaged_meta_json_of_an_export_says_to_export_again(tmp_path):
     (tmp_path / 'config.json').write_text('{}')
     (tmp_path / 'meta.json').write_text('{"tokenizer": "char", "vocab_size": 4, "chars": "abc"}')
-    refused(lambda: tokenfiles.read_vocab(str(tmp_path)), 'does not agree with itself', 'export it again with export_hf.py')
+    refused(lambda: tokenfiles.read_vocab(str(tmp_path)), 'does not agree with itself', 'export the model again')
+    (tmp_path / 'meta.json').write_text(json.dumps({'tokenizer': 'CHAR', 'vocab_size': 2, 'chars': 'ab'}))
+    refused(lambda: tokenfiles.read_meta(str(tmp_path)), "'tokenizer' holds 'CHAR'", 'export the model again')
 
 
 def test_a_compressed_text_file_says_to_decompress_it(tmp_path):
@@ -399,10 +401,7 @@ def test_a_resume_takes_this_runs_optimizer_settings_and_refuses_a_broken_scaler
                    "its 'scaler' state does not load (ValueError: its scale is nan")
 
 
-def test_a_damaged_export_meta_json_says_to_export_again_and_a_hub_cache_folder_names_its_snapshot(tmp_path):
-    (tmp_path / 'config.json').write_text('{}')  # a model's folder: its meta.json is made by exporting
-    (tmp_path / 'meta.json').write_text(json.dumps({'tokenizer': 'CHAR', 'vocab_size': 2, 'chars': 'ab'}))
-    refused(lambda: tokenfiles.read_meta(str(tmp_path)), "'tokenizer' holds 'CHAR'", 'export the model again')
+def test_a_hub_cache_folder_names_its_snapshot(tmp_path):
     hub = tmp_path / 'models--someone--tiny'
     (hub / 'snapshots' / 'abc123').mkdir(parents=True)
     with pytest.raises(FileNotFoundError, match=r"a hub cache folder: pass \S+/snapshots/abc123"):
