@@ -119,7 +119,8 @@ def bench(cfg, runtime, probe=None) -> dict:
         return train_step(model, optimizer, scaler, loader, accumulation, ctx, cfg.grad_clip, cfg.learning_rate)[0]
 
     if cfg.profile:
-        make_folder('bench_log', 'the profiler folder bench_log')  # a file there is refused before the steps, not after
+        make_folder('bench_log', 'bench_log', fix="move it away, or run bench.py from another folder (--profile=True "
+                                              "writes its traces in ./bench_log)")  # refused before the steps
         # useful docs on pytorch profiler: https://pytorch.org/docs/stable/profiler.html#torch.profiler.profile
         with torch.profiler.profile(schedule=torch.profiler.schedule(wait=5, warmup=5, active=5),  # CPU, and CUDA
                                     on_trace_ready=torch.profiler.tensorboard_trace_handler('./bench_log')) as prof:

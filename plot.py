@@ -46,9 +46,15 @@ def read_log(out_dir: str) -> dict:
     if not os.path.exists(path):
         raise SystemExit(f"error: no {path}: train.py writes it; pass the out_dir of a run")
     records = runlog.read_records(path)
-    starts = [i for i, r in enumerate(records) if 'params' in r and r.get('init_from') != 'resume']
+    # where another run begins: a start record of another run id (a resume keeps its run's), or, in logs of
+    # runs without ids, one not resuming
+    starts, run_id = [], None
+    for i, r in enumerate(records):
+        if 'params' in r and (r['run'] != run_id if r.get('run') else r.get('init_from') != 'resume'):
+            starts.append(i)
+        run_id = r.get('run', run_id) if 'params' in r else run_id
     if len(starts) > 1:  # train.py never starts a new run in a folder that has one: these are logs put together
-        print(f"note: {path} holds {len(starts)} runs started from scratch: drawing the last")
+        print(f"note: {path} holds the records of {len(starts)} runs (logs put together): drawing the last")
         records = records[starts[-1]:]
     run = {kind: [] for kind in runlog.KINDS}
     for record in sorted(records, key=lambda r: r['iter']):  # in order of iterations, however the lines were
@@ -76,17 +82,23 @@ def smooth(values: list[float], beta: float = 0.9) -> list[float]:
     return out
 
 
+def shown(text: str) -> str:
+    """text as drawn: as it reads (a $ is no mathtext, lr$3e-4$ stays itself), a byte of a name that is not UTF-8
+    as '?'."""
+    return text.encode('utf-8', 'replace').decode('utf-8').replace('$', r'\$')
+
+
 def name_of(out_dir: str) -> str:
-    return os.path.basename(os.path.normpath(out_dir))
+    return shown(os.path.basename(os.path.normpath(out_dir)))
 
 
 def title_of(out_dir: str, run: dict) -> str:
     if not run['start']:
-        return out_dir
+        return shown(out_dir)
     start = run['start'][-1]
     shape = f"{start['n_layer']} layers, {start['n_embd']} wide" if 'n_layer' in start else ''
     return ', '.join(filter(None, [f"{name_of(out_dir)}: {start['params'] / 1e6:.2f}M parameters", shape,
-                                   start.get('dataset')]))
+                                   shown(start.get('dataset') or '')]))
 
 
 def tokens_per_iter(run: dict) -> int | None:

@@ -138,13 +138,14 @@ def check_resume(checkpoint: dict, ckpt_path: str, data, note) -> str:
     run, log = checkpoint.get('run'), os.path.join(os.path.dirname(ckpt_path), 'log.jsonl')
     if run is not None and os.path.exists(log):
         runs = {r.get('run') for r in read_records(log, note=lambda _: None) if 'params' in r} - {None}
-        if runs and run not in runs:
+        if runs - {run}:  # another run's records in it (logs put together), or only another run's
             raise SystemExit(f"error: {ckpt_path} is not a checkpoint of the run {log} records (one of them copied in "
                              f"from another run's folder?): resume it in its own folder, or move {log} away")
     saved, files = checkpoint.get('data') or {}, (data.meta or {}).get('files')
     if isinstance(saved.get('dir'), str) and os.path.realpath(saved['dir']) != os.path.realpath(data.dir):
-        note(f"note: {ckpt_path} trained on {saved['dir']}; this run reads {data.dir} (--dataset={saved['dir']} "
-             f"goes on with the former)")
+        former = f"--dataset={saved['dir']} goes on with the former" if os.path.isdir(saved['dir']) else \
+            "that folder is no longer there"
+        note(f"note: {ckpt_path} trained on {saved['dir']}; this run reads {data.dir} ({former})")
     elif saved.get('files') is not None and saved['files'] != files:
         note(f"note: {data.dir} was prepared again since {ckpt_path} was saved (its files differ): the run goes on "
              f"with the new files from the same position")

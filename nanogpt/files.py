@@ -286,7 +286,7 @@ def _no_room(path: str, margin: int = 1 << 20) -> int:
         return 0
 
 
-def make_folder(path: str, key: str, create: bool = True) -> str:
+def make_folder(path: str, key: str, create: bool = True, fix: str = '') -> str:
     """path, a folder the script writes in (key names the option), made if missing (unless create=False: checked
     only); an empty path, a path where a file stands in for a folder (at it or above it), a '..' after a folder that
     does not exist (makedirs would make it), or a ~ no shell expanded, is one line naming the option."""
@@ -305,8 +305,9 @@ def make_folder(path: str, key: str, create: bool = True) -> str:
     while not os.path.isdir(at):  # the nearest part that exists must be a folder
         if os.path.exists(at) or os.path.islink(at):
             kind = _kind(os.stat(at).st_mode) if os.path.exists(at) else 'a broken symbolic link'
-            where = f"{key}={path} is" if at == path.rstrip(os.sep) else f"{key}={path} lies under {at}, which is"
-            raise SystemExit(f"error: {where} {kind or 'a file'}, not a folder: choose another {key}")
+            given = key if key == path else f"{key}={path}"  # (a folder no option sets: bench_log)
+            where = f"{given} is" if at == path.rstrip(os.sep) else f"{given} lies under {at}, which is"
+            raise SystemExit(f"error: {where} {kind or 'a file'}, not a folder: {fix or f'choose another {key}'}")
         at = os.path.dirname(at) or '.'
     if create:
         os.makedirs(path, exist_ok=True)

@@ -441,6 +441,8 @@ def prepare_hint(data_dir: str) -> str:
     if os.path.exists(os.path.join(data_dir, 'config.json')):  # an export's folder: its meta.json is export_hf.py's
         return "this is a model's folder (an export), not a dataset's: pass a dataset folder, or if the export is " \
             "damaged, export it again with export_hf.py"
+    if any(os.path.exists(os.path.join(data_dir, n)) for n in ('ckpt.pt', 'log.jsonl')):
+        return "this is a run's folder (an out_dir), not a dataset's: pass the folder the run trained on"
     if os.path.exists(script):
         inside = os.path.abspath(script).startswith(REPO_DIR + os.sep)
         return f"run python {os.path.relpath(script, REPO_DIR) if inside else script}"

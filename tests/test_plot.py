@@ -3,6 +3,7 @@ plot.py on hand-written log.jsonl files, run as the real script: the record kind
 included), lines that are not records, logs with nothing to draw, and fourteen runs on one figure.
 """
 import json
+import os
 import struct
 
 import pytest
@@ -161,4 +162,14 @@ def test_records_are_drawn_in_order_and_logs_put_together_draw_their_last_run(tm
     import plot
     run = plot.read_log(out)
     assert [r['iter'] for r in run['step']] == list(range(1, 11)) and run['start'][0]['tokens_per_iter'] == 4096
+    # runs told by their ids: a resume of one run continues it, another run's records (even resuming) begin another
+    a, b = records(iters=20), records(iters=30)
+    a[0]['run'], b[0]['run'], b[0]['init_from'] = 'a1', 'b2', 'resume'
+    resumed = {**a[0], 'iter': 10, 'init_from': 'resume'}
+    out = write_log(tmp_path / 'ids', a[:12] + [resumed] + a[12:] + b)
+    assert [r['iter'] for r in plot.read_log(out)['step']] == list(range(1, 31))  # b's, whole
+    out = write_log(tmp_path / 'one', a[:12] + [resumed] + a[12:])
+    assert len(plot.read_log(out)['start']) == 2  # one run, resumed: both starts kept
+    # names drawn as they read: a $ is no mathtext, a byte that is not UTF-8 a '?'
+    assert plot.shown('lr$3e-4$') == r'lr\$3e-4\$' and plot.shown(os.fsdecode(b'run\xfe')) == 'run?'
 

@@ -74,6 +74,14 @@ def test_a_resume_checks_the_log_is_its_runs_and_notes_a_dataset_prepared_again(
     one_line_error(train(char_data, tmp_path / 'b', '--max_iters=4', '--init_from=resume', check=False),
                    'is not a checkpoint of the run', 'log.jsonl records')
     assert (tmp_path / 'b' / 'log.jsonl').read_bytes() == log
+    # b's own checkpoint back, and another run's records appended to its log: refused as well
+    train(char_data, tmp_path / 'd', *args)
+    with open(tmp_path / 'd' / 'log.jsonl', 'ab') as f:
+        f.write((tmp_path / 'a' / 'log.jsonl').read_bytes())
+    one_line_error(train(char_data, tmp_path / 'd', '--max_iters=4', '--init_from=resume', check=False),
+                   'is not a checkpoint of the run', 'log.jsonl records')
+    one_line_error(train(str(tmp_path / 'd'), tmp_path / 'e', '--max_iters=1', check=False),
+                   "this is a run's folder (an out_dir), not a dataset's")
     # the dataset prepared again from another text of the same characters, and another folder: said, the run goes on
     data = tmp_path / 'data'
     shutil.copytree(char_data, data)
