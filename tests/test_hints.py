@@ -9,7 +9,7 @@ import os
 import re
 
 import pytest
-from conftest import REPO, TINY, one_line_error, run_script
+from conftest import REPO, TINY, bpe_data, one_line_error, run_script
 
 from nanogpt.errors import out_of_memory_advice
 
@@ -66,12 +66,13 @@ def test_a_missing_checkpoint_is_told_what_the_script_accepts(script, args, tmp_
     assert ('--init_from=gpt2' in line) == ('init_from' in keys_of(script) and 'no checkpoint' in line), line
 
 
-def test_the_hellaswag_download_hint_names_the_key_of_the_script_that_reads_it(char_data, tmp_path):
+def test_the_hellaswag_download_hint_names_the_key_of_the_script_that_reads_it(tmp_path):
     # hellaswag.py reads the file from --data_file, train.py from --hellaswag_file: the offline line names the one
     # the running script takes (a proxy that refuses every connection: offline whether or not this machine is)
     offline = {'https_proxy': 'http://127.0.0.1:9', 'HTTPS_PROXY': 'http://127.0.0.1:9', 'no_proxy': '', 'NO_PROXY': ''}
-    proc = run_script('train.py', *TINY, f'--dataset={char_data}', f'--out_dir={tmp_path}', '--hellaswag_interval=1',
-                      env=offline, check=False)
+    bpe_data(tmp_path / 'data')  # GPT-2 BPE: HellaSwag needs it (character data is refused before any download)
+    proc = run_script('train.py', *TINY, f'--dataset={tmp_path / "data"}', f'--out_dir={tmp_path / "out"}',
+                      '--hellaswag_interval=1', env=offline, check=False)
     line = next(line for line in proc.stderr.splitlines() if line.startswith('error:') or 'Offline' in line)
     assert 'could not download' in proc.stderr and '--hellaswag_file=PATH' in proc.stderr, proc.stderr[-2000:]
     assert named(proc.stderr) <= keys_of('train.py'), line
