@@ -60,6 +60,8 @@ def main(argv: list[str]):
     cfg = configure(defaults, argv, RANGES)
     if bool(cfg.text_file) == bool(cfg.dataset):
         raise SystemExit("error: pass either --text_file=PATH or --dataset=NAME (with --split)")
+    if cfg.text_file and cfg.split != defaults['split']:
+        raise SystemExit("error: --split chooses a split of --dataset; a --text_file is read whole: drop --split")
     runtime = setup_runtime(cfg.device, cfg.dtype, cfg.seed, ddp=False)
     model, checkpoint = load_model(cfg.init_from, cfg.out_dir, runtime.device)
     model.eval()

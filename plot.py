@@ -88,8 +88,11 @@ def shown(text: str) -> str:
     return text.encode('utf-8', 'replace').decode('utf-8').replace('$', r'\$')
 
 
-def name_of(out_dir: str) -> str:
-    return shown(os.path.basename(os.path.normpath(out_dir)))
+def name_of(out_dir: str, out_dirs: list[str] = ()) -> str:
+    """The run's folder name, or its path where another run's folder has the same name (x1/out, x2/out)."""
+    name = os.path.basename(os.path.normpath(out_dir))
+    same = [d for d in out_dirs if os.path.basename(os.path.normpath(d)) == name]
+    return shown(os.path.normpath(out_dir) if len(same) > 1 else name)
 
 
 def title_of(out_dir: str, run: dict) -> str:
@@ -157,7 +160,7 @@ def figure(out_dirs: list[str]):
     kind_color = colors[0] if len(runs) == 1 else 'dimgrey'
     handles = [Line2D([], [], color=kind_color, label=kind, **STYLES[kind]) for kind in STYLES if kind in drawn]
     if len(runs) > 1:
-        handles += [Line2D([], [], color=c, linewidth=3, label=name_of(d)) for d, c in zip(out_dirs, colors)]
+        handles += [Line2D([], [], color=c, linewidth=3, label=name_of(d, out_dirs)) for d, c in zip(out_dirs, colors)]
     fig.legend(handles=handles, loc='outside right upper', fontsize=8, ncols=1 + len(handles) // 30)
     if not differ and per_iter[0]:
         top = ax.secondary_xaxis('top', functions=(lambda i: i * per_iter[0] / 1e6, lambda t: t * 1e6 / per_iter[0]))

@@ -326,7 +326,7 @@ if __name__ == '__main__':
     # preemption (SIGTERM, Ctrl-C) and non-finite steps, acted on by every rank together after each step
     guard = RunGuard(runtime, max_bad_steps, out_dir, runlog.log)
 
-    if iter_num >= max_iters and not eval_only:  # a resume of a finished run: one evaluation, no step
+    if iter_num >= max_iters and not eval_only and init_from == 'resume':  # a finished run resumed: no step
         print0(f"note: the checkpoint is at iter {iter_num}, max_iters={max_iters}: nothing to train; raise max_iters "
                f"to train on")
     # training loop

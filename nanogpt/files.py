@@ -97,14 +97,25 @@ def read_text(path: str, what: str = 'file') -> str:
     """The text of a UTF-8 file (a byte order mark dropped) read through open_source; a path that is missing, not a
     file or not UTF-8 is one line naming it and what it is (what: 'prompt file', 'text file', ...)."""
     if not path or not os.path.exists(path):
-        raise SystemExit(f"error: {what} {path!r} not found")
+        raise SystemExit(f"error: {what} {path!r} not found{tilde(path)}")
     try:
         with open_source(path, encoding='utf-8-sig') as f:
-            return f.read()
+            text = f.read()
+        if '\x00' in text:  # valid UTF-8, yet no text: a token file, say
+            raise SystemExit(f"error: {what} {path} holds NUL bytes (at character {text.index(chr(0)):,}): it is not "
+                             f"text (a token file?); give a text file")
+        return text
     except UnicodeDecodeError as e:
         packed = {b'\x1f\x8b': 'gzip-compressed: gunzip it', b'PK': 'a zip archive: unzip it'}.get(e.object[:2])
         raise SystemExit(f"error: {what} {path} is not UTF-8 text ({e.reason} at byte {e.start}): "
                          f"{packed or 'convert it, e.g. with iconv -t utf-8'}") from None
+
+
+def tilde(path: str) -> str:
+    """' (...)': what to write instead of a path whose ~ no shell expanded (--input=~/x), else ''."""
+    if path and path.startswith('~') and not os.path.exists(path.split(os.sep)[0]):
+        return f" (the shell leaves a ~ after = as it is: write {os.path.expanduser(path)})"
+    return ''
 
 
 def read_json(path: str, what: str, fix: str):

@@ -14,7 +14,7 @@ from multiprocessing import Pool
 import numpy as np
 
 from nanogpt.errors import causes
-from nanogpt.files import download, make_folder, open_source, read_text
+from nanogpt.files import download, make_folder, open_source, read_text, tilde
 from nanogpt.tokenfiles import CACHE, DTYPE, TokenWriter
 from nanogpt.tokenizer import gpt2_encoding
 
@@ -93,6 +93,24 @@ def local_cache(out_dir: str) -> str:
     return cache
 
 
+def check_utf8(path: str, piece: int = 1 << 24):
+    """SystemExit naming path and the byte where it stops being UTF-8, read in pieces (a corpus need not fit in
+    memory)."""
+    import codecs
+    decoder, at = codecs.getincrementaldecoder('utf-8')(), 0
+    with open_source(path, 'rb') as f:
+        while True:
+            block = f.read(piece)
+            try:
+                decoder.decode(block, final=not block)
+            except UnicodeDecodeError as e:
+                raise SystemExit(f"error: {path} is not UTF-8 text (byte {at + e.start:,}: {e.reason}): convert it, "
+                                 f"e.g. with iconv -t utf-8 (the dataset folder was left as it was)") from None
+            if not block:
+                return
+            at += len(block)
+
+
 def load_text_dataset(hub_name: str, inputs: list[str], num_proc: int, prepare_script: str, out_dir: str,
                       **hub_kwargs):
     """A datasets.Dataset with a 'text' column: from local json/jsonl/txt/parquet files when given (converted in a
@@ -101,7 +119,7 @@ def load_text_dataset(hub_name: str, inputs: list[str], num_proc: int, prepare_s
     if inputs:
         missing = [p for p in inputs if not os.path.exists(p)]
         if missing:
-            raise SystemExit(f"error: input files not found: {missing}")
+            raise SystemExit(f"error: input files not found: {missing}{tilde(missing[0])}")
         for path in inputs:  # a FIFO or a folder is refused here, not waited on or half-read by `datasets`
             open_source(path, 'rb').close()
         if len({os.stat(p)[1:3] for p in inputs}) < len(inputs):  # one file (a link, another name): in train and val
@@ -114,6 +132,9 @@ def load_text_dataset(hub_name: str, inputs: list[str], num_proc: int, prepare_s
         if all(os.path.getsize(p) == 0 for p in inputs):
             raise SystemExit(f"error: every input file is empty ({', '.join(inputs)}): nothing to prepare")
         builder = builders.pop()
+        if builder in ('json', 'text'):  # read through, in pieces: a byte not UTF-8 is named with its file and place
+            for path in inputs:
+                check_utf8(path)
         kwargs = dict(sample_by='paragraph') if builder == 'text' else {}  # blank lines separate documents
         try:
             # data_files are glob patterns: a name holding [ or * is escaped, to be itself
@@ -121,6 +142,9 @@ def load_text_dataset(hub_name: str, inputs: list[str], num_proc: int, prepare_s
                                        cache_dir=local_cache(out_dir), **kwargs)
         except Exception as e:  # malformed JSON, a parquet file that is not one, non-UTF-8 text
             # the innermost error says what is wrong (datasets wraps it in DatasetGenerationError)
+            if len(inputs) > 1:  # which file: each read alone, the first that fails is named
+                for path in inputs:
+                    load_text_dataset(hub_name, [path], num_proc, prepare_script, out_dir, **hub_kwargs)
             found = [c for c in causes(e) if str(c).strip()]  # pyarrow's says the row; a fallback reader's, less
             inner = [c for c in found if 'Arrow' in type(c).__name__][:1] or found[-1:] or [e]
             reason = str(inner[0]).strip().splitlines()[0] if str(inner[0]).strip() else ''
@@ -147,6 +171,7 @@ def load_text_dataset(hub_name: str, inputs: list[str], num_proc: int, prepare_s
     try:
         return datasets.load_dataset(hub_name, split='train', num_proc=num_proc, **hub_kwargs)
     except Exception as e:  # offline, hub errors, a dataset layout this `datasets` cannot read
-        raise SystemExit(f"error: could not load {hub_name} from the Hugging Face hub ({type(e).__name__}: {e}).\n"
-                         f"To prepare local files instead: python {prepare_script} --input FILE [FILE ...] "
+        reason = ' '.join(str(e).split())[:300]  # one line, however many torch or the hub gave
+        raise SystemExit(f"error: could not load {hub_name} from the Hugging Face hub ({type(e).__name__}: {reason}); "
+                         f"to prepare local files instead: python {prepare_script} --input FILE [FILE ...] "
                          f"(.jsonl/.json/.parquet with a 'text' field, or .txt)") from None

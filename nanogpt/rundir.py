@@ -72,6 +72,10 @@ def hold(out_dir: str, init_from: str):
 
 def _check_files(out_dir: str, init_from: str, master: bool) -> str:
     ckpt_path, log_path = os.path.join(out_dir, 'ckpt.pt'), os.path.join(out_dir, 'log.jsonl')
+    model = [n for n in ('config.json', 'model.safetensors') if os.path.exists(os.path.join(out_dir, n))]
+    if model:  # an export: its files and a run's checkpoint would be two models in one folder
+        raise SystemExit(f"error: out_dir={out_dir} holds a model ({', '.join(model)}), an export: a run's checkpoint "
+                         f"there would make the folder mean two models; choose another out_dir")
     if init_from == 'resume' or not (os.path.exists(ckpt_path) or os.path.exists(log_path)):
         return init_from
     # a torchrun restart of the job that wrote the folder (its run id in the log's last start record) continues it

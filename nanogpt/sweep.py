@@ -94,10 +94,12 @@ def earlier_results(path: str) -> list[dict]:
     if not os.path.exists(path):
         return []
     try:
-        with open_source(path) as f:
-            earlier = json.load(f)
-    except (ValueError, UnicodeDecodeError):
+        with open_source(path, 'rb') as f:
+            earlier = json.loads(f.read())
+    except UnicodeDecodeError:
         earlier = None
+    except ValueError as e:  # bench results edited by hand, say: where it stops being JSON
+        raise SystemExit(f"error: --json={path} is not valid JSON ({e}): mend it, or choose another file") from None
     if not (isinstance(earlier, dict) and set(earlier) == RESULTS_KEYS and isinstance(earlier['results'], list)):
         raise SystemExit(f"error: --json={path} holds something other than bench results, which this run would "
                          f"replace: choose another file")

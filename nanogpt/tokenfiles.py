@@ -34,6 +34,7 @@ from contextlib import contextmanager
 import numpy as np
 
 from nanogpt import fields
+from nanogpt.errors import takes
 from nanogpt.files import (atomic_path, check_destination, lock_nowait, make_folder, open_regular, open_source,
                            ended, read_json, stale_temporary)
 
@@ -409,8 +410,10 @@ class Dataset:
             top = max(int(p.max()) for p in pieces if p.size)
             del data
             if top >= vocab_size:
-                raise SystemExit(f"error: {path} holds token id {top}, outside {whose} vocabulary of {vocab_size}: the"
-                                 f" file is damaged, or the data was prepared with another tokenizer")
+                bigger = f"raise --vocab_size to {top + 1} or more, or " if takes('vocab_size') and \
+                    whose == "the model's" else ''  # bench.py's model is sized by an option
+                raise SystemExit(f"error: {path} holds token id {top}, outside {whose} vocabulary of {vocab_size}: "
+                                 f"{bigger}the file is damaged, or the data was prepared with another tokenizer")
 
 
 def dataset_dir(dataset: str) -> str:
@@ -438,6 +441,8 @@ def prepare_hint(data_dir: str) -> str:
     """What to do about a dataset folder that is missing files: its prepare script, a folder of a close name where
     there is no such folder (a misspelt --dataset), else the files to write."""
     script = os.path.join(data_dir, 'prepare.py')
+    if data_dir.startswith('~') and not os.path.exists(data_dir.split(os.sep)[0]):
+        return f"the shell leaves a ~ after = as it is: write --dataset={os.path.expanduser(data_dir)}"
     if os.path.exists(os.path.join(data_dir, 'config.json')):  # an export's folder: its meta.json is export_hf.py's
         return "this is a model's folder (an export), not a dataset's: pass a dataset folder, or if the export is " \
             "damaged, export it again with export_hf.py"
@@ -455,7 +460,7 @@ def prepare_hint(data_dir: str) -> str:
         if close:  # a name of data/ as a name, a path as a path
             named = close[0] if parent == os.path.join(REPO_DIR, 'data') else os.path.join(parent, close[0])
             return f"there is no such folder: did you mean --dataset={named}?"
-    here = os.path.join('data', os.path.basename(data_dir))  # a dataset prepared into ./data/<name> of the cwd
+    here = os.path.join('data', os.path.basename(os.path.normpath(data_dir)))  # ./data/<name> of the cwd
     if not os.path.isdir(data_dir) and os.path.isdir(here) and os.path.abspath(here) != os.path.abspath(data_dir):
         return f"there is no such folder; the one in this folder is --dataset={here}"
     if os.path.exists(os.path.join(data_dir, 'meta.json')):  # a prepare wrote it: one of data/*/prepare.py

@@ -245,8 +245,10 @@ def check_tokenizer(path: str):
 def read_folder(path: str) -> tuple[dict, dict]:
     config_path = os.path.join(path, 'config.json')
     if not os.path.exists(config_path):
-        run = " (it holds a ckpt.pt: pass --init_from=resume --out_dir=that folder)" * os.path.exists(
-            os.path.join(path, 'ckpt.pt'))
+        # a run's folder: read by --init_from=resume there, or (to start a new run from it) exported first
+        how = "export it with export_hf.py and pass the export" if takes('always_save_checkpoint') else \
+            "pass --init_from=resume --out_dir=that folder"
+        run = f" (it holds a ckpt.pt: {how})" * os.path.exists(os.path.join(path, 'ckpt.pt'))
         snapshots = os.path.join(path, 'snapshots')  # the hub cache's folder of a model: its files are a level down
         if os.path.isdir(snapshots) and os.listdir(snapshots):
             run = f" (a hub cache folder: pass {os.path.join(snapshots, sorted(os.listdir(snapshots))[-1])})"

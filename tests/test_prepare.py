@@ -380,3 +380,21 @@ def test_a_folder_named_like_the_staging_folder_that_no_prepare_made_is_never_re
     with pytest.raises(SystemExit, match=r"is not a prepare's staging folder.*move it elsewhere"):
         main([f'--input={dataset / "input.txt"}', f'--out_dir={dataset}'])
     assert (theirs / 'ckpt.pt').read_text() == 'a run someone kept here'
+
+
+def test_inputs_are_checked_one_by_one_and_the_bad_one_named(tmp_path):
+    # a byte not UTF-8 in the second of two files, a file that is no text, a ~ the shell left: each named
+    from nanogpt.prepare import load_text_dataset
+    (tmp_path / 'a.jsonl').write_text('{"text": "fine"}\n')
+    (tmp_path / 'b.jsonl').write_bytes(b'{"text": "caf\xe9"}\n')
+    with pytest.raises(SystemExit, match=rf"{tmp_path / 'b.jsonl'} is not UTF-8 text \(byte 13"):
+        load_text_dataset('x', [str(tmp_path / 'a.jsonl'), str(tmp_path / 'b.jsonl')], 1, 'p.py', str(tmp_path))
+    (tmp_path / 'c.jsonl').write_text('{"text": "fine"}\n{"text": oops}\n')
+    with pytest.raises(SystemExit, match=rf"could not read {tmp_path / 'c.jsonl'} as json"):
+        load_text_dataset('x', [str(tmp_path / 'a.jsonl'), str(tmp_path / 'c.jsonl')], 1, 'p.py', str(tmp_path))
+    with pytest.raises(SystemExit, match=r"not found: \['~/x.jsonl'\] \(the shell leaves a ~ after = as it is"):
+        load_text_dataset('x', ['~/x.jsonl'], 1, 'p.py', str(tmp_path))
+    from nanogpt.files import read_text
+    (tmp_path / 'train.bin').write_bytes(bytes(100))  # a token file given as text
+    with pytest.raises(SystemExit, match=r"holds NUL bytes \(at character 0\): it is not text"):
+        read_text(str(tmp_path / 'train.bin'), 'input file')

@@ -267,3 +267,12 @@ def test_a_write_into_a_held_folder_whose_name_now_means_another_is_refused(tmp_
         hold_folder(str(run), None)
         os.close(fd)
     assert (other / 'ckpt.pt').read_text() == 'the other run' and (tmp_path / 'moved' / 'ckpt.pt').read_text() == 'ours'
+
+
+def test_a_run_never_writes_into_a_folder_holding_a_model(char_data, tmp_path):
+    # an export's folder as out_dir: a checkpoint there would make it mean two models
+    (tmp_path / 'exp').mkdir()
+    (tmp_path / 'exp' / 'config.json').write_text('{}')
+    one_line_error(train(char_data, tmp_path / 'exp', '--max_iters=1', check=False),
+                   'holds a model (config.json), an export')
+    assert os.listdir(tmp_path / 'exp') == ['config.json']
