@@ -321,7 +321,7 @@ if __name__ == '__main__':
                     write=not eval_only)
     runlog.log(iter=iter_num, params=raw_model.get_num_params(), n_layer=n_layer, n_head=n_head, n_embd=n_embd,
                block_size=block_size, dataset=dataset, tokens_per_iter=tokens_per_iter, init_from=init_from,
-               time=time.time(), run_id=rundir.RUN_ID, run=run)
+               time=time.time(), run_id=rundir.RUN_ID, run=run, segment=checkpointer.segment)
     peak_flops = peak_flops or device_peak_flops(device)  # for MFU; None: unknown, MFU is not printed
     # preemption (SIGTERM, Ctrl-C) and non-finite steps, acted on by every rank together after each step
     guard = RunGuard(runtime, max_bad_steps, out_dir, runlog.log)

@@ -52,7 +52,11 @@ class Checkpointer:
         self.scaler, self.loader = scaler, loader
         # what a resume compares (check_resume): the dataset it trains on, and the run it belongs to
         dataset = {'dir': os.path.abspath(data.dir), 'files': (data.meta or {}).get('files')}
-        self.fixed = {'model_args': model_args, 'config': config, 'vocab': vocab, 'data': dataset, 'run': run}
+        # this process's part of the run (a resume starts another): the log's start records name theirs, and each
+        # checkpoint the parts that led to it, so a resume can tell its own history from a copy's (check_resume)
+        self.segment = uuid.uuid4().hex[:16]
+        self.fixed = {'model_args': model_args, 'config': config, 'vocab': vocab, 'data': dataset, 'run': run,
+                      'segments': [self.segment]}
         self.saved_iter = None  # the iteration of the checkpoint in out_dir, once there is one
 
     def save(self, iter_num: int, best_val_loss: float, val_loss: float) -> bool:
@@ -117,6 +121,7 @@ class Checkpointer:
                              f"{str(e).splitlines()[0] if str(e) else ''}): the file is damaged; resume from a copy, "
                              f"or start a new run in another out_dir") from None
         self.saved_iter = checkpoint['iter_num']
+        self.fixed['segments'] = list(checkpoint.get('segments') or []) + [self.segment]
         if changed:
             print0(f"note: resuming with this run's {', '.join(dict.fromkeys(changed))}")
 
@@ -137,8 +142,14 @@ def check_resume(checkpoint: dict, ckpt_path: str, data, note) -> str:
     of its checkpoints and each start record of its log carry (a new one for a checkpoint without)."""
     run, log = checkpoint.get('run'), os.path.join(os.path.dirname(ckpt_path), 'log.jsonl')
     if run is not None and os.path.exists(log):
-        runs = {r.get('run') for r in read_records(log, note=lambda _: None) if 'params' in r} - {None}
-        if runs - {run}:  # another run's records in it (logs put together), or only another run's
+        starts = [r for r in read_records(log, note=lambda _: None) if 'params' in r]
+        runs = {r.get('run') for r in starts} - {None}
+        # the parts of the run whose records the resume keeps (begun before the checkpoint's iter) must be the ones
+        # that led to the checkpoint: a folder copied and resumed apart has the same run id, not the same parts
+        chain = checkpoint.get('segments')
+        forked = chain is not None and any(r.get('segment', chain[0]) not in chain for r in starts
+                                           if r['iter'] < checkpoint['iter_num'])
+        if runs - {run} or forked:  # another run's records in it (logs put together), or only another run's
             raise SystemExit(f"error: {ckpt_path} is not a checkpoint of the run {log} records (one of them copied in "
                              f"from another run's folder?): resume it in its own folder, or move {log} away")
     saved, files = checkpoint.get('data') or {}, (data.meta or {}).get('files')
@@ -158,7 +169,8 @@ SCALAR = ('a finite number, 0 or more', lambda v: (fields.NUMBER[1](v) or (
 CHECKPOINT = dict(model=fields.TENSORS, model_args=fields.DICT, iter_num=fields.COUNT, best_val_loss=SCALAR,
                   config=fields.DICT, optimizer=fields.DICT, muon=fields.DICT, scaler=fields.DICT, loader=fields.DICT,
                   rng=fields.DICT, world_size=fields.POSITIVE_INT, vocab=fields.CHARS, data=fields.DICT,
-                  run=fields.STR)
+                  run=fields.STR, segments=('a list of ids', lambda v: isinstance(v, list) and v and all(
+                      isinstance(x, str) for x in v)))
 MODEL_ARGS = dict(n_layer=fields.POSITIVE_INT, n_head=fields.POSITIVE_INT, n_embd=fields.POSITIVE_INT,
                   block_size=fields.POSITIVE_INT, vocab_size=fields.POSITIVE_INT, bias=fields.BOOL,
                   dropout=fields.FRACTION)

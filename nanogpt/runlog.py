@@ -2,7 +2,7 @@
 The run log: one JSON object per line in out_dir/log.jsonl (what plot.py draws), and the same records to wandb when
 asked. Its record kinds, each with 'iter', are defined here once (KINDS) for the writer and every reader:
     start      params, n_layer, n_head, n_embd, block_size, dataset, tokens_per_iter, init_from, time, run_id (torchrun's),
-               run (the run's own id, which its checkpoints carry: a resume keeps it)
+               run (the run's own id, which its checkpoints carry: a resume keeps it), segment (this process's part)
     step       loss, lr, grad_norm, ms, tok_per_s, mfu
     eval       train_loss, val_loss, lr
     skipped    skipped (the count of non-finite steps in a row; the step changed nothing)
@@ -30,7 +30,7 @@ RECORD = dict(iter=fields.COUNT, loss=fields.NOT_NEGATIVE, val_loss=fields.NOT_N
               ms=fields.NOT_NEGATIVE, tok_per_s=fields.NOT_NEGATIVE, mfu=OPTIONAL_NUMBER,
               params=fields.POSITIVE_INT, tokens_per_iter=fields.POSITIVE_INT, hellaswag=fields.NUMBER,
               hellaswag_acc=fields.NUMBER, time=fields.NUMBER, dataset=fields.STR, init_from=fields.STR,
-              n_layer=fields.POSITIVE_INT, n_embd=fields.POSITIVE_INT, run=fields.STR)
+              n_layer=fields.POSITIVE_INT, n_embd=fields.POSITIVE_INT, run=fields.STR, segment=fields.STR)
 
 
 def kind_of(record: dict) -> str | None:

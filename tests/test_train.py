@@ -82,6 +82,16 @@ def test_a_resume_checks_the_log_is_its_runs_and_notes_a_dataset_prepared_again(
                    'is not a checkpoint of the run', 'log.jsonl records')
     one_line_error(train(str(tmp_path / 'd'), tmp_path / 'e', '--max_iters=1', check=False),
                    "this is a run's folder (an out_dir), not a dataset's")
+    # a run folder copied twice, each copy resumed apart (one run id, two histories), then one's checkpoint put in
+    # the other: the log it would keep is the other copy's
+    shutil.copytree(tmp_path / 'a', tmp_path / 'fork1')
+    shutil.copytree(tmp_path / 'a', tmp_path / 'fork2')
+    train(char_data, tmp_path / 'fork1', '--max_iters=4', '--eval_interval=2', '--init_from=resume')
+    train(char_data, tmp_path / 'fork2', '--max_iters=6', '--eval_interval=2', '--init_from=resume')
+    shutil.copy(tmp_path / 'fork1' / 'ckpt.pt', tmp_path / 'fork2' / 'ckpt.pt')
+    one_line_error(train(char_data, tmp_path / 'fork2', '--max_iters=8', '--init_from=resume', check=False),
+                   'is not a checkpoint of the run')
+    train(char_data, tmp_path / 'fork1', '--max_iters=8', '--eval_interval=2', '--init_from=resume')  # its own: goes on
     # the dataset prepared again from another text of the same characters, and another folder: said, the run goes on
     data = tmp_path / 'data'
     shutil.copytree(char_data, data)
