@@ -102,6 +102,9 @@ def configure(defaults: dict, argv: list[str], ranges: dict | None = None, verbo
                 exec(compile(tree, arg, 'exec'), namespace)
             except SyntaxError as e:
                 raise SystemExit(f"error: config file {arg}, line {e.lineno}: {e.msg}: fix the Python there") from None
+            except UnicodeDecodeError as e:  # the Python may be fine: its encoding is not
+                raise SystemExit(f"error: config file {arg} is not UTF-8 text ({e.reason} at byte {e.start}): convert "
+                                 f"it, e.g. with iconv -t utf-8") from None
             except BaseException as e:  # exit() too, or a KeyboardInterrupt: a config file sets keys, it ends no run
                 what = 'called exit()' if isinstance(e, SystemExit) else f'failed when run ({type(e).__name__}: {e})'
                 raise SystemExit(f"error: config file {arg} {what}: fix the Python there") from None

@@ -61,7 +61,7 @@ def cached_val_file(cache_dir: str) -> str:
 ROW = dict(ctx=('a non-empty string', lambda v: fields.text(v) and v.strip() != ''),
            endings=('a list of 4 non-empty strings', lambda v: isinstance(v, list) and len(v) == 4 and all(
                fields.text(e) and e.strip() != '' for e in v)),
-           label=('0, 1, 2 or 3', lambda v: type(v) is int and 0 <= v <= 3))
+           label=('the number 0, 1, 2 or 3 (not a string)', lambda v: type(v) is int and 0 <= v <= 3))
 
 
 def load_examples(data_file: str = '', limit: int | None = None, cache_dir: str = cache_dir) -> list[dict]:

@@ -207,4 +207,6 @@ if __name__ == '__main__':
     cfg = configure(defaults, sys.argv[1:], positional='out_dirs')
     if not cfg.out_dirs:
         raise SystemExit("error: name the out_dir of each run to plot: python plot.py out-shakespeare-char [out-b ...]")
+    if len({os.path.realpath(d) for d in cfg.out_dirs}) < len(cfg.out_dirs):  # one run drawn twice hides itself
+        raise SystemExit(f"error: a run is named twice ({' '.join(cfg.out_dirs)}): give each once")
     plot(cfg.out_dirs, cfg.output or os.path.join(cfg.out_dirs[0], 'loss.png'))

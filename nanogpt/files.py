@@ -106,6 +106,9 @@ def read_text(path: str, what: str = 'file') -> str:
                              f"text (a token file?); give a text file")
         return text
     except UnicodeDecodeError as e:
+        if b'\x00' in e.object[:4096] and e.object[:2] not in (b'\x1f\x8b', b'PK'):  # binary: no conversion helps
+            raise SystemExit(f"error: {what} {path} is not text (NUL bytes, and not UTF-8): a token file? give a text "
+                             f"file") from None
         packed = {b'\x1f\x8b': 'gzip-compressed: gunzip it', b'PK': 'a zip archive: unzip it'}.get(e.object[:2])
         raise SystemExit(f"error: {what} {path} is not UTF-8 text ({e.reason} at byte {e.start}): "
                          f"{packed or 'convert it, e.g. with iconv -t utf-8'}") from None

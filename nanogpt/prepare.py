@@ -104,6 +104,9 @@ def check_utf8(path: str, piece: int = 1 << 24):
             try:
                 decoder.decode(block, final=not block)
             except UnicodeDecodeError as e:
+                if b'\x00' in block[:4096]:  # binary: a token file, say, which no conversion makes text
+                    raise SystemExit(f"error: {path} is not text (NUL bytes, and not UTF-8): a token file? give the "
+                                     f"text it was made from") from None
                 raise SystemExit(f"error: {path} is not UTF-8 text (byte {at + e.start:,}: {e.reason}): convert it, "
                                  f"e.g. with iconv -t utf-8 (the dataset folder was left as it was)") from None
             if not block:
@@ -153,7 +156,8 @@ def load_text_dataset(hub_name: str, inputs: list[str], num_proc: int, prepare_s
             raise SystemExit(f"error: could not read {', '.join(inputs)} as {builder} ({type(inner[0]).__name__}: "
                              f"{reason[:200]}): {fix}") from None
         if 'text' not in ds.column_names:
-            raise SystemExit(f"error: {inputs[0]} has no 'text' field (its fields: {ds.column_names})")
+            raise SystemExit(f"error: {inputs[0]} has no 'text' field (its fields: {ds.column_names}): name the "
+                             f"field of each document's text 'text', the one the prepare scripts read")
         import pyarrow as pa
         import pyarrow.compute as pc
         column = ds.data.column('text')  # checked whole here, before a folder is touched, and the row named

@@ -42,6 +42,9 @@ def claim(out_dir: str, init_from: str, eval_only: bool, master: bool) -> str:
     to write. Nothing is written: hold() takes the folder once the run is about to write there."""
     make_folder(out_dir, 'out_dir', create=False)
     if eval_only:
+        if init_from == 'scratch' and master and os.path.exists(os.path.join(out_dir, 'ckpt.pt')):
+            print(f"note: eval_only evaluates a new model from scratch; {os.path.join(out_dir, 'ckpt.pt')} is not "
+                  f"read (--init_from=resume reads it)")
         return init_from
     lock = _lock(os.path.join(out_dir, LOCK), create=False) if master else None
     if lock:

@@ -249,6 +249,8 @@ def read_folder(path: str) -> tuple[dict, dict]:
         how = "export it with export_hf.py and pass the export" if takes('always_save_checkpoint') else \
             "pass --init_from=resume --out_dir=that folder"
         run = f" (it holds a ckpt.pt: {how})" * os.path.exists(os.path.join(path, 'ckpt.pt'))
+        if any(os.path.exists(os.path.join(path, n)) for n in ('train.bin', 'train_000000.bin', 'meta.pkl')):
+            run = " (it is a dataset's folder: give it as --dataset, and a model as --init_from)"
         snapshots = os.path.join(path, 'snapshots')  # the hub cache's folder of a model: its files are a level down
         if os.path.isdir(snapshots) and os.listdir(snapshots):
             run = f" (a hub cache folder: pass {os.path.join(snapshots, sorted(os.listdir(snapshots))[-1])})"

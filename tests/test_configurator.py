@@ -241,3 +241,10 @@ def test_a_key_in_other_case_is_named_and_keys_that_must_fit_together_are_refuse
     with pytest.raises(SystemExit, match='at iter 100 the rate would fall from its peak to min_lr in one step'):
         configure(defaults, ['--lr_decay_iters=50'], {}, verbose=False)
     configure(defaults, ['--lr_decay_iters=50', '--max_iters=50'], {}, verbose=False)  # never reached: allowed
+
+
+def test_a_config_file_not_in_utf8_is_named_as_such_not_as_bad_python(tmp_path):
+    (tmp_path / 'latin.py').write_bytes('device = "caf\u00e9"\n'.encode('latin-1'))
+    with pytest.raises(SystemExit, match=r"latin.py is not UTF-8 text \(invalid continuation byte at byte 13\): "
+                                         r"convert it"):
+        configure(DEFAULTS, [str(tmp_path / 'latin.py')], verbose=False)

@@ -56,6 +56,7 @@ def test_plot_draws_a_run_with_skipped_steps(tmp_path):
     one_line_error(run_script('plot.py', out, f'--output={tmp_path / "notes.pdf"}', check=False),
                    'exists and is no plot of plot.py')
     assert (tmp_path / 'notes.pdf').read_text() == 'my notes'
+    one_line_error(run_script('plot.py', out, out + '/', check=False), 'a run is named twice')  # one hides the other
     # only formats whose metadata can say a plot is plot.py's, which a re-plot may then replace
     one_line_error(run_script('plot.py', out, f'--output={tmp_path / "x.jpg"}', check=False),
                    'plot.py writes png, pdf, svg, ps, eps files')

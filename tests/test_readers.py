@@ -413,3 +413,12 @@ def test_a_nanogpt_meta_pkl_keyed_by_strings_names_what_it_lacks(tmp_path):
     (tmp_path / 'meta.pkl').write_bytes(pickle.dumps({'vocab_size': 2, 'itos': {'0': 'a', '1': 'b'},
                                                       'stoi': {'a': 0, 'b': 1}}))
     refused(lambda: tokenfiles.read_vocab(str(tmp_path)), 'meta.pkl: its itos has no id 0', "in 'itos'")
+
+
+def test_a_token_file_given_as_text_or_as_a_model_is_named_for_what_it_is(tmp_path):
+    from nanogpt.files import read_text
+    (tmp_path / 'train.bin').write_bytes(bytes([0x90, 0xc4, 0, 0, 0xff, 0x12]) * 50)  # BPE ids: no UTF-8, NUL bytes
+    refused(lambda: read_text(str(tmp_path / 'train.bin'), 'text file'), 'not text (NUL bytes, and not UTF-8): a '
+            'token file?')
+    with pytest.raises(FileNotFoundError, match=r"it is a dataset's folder: give it as --dataset"):
+        weights.read_folder(str(tmp_path))

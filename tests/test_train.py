@@ -80,6 +80,8 @@ def test_a_resume_checks_the_log_is_its_runs_and_notes_a_dataset_prepared_again(
         f.write((tmp_path / 'a' / 'log.jsonl').read_bytes())
     one_line_error(train(char_data, tmp_path / 'd', '--max_iters=4', '--init_from=resume', check=False),
                    'is not a checkpoint of the run', 'log.jsonl records')
+    # eval_only without --init_from=resume evaluates a new model: said, since a checkpoint is there
+    assert 'is not read (--init_from=resume reads it)' in train(char_data, tmp_path / 'a', '--eval_only=True').stdout
     one_line_error(train(str(tmp_path / 'd'), tmp_path / 'e', '--max_iters=1', check=False),
                    "this is a run's folder (an out_dir), not a dataset's")
     # a run folder copied twice, each copy resumed apart (one run id, two histories), then one's checkpoint put in
