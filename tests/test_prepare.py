@@ -196,11 +196,16 @@ def test_a_signal_during_the_swap_waits_for_it_to_end(dataset, tmp_path, monkeyp
         os.kill(os.getpid(), signal.SIGINT)
         swap(stage, data_dir)
     monkeypatch.setattr(tokenfiles, '_swap', signalled_swap)
+    # Ctrl-C as in a terminal, whatever this process inherited (a job started with & ignores SIGINT)
+    inherited = signal.signal(signal.SIGINT, signal.default_int_handler)
     handler = signal.getsignal(signal.SIGINT)
     (tmp_path / 'in.txt').write_text('Now is the winter of our discontent.\n' * 100)
     main = runpy.run_path(os.path.join(REPO, 'data/shakespeare_char/prepare.py'), run_name='not_main')['main']
-    with pytest.raises(KeyboardInterrupt):
-        main(['--input', str(tmp_path / 'in.txt'), '--out_dir', str(dataset)])
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            main(['--input', str(tmp_path / 'in.txt'), '--out_dir', str(dataset)])
+    finally:
+        signal.signal(signal.SIGINT, inherited)
     data = Dataset(str(dataset))  # the new dataset, whole
     assert set(data.vocab) == set('Now is the winter of our discontent.\n')
     assert signal.getsignal(signal.SIGINT) is handler  # and Ctrl-C's handler is back
