@@ -192,13 +192,7 @@ def plot(out_dirs: list[str], output: str):
             raise SystemExit(f"error: --output={output} exists and is no plot of plot.py's (it tells its own by their "
                              f"metadata): choose another name, or remove it first")
     with atomic_path(output) as tmp:  # an interrupted write leaves the previous plot, not half a file
-        try:
-            fig.savefig(tmp, format=kind, metadata={'Creator': MARK} if kind in MARKED else None)
-        except (RuntimeError, OSError, ValueError) as e:  # pgf without a TeX system, say
-            if isinstance(e, OSError) and e.errno:
-                raise
-            raise SystemExit(f"error: matplotlib could not write a .{kind} file ({str(e).splitlines()[0]}): choose "
-                             f"another format, e.g. --output=loss.png") from None
+        fig.savefig(tmp, format=kind, metadata={'Creator': MARK})
     print(f"wrote {output}")
 
 

@@ -116,9 +116,12 @@ def read_text(path: str, what: str = 'file') -> str:
 
 def tilde(path: str) -> str:
     """' (...)': what to write instead of a path whose ~ no shell expanded (--input=~/x), else ''."""
-    if path and path.startswith('~') and not os.path.exists(path.split(os.sep)[0]):
-        return f" (the shell leaves a ~ after = as it is: write {os.path.expanduser(path)})"
-    return ''
+    return f" (the shell leaves a ~ after = as it is: write {os.path.expanduser(path)})" if unexpanded(path) else ''
+
+
+def unexpanded(path: str) -> bool:
+    """Whether path starts with a ~ that no shell expanded (--out_dir=~/x) and no folder of that name exists."""
+    return bool(path) and path.startswith('~') and not os.path.exists(path.split(os.sep)[0])
 
 
 def read_json(path: str, what: str, fix: str):
@@ -306,7 +309,7 @@ def make_folder(path: str, key: str, create: bool = True, fix: str = '') -> str:
     does not exist (makedirs would make it), or a ~ no shell expanded, is one line naming the option."""
     if not path:
         raise SystemExit(f"error: {key} is empty: give it a folder")
-    if path.startswith('~') and not os.path.exists(path.split(os.sep)[0]):  # the shell leaves a ~ after = as it is
+    if unexpanded(path):  # the shell leaves a ~ after = as it is
         raise SystemExit(f"error: {key}={path} would make a folder named '~' here: write {key}="
                          f"{os.path.expanduser(path)} (the shell expands ~ only at the start of a word)")
     parts = path.split(os.sep)

@@ -36,7 +36,7 @@ import numpy as np
 from nanogpt import fields
 from nanogpt.errors import takes
 from nanogpt.files import (atomic_path, check_destination, lock_nowait, make_folder, open_regular, open_source,
-                           ended, read_json, stale_temporary)
+                           ended, read_json, stale_temporary, unexpanded)
 
 REPO_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -441,7 +441,7 @@ def prepare_hint(data_dir: str) -> str:
     """What to do about a dataset folder that is missing files: its prepare script, a folder of a close name where
     there is no such folder (a misspelt --dataset), else the files to write."""
     script = os.path.join(data_dir, 'prepare.py')
-    if data_dir.startswith('~') and not os.path.exists(data_dir.split(os.sep)[0]):
+    if unexpanded(data_dir):
         return f"the shell leaves a ~ after = as it is: write --dataset={os.path.expanduser(data_dir)}"
     if os.path.exists(os.path.join(data_dir, 'config.json')):  # an export's folder: its meta.json is export_hf.py's
         return "this is a model's folder (an export), not a dataset's: pass a dataset folder, or if the export is " \
